@@ -1,0 +1,1 @@
+"""apex_models.data (needs the `train` extra)."""

@@ -1,0 +1,1 @@
+"""apex_models.evaluation (needs the `train` extra)."""

@@ -1,0 +1,1 @@
+"""apex_models.export (needs the `train` extra)."""

@@ -1,0 +1,1 @@
+"""apex_models.models (needs the `train` extra)."""

@@ -1,0 +1,1 @@
+"""apex_models.training (needs the `train` extra)."""
