@@ -1,0 +1,217 @@
+"""Compose the Hydra config into params.yaml, and read and validate it in every stage.
+
+Why two steps: DVC tracks parameters by reading a plain params.yaml, and composes Hydra
+itself only on `dvc exp run`. So `python pipelines/compose.py` (or DVC's own Hydra
+integration) writes the resolved config once, and every stage reads params.yaml through
+:func:`load_params`, validated by the schemas below so a typo fails before any work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = REPO_ROOT / "conf"
+PROFILES = ("tiny", "default", "gpu")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PathsConfig(_Strict):
+    shared: str
+    data: str
+    models: str
+    export: str
+    bundle: str
+    results: str
+
+
+class TrackingConfig(_Strict):
+    tracking_uri: str
+    artifact_location: str
+    experiment: str
+
+
+class CodeSourceConfig(_Strict):
+    packages: list[str] = Field(min_length=1)
+    index_url: str | None = None
+    max_files_per_package: int = Field(gt=0)
+    max_file_bytes: int = Field(gt=0)
+    license_allowlist: list[str] = Field(min_length=1)
+
+
+class ToggleConfig(_Strict):
+    enabled: bool
+
+
+class PairsConfig(_Strict):
+    min_code_lines: int = Field(ge=1)
+    max_code_chars: int = Field(gt=0)
+    min_query_words: int = Field(ge=1)
+    max_pairs_per_package: int = Field(gt=0)
+    keep_docstring_fraction: float = Field(ge=0, le=1)
+    split_fractions: dict[Literal["train", "dev", "test"], float]
+
+
+class DecontaminateConfig(_Strict):
+    benchmarks: list[Literal["cosqa", "conala", "intent", "qa"]]
+
+
+class DataConfig(_Strict):
+    code: CodeSourceConfig
+    conala: ToggleConfig
+    pairs: PairsConfig
+    decontaminate: DecontaminateConfig
+
+
+class LoraConfig(_Strict):
+    r: int = Field(gt=0)
+    alpha: int = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)
+    target_modules: list[str] = Field(min_length=1)
+
+
+class EmbedderTrainConfig(_Strict):
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    batch_size: int = Field(ge=2)
+    grad_accum: int = Field(ge=1)
+    max_steps: int = Field(gt=0)
+    temperature: float = Field(gt=0)
+    eval_every: int = Field(gt=0)
+    save_every: int = Field(gt=0)
+    max_train_pairs: int = Field(gt=0)
+    eval_dev_queries: int = Field(gt=0)
+    log_every: int = Field(gt=0)
+
+
+class EmbedderConfig(_Strict):
+    base: str
+    pooling: Literal["mean", "cls"]
+    normalize: bool
+    query_max_length: int = Field(gt=0, le=512)
+    doc_max_length: int = Field(gt=0, le=512)
+    lora: LoraConfig
+    train: EmbedderTrainConfig
+
+
+class DeepSpeedConfig(_Strict):
+    zero_stage: Literal[0, 1, 2, 3]
+    offload_optimizer_device: Literal["none", "cpu", "nvme"] = "none"
+    offload_param_device: Literal["none", "cpu", "nvme"] = "none"
+    gradient_clipping: float = 1.0
+
+
+class TrainerConfig(_Strict):
+    device: Literal["cpu", "cuda"]
+    mixed_precision: Literal["no", "fp16", "bf16"]
+    gradient_checkpointing: bool
+    deepspeed: DeepSpeedConfig | None = None
+    num_threads: int | None = None
+
+
+class CosqaEvalConfig(_Strict):
+    dev_queries: int | None = None
+    test_queries: int | None = None
+    corpus_limit: int | None = None
+
+
+class Bm25Config(_Strict):
+    k1: float
+    b: float
+
+
+class EvaluateConfig(_Strict):
+    cosqa: CosqaEvalConfig
+    batch_size: int = Field(gt=0)
+    bm25: Bm25Config
+
+
+class Int8Config(_Strict):
+    per_channel: bool
+    reduce_range: bool
+
+
+class GatesConfig(_Strict):
+    fp32_min_cosine: float = Field(gt=0, le=1)
+    int8_mean_cosine: float = Field(gt=0, le=1)
+    int8_min_cosine: float = Field(gt=0, le=1)
+    int8_max_mrr_drop: float = Field(ge=0, lt=1)
+
+
+class ExportConfig(_Strict):
+    opset: int = Field(ge=13)
+    int8: Int8Config
+    gates: GatesConfig
+    probe_texts: int = Field(gt=0)
+    eval_dev_queries: int = Field(gt=0)
+
+
+class RuntimeConfig(_Strict):
+    precision: Literal["auto", "fp32", "int8"]
+    intra_op_threads: int = Field(gt=0)
+
+
+class Params(_Strict):
+    """The whole resolved config; each stage reads only its own sections."""
+
+    seed: int
+    profile: Literal["tiny", "default", "gpu"]
+    paths: PathsConfig
+    tracking: TrackingConfig
+    data: DataConfig
+    embedder: EmbedderConfig
+    trainer: TrainerConfig
+    evaluate: EvaluateConfig
+    export: ExportConfig
+    runtime: RuntimeConfig
+
+
+def compose(profile: str = "default", overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Compose conf/ for a profile plus Hydra overrides into a plain dict (unresolved)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=[f"profile={profile}", *overrides])
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def resolve(raw: dict[str, Any]) -> dict[str, Any]:
+    """Resolve interpolations such as ${oc.env:APEX_SHARED,../shared}."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+
+
+def validate(raw: dict[str, Any]) -> Params:
+    return Params.model_validate(resolve(raw))
+
+
+def write_params(raw: dict[str, Any], path: str | Path = "params.yaml") -> Path:
+    """Write the composed config as params.yaml (interpolations kept, so it stays portable)."""
+    validate(raw)
+    out = Path(path)
+    header = ("# Generated by `python pipelines/compose.py` from conf/ (do not edit by hand:\n"
+              "# change conf/ or pass overrides, then re-run compose).\n")
+    out.write_text(header + yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return out
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; a clear error names the bad field."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: run `python pipelines/compose.py --profile default` first")
+    raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    return validate(raw)

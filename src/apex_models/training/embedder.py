@@ -1,0 +1,332 @@
+"""Recipe: fine-tune the bi-encoder with LoRA and in-batch negatives, through accelerate.
+
+The steps, in order (state is set up in one place, `_setup`):
+  1. seed, read the training pairs and cut them to `max_train_pairs`;
+  2. load the base model and wrap it with a PEFT LoRA adapter;
+  3. score the un-tuned model on the dev benchmark (the baseline to beat);
+  4. train: each batch is (query, code) pairs whose other rows are the negatives
+     (no duplicate text inside a batch, so no false negatives from copies);
+  5. every `save_every` steps save a resumable checkpoint (model, optimizer, scheduler,
+     RNG); every `eval_every` steps score dev and keep the best adapter;
+  6. merge the best adapter into the base and save a plain transformers model.
+
+The batch order is a pure function of (seed, epoch), so a run resumed from a
+checkpoint sees exactly the batches an uninterrupted run would: the resume test checks
+the losses match.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from apex_models.config import Params
+from apex_models.evaluation.retrieval import BeirDataset, dense_run, evaluate_run, load_beir
+from apex_models.models.base import resolve_base_model
+from apex_models.models.embedder import TorchEncoder, embed_batch
+from apex_models.training.seed import set_seed
+
+CHECKPOINTS = "checkpoints"
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint must carry besides the tensors."""
+
+    step: int = 0
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    dev: list[tuple[int, float]] = field(default_factory=list)
+    best_step: int = -1
+    best_metric: float = -1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "losses": self.losses, "dev": self.dev,
+                "best_step": self.best_step, "best_metric": self.best_metric}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TrainState":
+        return cls(step=data["step"], losses=[tuple(x) for x in data["losses"]],
+                   dev=[tuple(x) for x in data["dev"]], best_step=data["best_step"],
+                   best_metric=data["best_metric"])
+
+
+def read_pairs(path: Path, limit: int, seed: int) -> list[tuple[str, str]]:
+    """(query, code) pairs; a seeded shuffle before the cut keeps every package in play."""
+    pairs = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            pairs.append((row["query"], row["code"]))
+    if not pairs:
+        raise ValueError(f"{path} holds no training pairs")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pairs))[:limit]
+    return [pairs[i] for i in sorted(order)]
+
+
+def epoch_batches(pairs: list[tuple[str, str]], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Batches of pair indices for one epoch; a text already in a batch waits for the next.
+
+    In-batch negatives assume every other row is irrelevant; a repeated query or code
+    would be its own negative, so duplicates are deferred rather than batched together.
+    Only full batches are returned (the remainder carries into nothing), keeping the
+    number of negatives constant.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(len(pairs)).tolist()
+    pending: deque[int] = deque(order)
+    batches: list[list[int]] = []
+    while len(pending) >= batch_size:
+        batch, seen, deferred = [], set(), []
+        while pending and len(batch) < batch_size:
+            i = pending.popleft()
+            query, code = pairs[i]
+            if query in seen or code in seen:
+                deferred.append(i)
+                continue
+            seen.update((query, code))
+            batch.append(i)
+        pending.extend(deferred)
+        if len(batch) < batch_size:
+            break
+        batches.append(batch)
+    if not batches:
+        raise ValueError(f"{len(pairs)} distinct pairs cannot fill one batch of {batch_size}")
+    return batches
+
+
+def batch_for_step(pairs: list[tuple[str, str]], batch_size: int, seed: int, step: int,
+                   stream: dict[str, Any]) -> list[int]:
+    """The batch of a global step: epochs' batches laid end to end, built on demand."""
+    batches = stream.setdefault("batches", [])
+    while len(batches) <= step:
+        epoch = stream.get("epochs", 0)
+        batches.extend(epoch_batches(pairs, batch_size, seed, epoch))
+        stream["epochs"] = epoch + 1
+    return batches[step]
+
+
+def _single_process_env() -> None:
+    """DeepSpeed's init wants a launcher's env; set a one-process world when absent."""
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}.items():
+        os.environ.setdefault(key, value)
+
+
+def _accelerator(params: Params):
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin
+
+    trainer, train = params.trainer, params.embedder.train
+    plugin = None
+    if trainer.deepspeed is not None:
+        _single_process_env()
+        ds = trainer.deepspeed
+        plugin = DeepSpeedPlugin(zero_stage=ds.zero_stage, gradient_accumulation_steps=train.grad_accum,
+                                 gradient_clipping=ds.gradient_clipping,
+                                 offload_optimizer_device=ds.offload_optimizer_device,
+                                 offload_param_device=ds.offload_param_device)
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = train.batch_size
+    return Accelerator(mixed_precision=trainer.mixed_precision, cpu=trainer.device == "cpu",
+                       gradient_accumulation_steps=train.grad_accum, deepspeed_plugin=plugin)
+
+
+def _lora_model(params: Params):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel, AutoTokenizer
+
+    cfg = params.embedder
+    path = resolve_base_model(cfg.base)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path)
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.target_modules), bias="none")
+    model = get_peft_model(model, lora)
+    if params.trainer.gradient_checkpointing:
+        model.enable_input_require_grads()
+        model.gradient_checkpointing_enable()
+    return model, tokenizer
+
+
+def _dev_metric(encoder: TorchEncoder, dev: BeirDataset, limit_queries: int, batch_size: int) -> float:
+    queries = dict(list(dev.queries.items())[:limit_queries])
+    subset = BeirDataset(dev.corpus, queries, {q: dev.qrels[q] for q in queries})
+    run = dense_run(subset, lambda t: encoder.encode_queries(t, batch_size),
+                    lambda t: encoder.encode_documents(t, batch_size))
+    return evaluate_run(run, subset.qrels)["mrr@10"]
+
+
+def run_fingerprint(params: Params, train_path: Path) -> str:
+    """What a checkpoint must match to be resumed: the recipe's config and its data."""
+    from apex_models.hashing import sha256_bytes, sha256_file
+
+    config = {"seed": params.seed, "embedder": params.embedder.model_dump(mode="json"),
+              "trainer": params.trainer.model_dump(mode="json"), "data": sha256_file(train_path)}
+    return sha256_bytes(json.dumps(config, sort_keys=True).encode())
+
+
+def _latest_checkpoint(out_dir: Path, fingerprint: str) -> Path | None:
+    """The newest complete checkpoint of this same run; stale ones (other config) are removed."""
+    root = out_dir / CHECKPOINTS
+    marker = root / "fingerprint.txt"
+    if root.exists() and (not marker.is_file() or marker.read_text() != fingerprint):
+        shutil.rmtree(root)
+        shutil.rmtree(out_dir / "best_adapter", ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fingerprint)
+    done = sorted((p for p in root.glob("step-*") if (p / "train_state.json").is_file()),
+                  key=lambda p: int(p.name.split("-")[1]))
+    return done[-1] if done else None
+
+
+def _save_checkpoint(accelerator, out_dir: Path, state: TrainState) -> None:
+    """Write to a temp folder and rename, so a crash never leaves a half checkpoint."""
+    root = out_dir / CHECKPOINTS
+    final = root / f"step-{state.step}"
+    tmp = root / f".tmp-step-{state.step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.save_state(str(tmp))
+    (tmp / "train_state.json").write_text(json.dumps(state.to_json()))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    older = sorted((p for p in root.glob("step-*") if p != final), key=lambda p: int(p.name.split("-")[1]))
+    for stale in older[:-(KEEP_CHECKPOINTS - 1) or None]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_dir: Path,
+                   mlflow=None, stop_after: int | None = None) -> dict[str, Any]:
+    """Run the recipe; resume from the newest checkpoint in `out_dir` if there is one.
+
+    `stop_after` ends the loop early after that many total steps (as a crash would),
+    leaving the checkpoints in place; the tests use it to prove resume is exact.
+    Returns a summary with the loss curve and the dev scores.
+    """
+    cfg, train = params.embedder, params.embedder.train
+    if params.trainer.num_threads:
+        torch.set_num_threads(params.trainer.num_threads)
+    set_seed(params.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # 1. data
+    pairs = read_pairs(train_path, train.max_train_pairs, params.seed)
+    dev = load_beir(dev_dir, split="test") if dev_dir and Path(dev_dir).exists() else None
+
+    # 2. model, optimizer, schedule
+    model, tokenizer = _lora_model(params)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.lr,
+                                  weight_decay=train.weight_decay)
+    warmup = int(train.warmup_ratio * train.max_steps)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (train.max_steps - step) / max(1, train.max_steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    accelerator = _accelerator(params)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    encoder = TorchEncoder(model, tokenizer, cfg.pooling, cfg.normalize, cfg.query_max_length, cfg.doc_max_length)
+
+    # 3. resume, or score the baseline
+    state = TrainState()
+    latest = _latest_checkpoint(out_dir, run_fingerprint(params, train_path))
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        state = TrainState.from_json(json.loads((latest / "train_state.json").read_text()))
+        accelerator.print(f"[train] resumed from {latest.name}")
+    base_dev = None
+    if dev is not None and latest is None:
+        with accelerator.unwrap_model(model).disable_adapter():
+            base_dev = _dev_metric(encoder, dev, train.eval_dev_queries, params.evaluate.batch_size)
+        accelerator.print(f"[train] base dev mrr@10 {base_dev:.4f}")
+        if mlflow:
+            mlflow.log_metric("dev/mrr@10", base_dev, step=0)
+    summary = {"trainable_params": trainable, "total_params": total, "pairs": len(pairs),
+               "base_dev_mrr@10": base_dev}
+
+    # 4-5. train
+    stream: dict[str, Any] = {}
+    scale = 1.0 / train.temperature
+    last = min(train.max_steps, stop_after) if stop_after else train.max_steps
+    bar = tqdm(total=train.max_steps, initial=state.step, desc="train embedder", unit="step",
+               disable=not accelerator.is_local_main_process)
+    started = time.perf_counter()
+    model.train()
+    while state.step < last:
+        idx = batch_for_step(pairs, train.batch_size, params.seed, state.step, stream)
+        queries = [pairs[i][0] for i in idx]
+        codes = [pairs[i][1] for i in idx]
+        q = tokenizer(queries, padding=True, truncation=True, max_length=cfg.query_max_length, return_tensors="pt")
+        d = tokenizer(codes, padding=True, truncation=True, max_length=cfg.doc_max_length, return_tensors="pt")
+        with accelerator.accumulate(model):
+            qv = embed_batch(model, q["input_ids"].to(accelerator.device), q["attention_mask"].to(accelerator.device),
+                             cfg.pooling, cfg.normalize)
+            dv = embed_batch(model, d["input_ids"].to(accelerator.device), d["attention_mask"].to(accelerator.device),
+                             cfg.pooling, cfg.normalize)
+            logits = (qv @ dv.T).float() * scale
+            loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(idx), device=logits.device))
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        state.step += 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at step {state.step}; lower the learning rate")
+        state.losses.append((state.step, round(value, 6)))
+        bar.update(1)
+        bar.set_postfix(loss=f"{value:.4f}")
+        if mlflow and state.step % train.log_every == 0:
+            mlflow.log_metric("train/loss", value, step=state.step)
+            mlflow.log_metric("train/lr", scheduler.get_last_lr()[0], step=state.step)
+        if dev is not None and (state.step % train.eval_every == 0 or state.step == train.max_steps):
+            metric = _dev_metric(encoder, dev, train.eval_dev_queries, params.evaluate.batch_size)
+            model.train()
+            state.dev.append((state.step, round(metric, 6)))
+            accelerator.print(f"[train] step {state.step} dev mrr@10 {metric:.4f}")
+            if mlflow:
+                mlflow.log_metric("dev/mrr@10", metric, step=state.step)
+            if metric > state.best_metric:
+                state.best_metric, state.best_step = metric, state.step
+                accelerator.unwrap_model(model).save_pretrained(out_dir / "best_adapter")
+        if state.step % train.save_every == 0 or state.step == last:
+            _save_checkpoint(accelerator, out_dir, state)
+    bar.close()
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    summary["losses"] = state.losses
+    summary["dev"] = state.dev
+    summary["best_step"] = state.best_step
+    summary["best_dev_mrr@10"] = state.best_metric if state.best_step >= 0 else None
+    if state.step < train.max_steps:
+        summary["stopped_at"] = state.step
+        return summary
+
+    # 6. merge the selected adapter and save a plain model
+    final = accelerator.unwrap_model(model)
+    if state.best_step >= 0 and state.best_step != state.step:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(final, load_file(str(out_dir / "best_adapter" / "adapter_model.safetensors")))
+    final.save_pretrained(out_dir / "adapter")
+    merged = final.merge_and_unload()
+    merged.save_pretrained(out_dir / "merged")
+    tokenizer.save_pretrained(out_dir / "merged")
+    shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # finished: nothing left to resume
+    shutil.rmtree(out_dir / "best_adapter", ignore_errors=True)
+    return summary
+
