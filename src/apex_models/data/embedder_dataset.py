@@ -52,11 +52,17 @@ def _stable_key(seed: int, *parts: str) -> str:
 
 
 def _cap_per_package(pairs: list[dict], cap: int, seed: int) -> tuple[list[dict], int]:
-    """Keep at most `cap` pairs per package, chosen in a stable hash order, original order kept."""
+    """Keep at most `cap` pairs per package, chosen in a stable hash order, original order kept.
+
+    CoNaLa is a corpus, not a package: it is not capped.
+    """
     by_package: dict[str, list[int]] = defaultdict(list)
-    for i, pair in enumerate(pairs):
-        by_package[pair["package"]].append(i)
     keep: set[int] = set()
+    for i, pair in enumerate(pairs):
+        if pair["source"] == "conala":
+            keep.add(i)
+        else:
+            by_package[pair["package"]].append(i)
     for package, idxs in by_package.items():
         ranked = sorted(idxs, key=lambda i: _stable_key(seed, package, pairs[i]["path"],
                                                          pairs[i]["qualname"], pairs[i]["sha256"]))
@@ -67,34 +73,36 @@ def _cap_per_package(pairs: list[dict], cap: int, seed: int) -> tuple[list[dict]
 def split_packages(counts: dict[str, int], fractions: dict[str, float], seed: int) -> dict[str, str]:
     """Assign whole packages to train/dev/test so pair counts approach `fractions`.
 
-    Packages are ordered by a seeded hash (stable across runs and machines, unrelated to
-    names), then each goes to the split where the middle of its cumulative pair range
-    falls. With three or more packages every split gets at least one: an empty split takes
-    the last package of the split holding the most. Units in ``TRAIN_ONLY_UNITS`` always go
-    to train and are not counted towards the fractions.
+    Greedy: each package goes to the split furthest below its target pair count. Packages
+    larger than half the smallest target are placed first, largest first (one huge package
+    placed late would wreck the fractions); the rest follow in a seeded hash order, so the
+    seed decides which of the smaller packages are held out, stably across runs and
+    machines. With three or more packages every split gets at least one: an empty split
+    takes the smallest package of the split holding the most. Units in
+    ``TRAIN_ONLY_UNITS`` always go to train and do not count towards the fractions.
     """
     total_frac = sum(float(fractions.get(s, 0.0)) for s in SPLITS) or 1.0
-    bounds, acc = [], 0.0
-    for split in SPLITS:
-        acc += float(fractions.get(split, 0.0)) / total_frac
-        bounds.append((acc, split))
     units = sorted((p for p in counts if p not in TRAIN_ONLY_UNITS), key=lambda p: _stable_key(seed, p))
-    total = sum(counts[p] for p in units) or 1
+    total = sum(counts[p] for p in units)
+    targets = {s: total * float(fractions.get(s, 0.0)) / total_frac for s in SPLITS}
+    positive = [t for t in targets.values() if t > 0]
+    big_at = min(positive) / 2 if positive else float("inf")
+    big = sorted((p for p in units if counts[p] > big_at), key=lambda p: -counts[p])  # stable: hash order on ties
+    order = big + [p for p in units if counts[p] <= big_at]
+    current = dict.fromkeys(SPLITS, 0)
     assignment: dict[str, str] = {}
-    cum = 0
-    for package in units:
-        mid = (cum + counts[package] / 2) / total
-        cum += counts[package]
-        assignment[package] = next((s for b, s in bounds if mid <= b + 1e-12), SPLITS[-1])
+    for package in order:
+        split = max(SPLITS, key=lambda s: (targets[s] - current[s], -SPLITS.index(s)))
+        assignment[package] = split
+        current[split] += counts[package]
     if len(units) >= 3:
         for split in SPLITS:
-            members = [p for p in units if assignment[p] == split]
-            if members:
+            if any(assignment[p] == split for p in units):
                 continue
             donor = max(SPLITS, key=lambda s: (sum(1 for p in units if assignment[p] == s), -SPLITS.index(s)))
-            donors = [p for p in units if assignment[p] == donor]
+            donors = sorted((p for p in units if assignment[p] == donor), key=lambda p: (counts[p], _stable_key(seed, p)))
             if len(donors) > 1:
-                assignment[donors[-1]] = split
+                assignment[donors[0]] = split
     for unit in TRAIN_ONLY_UNITS:
         if unit in counts:
             assignment[unit] = "train"
@@ -121,8 +129,9 @@ def build_embedder_dataset(files_jsonl: Path, shared_dir: Path, out_dir: Path, p
     (``extraction``: drop reasons, and identical code across packages as ``duplicate_code``),
     CoNaLa pairs are added (identical (query, code) pairs dropped), every pair is checked
     against the benchmarks (``decontamination``: removals by reason and source), each
-    package is capped at ``max_pairs_per_package`` after decontamination (so the cap is
-    filled with clean pairs), then packages are split (:func:`split_packages`).
+    PyPI package is capped at ``max_pairs_per_package`` after decontamination (so the cap
+    is filled with clean pairs; CoNaLa is not capped), then packages are split
+    (:func:`split_packages`).
 
     `pairs_cfg` keys: ``min_code_lines``, ``max_code_chars``, ``min_query_words``,
     ``max_pairs_per_package``, ``keep_docstring_fraction``, ``split_fractions``, and
@@ -254,7 +263,8 @@ def _dataset_card(report: dict) -> str:
     lines += [
         "", "## Counts", "",
         f"- pairs mined from PyPI: {t['pypi_pairs']}; CoNaLa pairs: {t['conala_pairs']}",
-        f"- removed as duplicates: {report['dedup_removed']}",
+        f"- removed as duplicates: {report['dedup_removed']['pypi_duplicate_code']} identical functions,"
+        f" {report['dedup_removed']['conala_duplicate_pair']} identical CoNaLa pairs",
         f"- removed by decontamination: {d['removed']}; over the per-package cap: {report['over_cap_removed']}",
         f"- written: {t['written']}",
         "", "Attribution for every source is in `NOTICE`; full figures in `report.json`.", "",
