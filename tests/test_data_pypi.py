@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 import zipfile
 from collections import Counter
@@ -89,7 +90,10 @@ def test_ingest_cap_is_deterministic(tmp_path):
     assert kept[0] == kept[1] and len(kept[0]) == 5 and kept[0] == sorted(kept[0])
 
 
-def test_failed_spec_is_recorded_not_raised(tmp_path):
+def test_failed_spec_is_recorded_not_raised(tmp_path, monkeypatch):
+    # No index at all: pip fails at once instead of retrying a network it may not have.
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
     archives, failures = download_distributions(["fixturepkg==1.0"], tmp_path / "empty",
                                                 index_url=(tmp_path / "no-index").as_uri())
     assert archives == [] and "fixturepkg==1.0" in failures
