@@ -38,7 +38,7 @@ DISTRACTORS = [
     "Background jobs run on Celery with a Redis broker.",
     "GraphQL schema changes need a review from the API guild.",
     "def slugify(s):\n    return re.sub(r'[^a-z0-9]+', '-', s.lower()).strip('-')",
-    "Use async SQLAlchemy sessions in the new services.",
+    "Use the async SQLAlchemy engine in the new services.",
     "Benchmarks run on a dedicated machine to avoid noisy neighbours.",
     "Secrets must never be committed; pre-commit runs gitleaks.",
     "The design system's colours are defined as CSS variables.",

@@ -63,7 +63,7 @@ _PROBES: tuple[str, ...] = (
     "compute cosine similarity between two vectors",
     "sim = float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))",
     "async http requests with asyncio",
-    "async def fetch(session, url):\n    async with session.get(url) as resp:\n        return await resp.text()",
+    "async def fetch(client, url):\n    async with client.get(url) as resp:\n        return await resp.text()",
     "logging to a file with a custom format",
     "import logging\nlogging.basicConfig(filename='app.log', format='%(asctime)s %(levelname)s %(message)s')",
     "parse command line arguments",

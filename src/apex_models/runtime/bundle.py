@@ -81,7 +81,8 @@ def _hash_files(bundle_dir: Path) -> dict[str, FileEntry]:
     files = {}
     for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(bundle_dir).as_posix()
-        if rel == MANIFEST_NAME:
+        # The manifest cannot list itself; a temp file left by an interrupted write is not content.
+        if rel == MANIFEST_NAME or (path.name.startswith(".manifest.") and path.name.endswith(".tmp")):
             continue
         files[rel] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
     return files

@@ -1,7 +1,7 @@
 """Sentence embeddings from a bundle's ONNX graph: tokenise with `tokenizers`, run ORT.
 
 The graph already pools and normalises (see apex_models.export.onnx), so this module
-only tokenises, pads each batch to its longest text and runs the session. No torch.
+only tokenises, pads each batch to its longest text and runs the graph. No torch.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class OnnxEmbedder:
         return tok
 
     def _run(self, ids: list[list[int]]) -> np.ndarray:
-        """One padded batch through the session; padding is masked, so its id is irrelevant."""
+        """One padded batch through ONNX Runtime; padding is masked, so its id is irrelevant."""
         width = max(len(x) for x in ids)
         input_ids = np.full((len(ids), width), self._pad_id, dtype=np.int64)
         attention_mask = np.zeros((len(ids), width), dtype=np.int64)

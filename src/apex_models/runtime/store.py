@@ -4,8 +4,10 @@ Vectors are stored beside their text, so the index can always be rebuilt from th
 database (it is, on every open). The store records which embedder made its vectors and
 refuses another one: vectors from different models or precisions are not comparable.
 
-Kept as plain functions over one connection so encryption, hybrid (BM25) search and
-multi-process locking can be added around `_insert`, `_rows` and `_rebuild_index`.
+All SQL goes through one connection in a few small methods (`add_many`, `delete`,
+`_rows_by_rowid`, `_rebuild_index`), so encryption, hybrid (BM25) search and
+multi-process locking can be added around them later. One process at a time for now:
+the FAISS index lives in memory and does not see another process's writes.
 """
 
 from __future__ import annotations
