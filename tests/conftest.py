@@ -75,3 +75,12 @@ def tiny_dag(tmp_path_factory, shared_dir) -> Path:
         if archive.is_file() and not (cache / archive.name).exists():
             shutil.copy2(archive, cache / archive.name)
     return work
+
+
+@pytest.fixture(scope="session")
+def minilm_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real bundle exported from the packaged MiniLM (about 10 s, once per run). Read-only:
+    tests that modify files must copy it first (runtime_fixtures.copy_bundle)."""
+    from runtime_fixtures import build_minilm_bundle
+
+    return build_minilm_bundle(tmp_path_factory.mktemp("minilm_bundle"))

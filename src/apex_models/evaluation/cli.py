@@ -19,7 +19,7 @@ _err = Console(stderr=True)
 
 
 def evaluate_bundle_retrieval(bundle_dir: Path, dataset_dir: Path, baselines: bool,
-                              split: str = "test", precision: str | None = None,
+                              split: str | None = None, precision: str | None = None,
                               batch_size: int = 64) -> dict[str, dict[str, float]]:
     """The JSON that `apex eval retrieval` prints: {"bundle": {...}, "bm25": {...}, "base": {...}}."""
     from apex_models.evaluation.retrieval import bm25_run, dense_run, evaluate_run, load_beir
@@ -61,7 +61,7 @@ def retrieval(
     dataset: Annotated[Path, typer.Option(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.",
                                           exists=True, file_okay=False)],
     baselines: Annotated[bool, typer.Option("--baselines", help="Also score BM25 and the un-tuned base model.")] = False,
-    split: Annotated[str, typer.Option(help="Which qrels file to score.")] = "test",
+    split: Annotated[str | None, typer.Option(help="Which qrels file to score (default: test, or the only one).")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32 or int8; default: the manifest's choice.")] = None,
 ) -> None:
     """Print nDCG@10, MRR@10 and Recall@1/10/100 as one JSON object on stdout."""

@@ -34,13 +34,23 @@ def _read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def load_beir(path: str | Path, split: str = "test") -> BeirDataset:
+def _default_split(root: Path) -> str:
+    """`test` when present, else the folder's only qrels file (e.g. a dev-only set)."""
+    found = sorted(p.stem for p in (root / "qrels").glob("*.tsv"))
+    if "test" in found or len(found) != 1:
+        return "test"
+    return found[0]
+
+
+def load_beir(path: str | Path, split: str | None = None) -> BeirDataset:
     """Read `corpus.jsonl`, `queries.jsonl` and `qrels/<split>.tsv` (BEIR layout).
 
-    Only queries that have qrels are kept; a corpus document's text is its title and
-    text joined, as BEIR does.
+    `split` None means `test`, or the only qrels file when there is just one. Only
+    queries that have qrels are kept; a corpus document's text is its title and text
+    joined, as BEIR does.
     """
     root = Path(path)
+    split = split or _default_split(root)
     qrels_path = root / "qrels" / f"{split}.tsv"
     for required in (root / "corpus.jsonl", root / "queries.jsonl", qrels_path):
         if not required.is_file():

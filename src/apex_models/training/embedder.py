@@ -221,7 +221,7 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
 
     # 1. data
     pairs = read_pairs(train_path, train.max_train_pairs, params.seed)
-    dev = load_beir(dev_dir, split="test") if dev_dir and Path(dev_dir).exists() else None
+    dev = load_beir(dev_dir) if dev_dir and Path(dev_dir).exists() else None
 
     # 2. model, optimizer, schedule
     model, tokenizer = _lora_model(params)

@@ -1,0 +1,136 @@
+"""`apex`: verify model bundles, keep a local semantic memory, evaluate bundles.
+
+Importing this module stays light (typer and rich only): the runtime (ONNX Runtime,
+FAISS) loads inside the commands that need it, and nothing here imports torch.
+Results go to stdout as JSON; errors are one line on stderr with exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Iterator
+
+import typer
+
+from apex_models.evaluation.cli import eval_app
+
+app = typer.Typer(
+    help="apex: small developer-specific models and the memory runtime that ships them.\n\n"
+         "bundle: verify an exported model bundle. memory: add to and search a local semantic "
+         "memory store. eval: score a bundle on a BEIR-layout benchmark.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+bundle_app = typer.Typer(help="Inspect and verify model bundles.", no_args_is_help=True)
+memory_app = typer.Typer(help="A local semantic memory store (SQLite + FAISS) embedded with a bundle.",
+                         no_args_is_help=True)
+app.add_typer(bundle_app, name="bundle")
+app.add_typer(memory_app, name="memory")
+app.add_typer(eval_app, name="eval")
+
+StoreOpt = Annotated[Path, typer.Option("--store", help="Store folder (created if missing).", file_okay=False)]
+BundleOpt = Annotated[Path, typer.Option("--bundle", help="Bundle folder (has manifest.json).")]
+PrecisionOpt = Annotated[str | None, typer.Option(help="fp32 or int8; default: the manifest's choice.")]
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn expected failures into one clear stderr line and exit code 1 (no traceback)."""
+    from apex_models.runtime.bundle import BundleError
+    from apex_models.runtime.store import StoreError
+
+    try:
+        yield
+    except (BundleError, StoreError, FileNotFoundError, NotADirectoryError, PermissionError,
+            ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+
+
+def bundle_summary(bundle: Any) -> dict[str, Any]:
+    """What `apex bundle verify` prints: identity, models, precisions and file totals."""
+    m = bundle.manifest
+    return {
+        "bundle": str(bundle.root),
+        "verified": True,
+        "schema_version": m.schema_version,
+        "bundle_version": m.bundle_version,
+        "created_at": m.created_at,
+        "git_commit": m.git_commit,
+        "profile": m.profile,
+        "files": len(m.files),
+        "bytes": sum(f.bytes for f in m.files.values()),
+        "models": {
+            name: {"task": s.task, "base_model": s.base_model, "dimension": s.dimension,
+                   "precisions": sorted(s.onnx), "default_precision": s.default_precision}
+            for name, s in m.models.items()
+        },
+    }
+
+
+@bundle_app.command("verify")
+def bundle_verify(bundle_dir: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None:
+    """Check every file against manifest.json's sha256 and print a JSON summary."""
+    with _user_errors():
+        from apex_models.runtime.bundle import load_bundle
+
+        _print_json(bundle_summary(load_bundle(bundle_dir, verify=True)))
+
+
+def _open_store(store: Path, bundle: Path, precision: str | None):
+    from apex_models.runtime import MemoryStore, load_bundle
+
+    return MemoryStore.open(store, load_bundle(bundle).embedder(precision=precision))
+
+
+@memory_app.command("add")
+def memory_add(
+    text: Annotated[str, typer.Argument(help="The memory's text.")],
+    store: StoreOpt,
+    bundle: BundleOpt,
+    kind: Annotated[str, typer.Option(help="A category, e.g. note, decision, snippet.")] = "note",
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="A tag; repeat for several.")] = None,
+    source: Annotated[str | None, typer.Option(help="Where it came from (file, URL...).")] = None,
+    precision: PrecisionOpt = None,
+) -> None:
+    """Embed TEXT and store it; prints {"id": ...}."""
+    with _user_errors():
+        with _open_store(store, bundle, precision) as memories:
+            memory_id = memories.add(text, kind=kind, tags=tag or [], source=source)
+        _print_json({"id": memory_id})
+
+
+@memory_app.command("search")
+def memory_search(
+    query: Annotated[str, typer.Argument(help="What to look for, in natural language or code.")],
+    store: StoreOpt,
+    bundle: BundleOpt,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many hits.")] = 10,
+    kind: Annotated[str | None, typer.Option(help="Only memories of this kind.")] = None,
+    precision: PrecisionOpt = None,
+) -> None:
+    """Print the k most similar memories as a JSON list (best first)."""
+    with _user_errors():
+        with _open_store(store, bundle, precision) as memories:
+            hits = memories.search(query, k=k, kind=kind)
+        _print_json([{"id": h.id, "score": round(h.score, 6), "text": h.text, "kind": h.kind,
+                      "tags": h.tags, "source": h.source} for h in hits])
+
+
+@memory_app.command("stats")
+def memory_stats(store: StoreOpt, bundle: BundleOpt, precision: PrecisionOpt = None) -> None:
+    """Print counts per kind and the embedder in use as JSON."""
+    with _user_errors():
+        with _open_store(store, bundle, precision) as memories:
+            _print_json({"store": str(store), **memories.stats()})
+
+
+if __name__ == "__main__":
+    app()
