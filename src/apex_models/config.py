@@ -84,6 +84,7 @@ class EmbedderTrainConfig(_Strict):
     batch_size: int = Field(ge=2)
     grad_accum: int = Field(ge=1)
     max_steps: int = Field(gt=0)
+    doc_max_length: int = Field(gt=0, le=512)
     temperature: float = Field(gt=0)
     eval_every: int = Field(gt=0)
     save_every: int = Field(gt=0)

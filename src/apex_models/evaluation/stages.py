@@ -12,6 +12,7 @@ from typing import Any
 
 from apex_models.config import Params
 from apex_models.evaluation.results import write_result
+from apex_models.hashing import sha256_bytes
 from apex_models.evaluation.retrieval import bm25_run, dense_run, evaluate_run, load_beir
 from apex_models.layout import layout
 from apex_models.tracking import stage_run
@@ -50,14 +51,18 @@ def run_evaluate(params: Params) -> dict[str, Any]:
     with stage_run("evaluate", params, ["embedder", "evaluate"], data=data) as mlflow:
         encoders = _encoders(params, merged)
         bs = params.evaluate.batch_size
+        doc_vectors: dict[tuple[str, str], Any] = {}  # CoSQA dev and test share one corpus: encode it once
         for bench in present:
             ds = load_beir(lay.benchmark(bench))
             log.info("%s: %d queries, %d documents", bench, len(ds.queries), len(ds.corpus))
             systems = {"bm25": evaluate_run(bm25_run(ds, k1=params.evaluate.bm25.k1, b=params.evaluate.bm25.b),
                                             ds.qrels)}
+            corpus_key = sha256_bytes(json.dumps(ds.corpus, sort_keys=True).encode())
             for name, enc in encoders.items():
-                run = dense_run(ds, lambda t, e=enc: e.encode_queries(t, bs),
-                                lambda t, e=enc: e.encode_documents(t, bs, progress=True))
+                if (name, corpus_key) not in doc_vectors:
+                    doc_vectors[name, corpus_key] = enc.encode_documents(list(ds.corpus.values()), bs, progress=True)
+                run = dense_run(ds, lambda t, e=enc: e.encode_queries(t, bs), enc.encode_documents,
+                                doc_vectors=doc_vectors[name, corpus_key])
                 systems[name] = evaluate_run(run, ds.qrels)
             results[bench] = systems
             for system, metrics in systems.items():

@@ -271,7 +271,7 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
         queries = [pairs[i][0] for i in idx]
         codes = [pairs[i][1] for i in idx]
         q = tokenizer(queries, padding=True, truncation=True, max_length=cfg.query_max_length, return_tensors="pt")
-        d = tokenizer(codes, padding=True, truncation=True, max_length=cfg.doc_max_length, return_tensors="pt")
+        d = tokenizer(codes, padding=True, truncation=True, max_length=train.doc_max_length, return_tensors="pt")
         with accelerator.accumulate(model):
             qv = embed_batch(model, q["input_ids"].to(accelerator.device), q["attention_mask"].to(accelerator.device),
                              cfg.pooling, cfg.normalize)
