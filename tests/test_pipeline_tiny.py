@@ -122,3 +122,20 @@ def test_dvc_reruns_only_what_changed(tiny_dag: Path) -> None:
         assert set(status()) == {"export"}   # bundle follows once export's outputs change
     finally:
         params.write_text(original)
+
+
+def test_experiment_review_notebook_runs_on_the_store(tiny_dag: Path, repo_root: Path) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(repo_root / "notebooks" / "experiment_review.ipynb", as_version=4)
+    os.environ["APEX_MLFLOW_URI"] = f"sqlite:///{tiny_dag / 'mlruns' / 'mlflow.db'}"
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(tiny_dag)}}).execute()
+    finally:
+        os.environ.pop("APEX_MLFLOW_URI")
+    text = "\n".join(o.get("text", "") or str(o.get("data", {}).get("text/plain", ""))
+                     for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
+    assert "1 training runs plotted" in text
+    assert "train_embedder" in text and "code-heldout" in text

@@ -7,14 +7,12 @@ Results go to stdout as JSON; errors are one line on stderr with exit code 1.
 
 from __future__ import annotations
 
-import json
-import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Iterator
+from typing import Annotated, Any
 
 import typer
 
+from apex_models.cli_support import print_json, user_errors
 from apex_models.evaluation.cli import eval_app
 
 app = typer.Typer(
@@ -34,24 +32,6 @@ app.add_typer(eval_app, name="eval")
 StoreOpt = Annotated[Path, typer.Option("--store", help="Store folder (created if missing).", file_okay=False)]
 BundleOpt = Annotated[Path, typer.Option("--bundle", help="Bundle folder (has manifest.json).")]
 PrecisionOpt = Annotated[str | None, typer.Option(help="fp32 or int8; default: the manifest's choice.")]
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn expected failures into one clear stderr line and exit code 1 (no traceback)."""
-    from apex_models.runtime.bundle import BundleError
-    from apex_models.runtime.store import StoreError
-
-    try:
-        yield
-    except (BundleError, StoreError, FileNotFoundError, NotADirectoryError, PermissionError,
-            ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
 
 
 def bundle_summary(bundle: Any) -> dict[str, Any]:
@@ -78,10 +58,10 @@ def bundle_summary(bundle: Any) -> dict[str, Any]:
 @bundle_app.command("verify")
 def bundle_verify(bundle_dir: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None:
     """Check every file against manifest.json's sha256 and print a JSON summary."""
-    with _user_errors():
+    with user_errors():
         from apex_models.runtime.bundle import load_bundle
 
-        _print_json(bundle_summary(load_bundle(bundle_dir, verify=True)))
+        print_json(bundle_summary(load_bundle(bundle_dir, verify=True)))
 
 
 def _open_store(store: Path, bundle: Path, precision: str | None):
@@ -101,10 +81,10 @@ def memory_add(
     precision: PrecisionOpt = None,
 ) -> None:
     """Embed TEXT and store it; prints {"id": ...}."""
-    with _user_errors():
+    with user_errors():
         with _open_store(store, bundle, precision) as memories:
             memory_id = memories.add(text, kind=kind, tags=tag or [], source=source)
-        _print_json({"id": memory_id})
+        print_json({"id": memory_id})
 
 
 @memory_app.command("search")
@@ -117,19 +97,19 @@ def memory_search(
     precision: PrecisionOpt = None,
 ) -> None:
     """Print the k most similar memories as a JSON list (best first)."""
-    with _user_errors():
+    with user_errors():
         with _open_store(store, bundle, precision) as memories:
             hits = memories.search(query, k=k, kind=kind)
-        _print_json([{"id": h.id, "score": round(h.score, 6), "text": h.text, "kind": h.kind,
+        print_json([{"id": h.id, "score": round(h.score, 6), "text": h.text, "kind": h.kind,
                       "tags": h.tags, "source": h.source} for h in hits])
 
 
 @memory_app.command("stats")
 def memory_stats(store: StoreOpt, bundle: BundleOpt, precision: PrecisionOpt = None) -> None:
     """Print counts per kind and the embedder in use as JSON."""
-    with _user_errors():
+    with user_errors():
         with _open_store(store, bundle, precision) as memories:
-            _print_json({"store": str(store), **memories.stats()})
+            print_json({"store": str(store), **memories.stats()})
 
 
 if __name__ == "__main__":

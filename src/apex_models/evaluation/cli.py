@@ -6,13 +6,13 @@ straight into `jq` or a results file. torch is only needed for `--baselines`' ba
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+
+from apex_models.cli_support import print_json, user_errors
 
 eval_app = typer.Typer(help="Evaluate a bundle's models on held-out benchmarks.", no_args_is_help=True)
 _err = Console(stderr=True)
@@ -65,5 +65,6 @@ def retrieval(
     precision: Annotated[str | None, typer.Option(help="fp32 or int8; default: the manifest's choice.")] = None,
 ) -> None:
     """Print nDCG@10, MRR@10 and Recall@1/10/100 as one JSON object on stdout."""
-    results = evaluate_bundle_retrieval(bundle, dataset, baselines, split=split, precision=precision)
-    sys.stdout.write(json.dumps(results, indent=2) + "\n")
+    with user_errors():
+        results = evaluate_bundle_retrieval(bundle, dataset, baselines, split=split, precision=precision)
+    print_json(results)

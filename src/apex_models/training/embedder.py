@@ -254,7 +254,7 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
             base_dev = _dev_metric(encoder, dev, train.eval_dev_queries, params.evaluate.batch_size)
         accelerator.print(f"[train] base dev mrr@10 {base_dev:.4f}")
         if mlflow:
-            mlflow.log_metric("dev/mrr@10", base_dev, step=0)
+            mlflow.log_metric("dev/mrr_at_10", base_dev, step=0)
     summary = {"trainable_params": trainable, "total_params": total, "pairs": len(pairs),
                "base_dev_mrr@10": base_dev}
 
@@ -299,7 +299,7 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
             state.dev.append((state.step, round(metric, 6)))
             accelerator.print(f"[train] step {state.step} dev mrr@10 {metric:.4f}")
             if mlflow:
-                mlflow.log_metric("dev/mrr@10", metric, step=state.step)
+                mlflow.log_metric("dev/mrr_at_10", metric, step=state.step)
             if metric > state.best_metric:
                 state.best_metric, state.best_step = metric, state.step
                 accelerator.unwrap_model(model).save_pretrained(out_dir / "best_adapter")

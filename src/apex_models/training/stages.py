@@ -26,7 +26,7 @@ def run_train_embedder(params: Params) -> dict[str, Any]:
         for key in ("trainable_params", "total_params", "pairs", "seconds", "best_step"):
             mlflow.log_metric(f"summary/{key}", float(summary[key]))
         if summary.get("best_dev_mrr@10") is not None:
-            mlflow.log_metric("summary/best_dev_mrr@10", summary["best_dev_mrr@10"])
+            mlflow.log_metric("summary/best_dev_mrr_at_10", summary["best_dev_mrr@10"])
         mlflow.log_artifacts(str(out / "adapter"), "adapter")
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     metrics = {k: summary[k] for k in ("pairs", "trainable_params", "seconds", "best_step",
