@@ -139,3 +139,31 @@ def test_experiment_review_notebook_runs_on_the_store(tiny_dag: Path, repo_root:
                      for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
     assert "1 training runs plotted" in text
     assert "train_embedder" in text and "code-heldout" in text
+
+
+def test_export_job_signs_a_bundle_of_the_champion(tiny_dag: Path, tmp_path: Path) -> None:
+    """The CI export job, on the tiny DAG: champion -> gated, signed bundle that verifies."""
+    from apex_models.export.signing import generate_keypair
+    from apex_models.runtime import load_bundle
+
+    private, public = generate_keypair(tmp_path / "keys")
+    out = tmp_path / "bundle-v0"
+    env = {**os.environ, "PYTHONPATH": str(tiny_dag / "src"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "export/job.py", "--out", str(out), "--sign-key", str(private)],
+                          cwd=tiny_dag, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout)
+    assert summary["signed"] is True
+    promotion = json.loads((tiny_dag / "eval/results/promotion-embedder.json").read_text())["results"]
+    assert summary["champion"]["version"] == promotion["champion"]["version"]
+    manifest = load_bundle(out, public_key=public).manifest
+    assert manifest.models["embedder"].metrics["champion"]["version"] == promotion["champion"]["version"]
+
+
+def test_promotion_recorded_a_decision_for_the_candidate(tiny_dag: Path) -> None:
+    promotion = json.loads((tiny_dag / "eval/results/promotion-embedder.json").read_text())["results"]
+    decisions = promotion["decisions"]
+    assert decisions[0]["reason"] == "no champion yet"        # the base model, registered first
+    candidate = decisions[-1]
+    assert candidate["reason"] and candidate["promoted"] in (True, False)
+    assert promotion["champion"]["kind"] == ("fine-tuned" if candidate["promoted"] else "base")

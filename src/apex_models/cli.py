@@ -56,12 +56,41 @@ def bundle_summary(bundle: Any) -> dict[str, Any]:
 
 
 @bundle_app.command("verify")
-def bundle_verify(bundle_dir: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None:
-    """Check every file against manifest.json's sha256 and print a JSON summary."""
+def bundle_verify(
+    bundle_dir: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    public_key: Annotated[Path | None, typer.Option(help="Ed25519 public key (PEM): also require a valid "
+                                                         "signature by its private key.")] = None,
+) -> None:
+    """Check every file against manifest.json's sha256 (and the signature) and print a JSON summary."""
     with user_errors():
         from apex_models.runtime.bundle import load_bundle
 
-        print_json(bundle_summary(load_bundle(bundle_dir, verify=True)))
+        summary = bundle_summary(load_bundle(bundle_dir, verify=True, public_key=public_key))
+        print_json(summary | {"signature_verified": public_key is not None})
+
+
+@bundle_app.command("keygen")
+def bundle_keygen(out_dir: Annotated[Path, typer.Argument(help="Folder for bundle-signing.key/.pub.")]) -> None:
+    """Create an Ed25519 key pair for signing bundles (the private key is written mode 0600)."""
+    with user_errors():
+        from apex_models.export.signing import generate_keypair
+
+        private, public = generate_keypair(out_dir)
+        print_json({"private_key": str(private), "public_key": str(public)})
+
+
+@bundle_app.command("sign")
+def bundle_sign(
+    bundle_dir: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    private_key: Annotated[Path, typer.Option(help="Ed25519 private key (PEM) from `apex bundle keygen`.")],
+) -> None:
+    """Verify the bundle's checksums, then write manifest.sig, its ed25519 signature."""
+    with user_errors():
+        from apex_models.export.signing import sign_bundle
+        from apex_models.runtime.bundle import load_bundle
+
+        load_bundle(bundle_dir, verify=True)
+        print_json({"signature": str(sign_bundle(bundle_dir, private_key))})
 
 
 def _open_store(store: Path, bundle: Path, precision: str | None):

@@ -129,10 +129,18 @@ class Bm25Config(_Strict):
     b: float
 
 
+class PromotionConfig(_Strict):
+    registered_model: str
+    benchmark: str
+    metric: Literal["ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100"]
+    margin: float = Field(ge=0)
+
+
 class EvaluateConfig(_Strict):
     cosqa: CosqaEvalConfig
     batch_size: int = Field(gt=0)
     bm25: Bm25Config
+    promotion: PromotionConfig
 
 
 class Int8Config(_Strict):
@@ -153,6 +161,7 @@ class ExportConfig(_Strict):
     gates: GatesConfig
     probe_texts: int = Field(gt=0)
     eval_dev_queries: int = Field(gt=0)
+    signing_key: str | None = None
 
 
 class RuntimeConfig(_Strict):

@@ -50,9 +50,13 @@ def run_export(params: Params) -> dict[str, Any]:
     from apex_models.runtime.embedder import OnnxEmbedder
 
     lay, cfg, ex = layout(params), params.embedder, params.export
-    merged, out = lay.embedder_model / "merged", lay.export_embedder
+    out = lay.export_embedder
+    champion = json.loads((lay.results / "promotion-embedder.json").read_text())["results"]["champion"]
     shutil.rmtree(out, ignore_errors=True)
-    with stage_run("export", params, ["embedder", "export"], data={"models/embedder": merged}) as mlflow:
+    with stage_run("export", params, ["embedder", "export"]) as mlflow:
+        # The registry's champion ships, whichever run produced it (maybe the base model).
+        merged = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion["source"]))
+        mlflow.set_tags({"champion_version": champion["version"], "champion_run_id": champion["run_id"]})
         gates = ex.gates.model_dump()
         spec = export_embedder_artifacts(
             merged, out, cfg.base, pooling=cfg.pooling, normalize=cfg.normalize,
@@ -67,9 +71,10 @@ def run_export(params: Params) -> dict[str, Any]:
         default, reason, drop = accuracy_gate(dev, ex.gates.int8_max_mrr_drop)
         if dev["fp32"] is not None:
             mlflow.log_metrics({f"dev/{p}/mrr_at_10": v for p, v in dev.items()})
-        spec = spec.model_copy(update={"default_precision": default, "default_reason": reason})
+        spec = spec.model_copy(update={"default_precision": default, "default_reason": reason,
+                                       "mlflow_run_id": champion["run_id"]})
         (out / "spec.json").write_text(spec.model_dump_json(indent=2) + "\n")
-        report = {"parity": spec.parity, "dev_mrr@10": dev | {"relative_drop": drop},
+        report = {"champion": champion, "parity": spec.parity, "dev_mrr@10": dev | {"relative_drop": drop},
                   "default_precision": default, "default_reason": reason,
                   "sizes_bytes": {p: (out / f).stat().st_size for p, f in spec.onnx.items()},
                   "export_run_id": mlflow.active_run().info.run_id}
@@ -79,7 +84,13 @@ def run_export(params: Params) -> dict[str, Any]:
     return report
 
 
-def _training_lines(params: Params, train: dict[str, Any]) -> str:
+def _training_lines(params: Params, train: dict[str, Any], champion: dict[str, Any]) -> str:
+    if champion.get("kind") == "base":
+        return (f"- **Training**: none. The registry's champion (v{champion['version']}) is the un-tuned base "
+                "model: no fine-tuned candidate has beaten it on the selection benchmark yet.\n")
+    if champion.get("run_id") != train.get("mlflow_run_id"):
+        return (f"- **Training**: registry version v{champion['version']}, MLflow run {champion['run_id']} "
+                "(an earlier run; the latest candidate did not beat it).\n")
     t, lora = params.embedder.train, params.embedder.lora
     best = train.get("best_dev_mrr@10")
     return (f"- **Training**: LoRA r={lora.r} on {', '.join(lora.target_modules)}, merged; in-batch-negatives "
@@ -110,10 +121,11 @@ def run_bundle(params: Params) -> Path:
     train = json.loads((lay.embedder_model / "train_summary.json").read_text())
     evaluation = json.loads((lay.results / "embedder.json").read_text())["results"]
     data_report = json.loads((lay.embedder_data / "report.json").read_text())
-    spec = spec.model_copy(update={"mlflow_run_id": train.get("mlflow_run_id"),
-                                   "metrics": {"eval": evaluation, "export_dev_mrr@10": export_report["dev_mrr@10"],
+    champion = export_report["champion"]
+    spec = spec.model_copy(update={"metrics": {"eval": evaluation, "champion": champion,
+                                               "export_dev_mrr@10": export_report["dev_mrr@10"],
                                                "sizes_bytes": export_report["sizes_bytes"]}})
-    card = model_card(spec, params.profile, training=_training_lines(params, train),
+    card = model_card(spec, params.profile, training=_training_lines(params, train, champion),
                       data=_data_lines(data_report), evaluation=markdown_table(evaluation))
     notice = lay.embedder_data / "NOTICE"
     commit = git_commit()
@@ -122,6 +134,10 @@ def run_bundle(params: Params) -> Path:
             lay.bundle, src, spec, profile=params.profile, bundle_version=f"{__version__}+{params.profile}.{commit[:12]}",
             git_commit=commit, card=card, notice=notice.read_text() if notice.is_file() else "",
             data_hashes=data_hashes({"datasets/embedder": lay.embedder_data, "ingest/code": lay.code_files}))
+        if params.export.signing_key:
+            from apex_models.export.signing import sign_bundle
+
+            sign_bundle(lay.bundle, Path(params.export.signing_key))
         mlflow.log_artifact(str(lay.bundle / "manifest.json"))
         mlflow.set_tag("bundle_version", manifest.bundle_version)
     return lay.bundle

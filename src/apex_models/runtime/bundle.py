@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"  # optional ed25519 signature of manifest.json (base64)
 
 
 class BundleError(Exception):
@@ -82,7 +83,7 @@ def _hash_files(bundle_dir: Path) -> dict[str, FileEntry]:
     for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(bundle_dir).as_posix()
         # The manifest cannot list itself; a temp file left by an interrupted write is not content.
-        if rel == MANIFEST_NAME or (path.name.startswith(".manifest.") and path.name.endswith(".tmp")):
+        if rel in (MANIFEST_NAME, SIGNATURE_NAME) or (path.name.startswith(".manifest.") and path.name.endswith(".tmp")):
             continue
         files[rel] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
     return files
@@ -168,14 +169,60 @@ def verify_files(root: Path, manifest: Manifest) -> None:
                 raise BundleError(f"model {name!r} references {rel!r}, which the manifest does not list")
 
 
-def load_bundle(path: str | Path, verify: bool = True) -> "Bundle":
-    """Open a bundle folder; with `verify` (the default) every file's hash is checked."""
+def load_public_key(key: bytes | str | Path):
+    """An Ed25519 public key from PEM bytes, a PEM file path, or 32 raw bytes."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    if isinstance(key, (str, Path)):
+        try:
+            key = Path(key).expanduser().read_bytes()
+        except OSError as exc:
+            raise BundleError(f"cannot read public key {key}: {exc}") from exc
+    if len(key) == 32:
+        return Ed25519PublicKey.from_public_bytes(key)
+    try:
+        loaded = serialization.load_pem_public_key(key)
+    except ValueError as exc:
+        raise BundleError(f"not a PEM public key: {exc}") from exc
+    if not isinstance(loaded, Ed25519PublicKey):
+        raise BundleError("the public key is not an Ed25519 key")
+    return loaded
+
+
+def verify_signature(root: Path, public_key: bytes | str | Path) -> None:
+    """Check manifest.sig against manifest.json; the manifest's hashes then cover every file."""
+    import base64
+    import binascii
+
+    from cryptography.exceptions import InvalidSignature
+
+    key = load_public_key(public_key)
+    sig_path = root / SIGNATURE_NAME
+    if not sig_path.is_file():
+        raise BundleError(f"{root} is not signed ({SIGNATURE_NAME} missing) but a public key was given")
+    try:
+        signature = base64.b64decode(sig_path.read_text(encoding="ascii").strip(), validate=True)
+        key.verify(signature, (root / MANIFEST_NAME).read_bytes())
+    except (InvalidSignature, binascii.Error, ValueError):
+        raise BundleError(f"{root}: the signature does not match manifest.json "
+                          "(the bundle was changed after signing, or signed with another key)") from None
+
+
+def load_bundle(path: str | Path, verify: bool = True, public_key: bytes | str | Path | None = None) -> "Bundle":
+    """Open a bundle folder; with `verify` (the default) every file's hash is checked.
+
+    With `public_key` the bundle must also carry a valid ed25519 signature of its
+    manifest, which proves who built it (the hashes alone only prove it is intact).
+    """
     root = Path(path).expanduser()
     manifest_path = root / MANIFEST_NAME
     if not root.is_dir():
         raise BundleError(f"{root} is not a bundle: the folder does not exist")
     if not manifest_path.is_file():
         raise BundleError(f"{root} is not a bundle: {MANIFEST_NAME} missing")
+    if public_key is not None:
+        verify_signature(root, public_key)
     manifest = _parse_manifest(manifest_path)
     if verify:
         verify_files(root, manifest)

@@ -1,0 +1,47 @@
+"""Promotion: the champion alias moves only on a real gain; rejections say why."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from apex_models.training.promotion import CHAMPION, current_champion, decide, register_version
+
+
+@pytest.fixture()
+def client(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("promotion-test")
+    yield mlflow.MlflowClient()
+    mlflow.set_tracking_uri("")
+
+
+def _candidate(client, value: float):
+    with mlflow.start_run() as run:
+        mlflow.log_text("weights", "merged_model/w.txt")
+    return register_version(client, "emb", f"{run.info.artifact_uri}/merged_model", run.info.run_id,
+                            "dev_mrr_at_10", value)
+
+
+def test_first_version_becomes_champion(client) -> None:
+    base = _candidate(client, 0.50)
+    decision = decide(client, "emb", base, "dev_mrr_at_10", margin=0.005)
+    assert decision.promoted and decision.reason == "no champion yet"
+    assert str(current_champion(client, "emb").version) == str(base.version)
+
+
+def test_champion_moves_only_beyond_the_margin(client) -> None:
+    decide(client, "emb", _candidate(client, 0.50), "dev_mrr_at_10", 0.005)
+    small = _candidate(client, 0.504)
+    d = decide(client, "emb", small, "dev_mrr_at_10", 0.005)
+    assert not d.promoted and "does not beat champion v1's 0.5000" in d.reason
+    assert str(current_champion(client, "emb").version) == "1"
+    run = client.get_run(small.run_id)
+    assert run.data.tags["promotion"] == "rejected" and "does not beat" in run.data.tags["promotion_reason"]
+    assert client.get_model_version("emb", small.version).tags["decision"] == "rejected"
+    better = _candidate(client, 0.52)
+    assert decide(client, "emb", better, "dev_mrr_at_10", 0.005).promoted
+    champion = client.get_model_version_by_alias("emb", CHAMPION)
+    assert str(champion.version) == str(better.version)
+    assert mlflow.artifacts.download_artifacts(artifact_uri=champion.source).endswith("merged_model")
