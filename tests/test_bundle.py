@@ -18,8 +18,10 @@ def test_valid_bundle_loads(minilm_bundle: Path) -> None:
     assert spec.dimension == 384
     assert set(spec.onnx) == {"fp32", "int8"}
     assert spec.default_precision == "int8"
-    assert set(bundle.manifest.files) == {"embedder/model.fp32.onnx", "embedder/model.int8.onnx",
-                                          "embedder/tokenizer.json", "embedder/README.md"}
+    top = {f for f in bundle.manifest.files if not f.startswith("embedder/hf/")}
+    assert top == {"embedder/model.fp32.onnx", "embedder/model.int8.onnx", "embedder/tokenizer.json",
+                   "embedder/README.md"}
+    assert "embedder/hf/model.safetensors" in bundle.manifest.files
     assert bundle.embedder().precision == "int8"
     assert bundle.embedder(precision="auto").precision == "int8"
     assert bundle.embedder(precision="fp32").precision == "fp32"

@@ -20,8 +20,27 @@ from apex_models.export.onnx import export_embedder_onnx, quantize_int8, save_to
 from apex_models.export.parity import check_embedding_gate, embedding_parity, probe_texts
 from apex_models.runtime.bundle import SCHEMA_VERSION, Manifest, ModelSpec, load_bundle, write_manifest
 
-FP32, INT8, TOKENIZER, CARD = "model.fp32.onnx", "model.int8.onnx", "tokenizer.json", "README.md"
+FP32, INT8, TOKENIZER, CARD, HF = "model.fp32.onnx", "model.int8.onnx", "tokenizer.json", "README.md", "hf"
 DEFAULT_GATES = {"fp32_min_cosine": 0.9999, "int8_min_cosine": 0.98, "int8_mean_cosine": 0.99}
+
+
+def save_full_precision(model_dir: Path, out_dir: Path, pooling: str, normalize: bool, max_length: int) -> Path:
+    """safetensors in Hugging Face layout plus sentence-transformers' module config.
+
+    One folder that `AutoModel.from_pretrained` and `SentenceTransformer(...)` both load,
+    computing the same vectors as the ONNX graph (same pooling, same normalisation).
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Normalize, Pooling, Transformer
+
+    transformer = Transformer(str(model_dir), max_seq_length=max_length)
+    modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), pooling_mode=pooling)]
+    if normalize:
+        modules.append(Normalize())
+    SentenceTransformer(modules=modules, device="cpu").save(str(out_dir))
+    if not (Path(out_dir) / "model.safetensors").is_file():
+        raise RuntimeError(f"{out_dir}: sentence-transformers wrote no model.safetensors")
+    return Path(out_dir)
 
 
 def export_embedder_artifacts(model_dir: Path, out_dir: Path, base_model: str, *, pooling: str = "mean",
@@ -43,6 +62,7 @@ def export_embedder_artifacts(model_dir: Path, out_dir: Path, base_model: str, *
     export_embedder_onnx(model_dir, out_dir / FP32, pooling=pooling, normalize=normalize, opset=opset)
     quantize_int8(out_dir / FP32, out_dir / INT8, per_channel=per_channel, reduce_range=reduce_range)
     save_tokenizer_json(model_dir, out_dir / TOKENIZER, max_length=max(query_max_length, doc_max_length))
+    save_full_precision(model_dir, out_dir / HF, pooling, normalize, doc_max_length)
 
     reference = TorchEncoder.from_base(str(model_dir), pooling=pooling, normalize=normalize,
                                        query_max_length=query_max_length, doc_max_length=doc_max_length)
@@ -50,7 +70,8 @@ def export_embedder_artifacts(model_dir: Path, out_dir: Path, base_model: str, *
     ref = reference.encode_documents(texts)
     spec = ModelSpec(task="embedding", base_model=base_model, dimension=int(ref.shape[1]), pooling=pooling,
                      normalize=normalize, query_max_length=query_max_length, doc_max_length=doc_max_length,
-                     tokenizer=TOKENIZER, onnx={"fp32": FP32, "int8": INT8}, default_precision="int8")
+                     tokenizer=TOKENIZER, onnx={"fp32": FP32, "int8": INT8}, default_precision="int8",
+                     safetensors_dir=HF)
     parity: dict[str, Any] = {}
     for precision in ("fp32", "int8"):
         vectors = OnnxEmbedder(out_dir, spec, precision).encode_documents(texts)
@@ -112,11 +133,15 @@ def assemble_bundle(bundle_dir: Path, artifacts_dir: Path, spec: ModelSpec, *, p
     sub.mkdir(parents=True)
     for name in (FP32, INT8, TOKENIZER):
         shutil.copy2(Path(artifacts_dir) / name, sub / name)
+    if spec.safetensors_dir:
+        shutil.copytree(Path(artifacts_dir) / spec.safetensors_dir, sub / spec.safetensors_dir)
     (sub / CARD).write_text(card, encoding="utf-8")
     if notice:
         (sub / "NOTICE").write_text(notice, encoding="utf-8")
     prefixed = spec.model_copy(update={"tokenizer": f"embedder/{TOKENIZER}", "card": f"embedder/{CARD}",
-                                       "onnx": {p: f"embedder/{f}" for p, f in spec.onnx.items()}})
+                                       "onnx": {p: f"embedder/{f}" for p, f in spec.onnx.items()},
+                                       "safetensors_dir": f"embedder/{spec.safetensors_dir}"
+                                       if spec.safetensors_dir else None})
     manifest = write_manifest(tmp, {
         "schema_version": SCHEMA_VERSION, "bundle_version": bundle_version,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit,

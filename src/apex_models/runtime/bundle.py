@@ -51,10 +51,15 @@ class ModelSpec(BaseModel):
     metrics: dict[str, Any] = {}
     parity: dict[str, Any] = {}
     mlflow_run_id: str | None = None
+    # Full precision in Hugging Face layout (transformers and sentence-transformers load
+    # it): a folder relative to the bundle root, its files listed in `files` like any other.
+    safetensors_dir: str | None = None
 
     def referenced_files(self) -> list[str]:
         """Every bundle-relative path this model needs at run time (or documents)."""
         paths = [self.tokenizer, *self.onnx.values()]
+        if self.safetensors_dir:
+            paths.append(f"{self.safetensors_dir}/model.safetensors")
         return paths + ([self.card] if self.card else [])
 
 
