@@ -14,6 +14,7 @@ Exit code 0 only when every gate passed and the written bundle loads.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -38,13 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.sign_key:
         params = params.model_copy(update={"export": params.export.model_copy(
             update={"signing_key": str(args.sign_key)})})
-    report = run_export(params)
-    bundle = run_bundle(params)
-    try:
-        manifest = load_bundle(bundle).manifest
-    except BundleError as exc:
-        print(f"export job: the written bundle does not load: {exc}", file=sys.stderr)
-        return 1
+    # Libraries log to stdout (DeepSpeed does); keep stdout for the one JSON summary.
+    with contextlib.redirect_stdout(sys.stderr):
+        report = run_export(params)
+        bundle = run_bundle(params)
+        try:
+            manifest = load_bundle(bundle).manifest
+        except BundleError as exc:
+            print(f"export job: the written bundle does not load: {exc}", file=sys.stderr)
+            return 1
     print(json.dumps({"bundle": str(bundle), "bundle_version": manifest.bundle_version,
                       "champion": report["champion"], "default_precision": report["default_precision"],
                       "signed": (bundle / "manifest.sig").is_file()}, indent=2))

@@ -44,7 +44,7 @@ def test_datasets_split_by_package_without_leaks(tiny_dag: Path) -> None:
     assert not packages["train"] & packages["test"] and not packages["train"] & packages["dev"]
     assert not packages["dev"] & packages["test"]
     report = json.loads((tiny_dag / "data/datasets/embedder/report.json").read_text())
-    assert sum(len(rows) for rows in splits.values()) == sum(report["splits"][s] for s in splits)
+    assert sum(len(rows) for rows in splits.values()) == sum(report["splits"][s]["pairs"] for s in splits)
     assert (tiny_dag / "data/datasets/embedder/NOTICE").read_text().strip()
 
 
