@@ -141,18 +141,14 @@ _BLOCKS = ("p", "div", "li", "ul", "ol", "blockquote", "h1", "h2", "h3", "h4", "
            "table", "tr", "dl", "dt", "dd", "section", "hr")
 
 
-def html_to_text(html: str) -> str:
-    """Readable text from an HTML fragment, code kept verbatim.
+def rewrite_html_tree(soup) -> None:
+    """In place: ``<pre>`` -> fenced code, ``<code>`` -> backticks, list dashes, block breaks.
 
-    ``<pre>`` blocks become fenced code (they hold the commands and snippets the models
-    must learn from, whitespace intact), inline ``<code>`` becomes backticks, list items
-    get a dash, and block elements are separated by blank lines.
+    Shared by :func:`html_to_text` and the Sphinx splitter (which rewrites a whole page
+    once, then reads each section's text, instead of re-parsing every section).
     """
-    if not html or not html.strip():
-        return ""
-    from bs4 import BeautifulSoup, NavigableString
+    from bs4 import NavigableString
 
-    soup = BeautifulSoup(html, "lxml")
     for tag in soup.find_all(["script", "style"]):
         tag.decompose()
     for pre in soup.find_all("pre"):
@@ -167,8 +163,10 @@ def html_to_text(html: str) -> str:
         li.insert(0, NavigableString("- "))
     for tag in soup.find_all(_BLOCKS):
         tag.insert_after(NavigableString("\n\n"))
-    text = soup.get_text()
-    # Collapse runs of blank lines and trailing spaces, but never touch fenced code.
+
+
+def tidy_text(text: str) -> str:
+    """Collapse runs of blank lines and trailing spaces, never touching fenced code."""
     parts = re.split(r"(\n```\n[\s\S]*?\n```\n)", text)
     out = []
     for i, part in enumerate(parts):
@@ -178,6 +176,22 @@ def html_to_text(html: str) -> str:
             part = re.sub(r"[ \t]+\n", "\n", part)
             out.append(re.sub(r"\n{3,}", "\n\n", part))
     return re.sub(r"\n{3,}", "\n\n", "".join(out)).strip()
+
+
+def html_to_text(html: str) -> str:
+    """Readable text from an HTML fragment, code kept verbatim.
+
+    ``<pre>`` blocks become fenced code (they hold the commands and snippets the models
+    must learn from, whitespace intact), inline ``<code>`` becomes backticks, list items
+    get a dash, and block elements are separated by blank lines.
+    """
+    if not html or not html.strip():
+        return ""
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(html, "lxml")
+    rewrite_html_tree(soup)
+    return tidy_text(soup.get_text())
 
 
 def _tags(value: str | None) -> list[str]:
