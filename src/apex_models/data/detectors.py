@@ -114,7 +114,10 @@ _LONG_VALUE_ASSIGNMENT = re.compile(
 # Key names whose long values are integrity data or identifiers, not credentials.
 _NOT_SECRET_KEY = re.compile(
     r"(?i)(hash|sha\d*|md5|checksum|integrity|digest|commit|revision|\brev\b|etag|uuid|guid|"
-    r"(^|_)id$|version|fingerprint|nonce|signature_alg|resolved|url|path|file|name|dir)")
+    r"(^|_)id$|version|fingerprint|nonce|signature_alg|resolved|url|path|file|name|dir|"
+    # public identifiers and payloads: blockchain addresses, policy ids, encoded data
+    r"address|addr|policy|symbol|asset|script|datum|bytes|cbor|\btx|transaction|block|type|"
+    r"data|payload|content|body|text|message|raw|signed|encoded|image|icon|logo|pub|vkey|verification)")
 
 # --- personal data --------------------------------------------------------------------
 
@@ -167,8 +170,8 @@ def _contextual(text: str) -> list[Finding]:
         is_hex = re.fullmatch(r"[A-Fa-f0-9]+", value) is not None
         if is_hex and len(value) in (32, 40, 64, 128) and not re.search(r"(?i)secret|token|key|pass|auth|cred", key):
             continue  # md5/sha1/sha256/sha512-sized hex under a neutral name: a hash
-        if re.fullmatch(r"[a-z_/\-]+|[A-Z_/\-]+", value):
-            continue  # identifiers and paths, not random strings
+        if not (re.search(r"\d", value) and re.search(r"[A-Za-z]", value)):
+            continue  # identifiers, words and paths: random strings mix letters and digits
         threshold = 3.0 if is_hex else 4.0
         if shannon_entropy(value) >= threshold:
             out.append(Finding("high_entropy_string", m.start(3), m.end(3), value))

@@ -126,11 +126,12 @@ class Skips:
     examples: list[dict[str, str]] = field(default_factory=list)
     max_examples: int = 50
 
-    def add(self, reason: str, where: str | Path = "", detail: str = "") -> None:
+    def add(self, reason: str, where: str | Path = "", detail: str = "", example: bool = True) -> None:
+        """Count one skip; `example=False` for routine filters (no entry in ``examples``)."""
         self.counts[reason] += 1
-        if len(self.examples) < self.max_examples:
+        if example and len(self.examples) < self.max_examples:
             self.examples.append({"input": str(where), "reason": reason, "detail": str(detail)[:300]})
-        log.info("skipped %s: %s %s", where, reason, detail)
+        (log.info if example else log.debug)("skipped %s: %s %s", where, reason, detail)
 
     def as_dict(self) -> dict[str, Any]:
         return {"counts": dict(sorted(self.counts.items())), "examples": list(self.examples)}
