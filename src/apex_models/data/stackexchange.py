@@ -217,7 +217,8 @@ CREATE TABLE qtext (id INTEGER PRIMARY KEY, title TEXT, body TEXT, tags TEXT, ow
                     license TEXT, score INTEGER, accepted INTEGER);
 CREATE TABLE atext (id INTEGER PRIMARY KEY, body TEXT, owner TEXT, license TEXT, score INTEGER);
 """
-_BATCH = 10_000
+_BATCH = 10_000       # integer rows per insert in pass 1
+_TEXT_BATCH = 2_000   # text rows per insert in pass 2 (bounds the texts held at once)
 
 
 def _first_pass(db: sqlite3.Connection, source: Path, min_score: int, skips: Skips) -> None:
@@ -270,7 +271,7 @@ def _second_pass(db: sqlite3.Connection, source: Path) -> None:
             if db.execute("SELECT 1 FROM want WHERE id=?", (pid,)).fetchone():
                 arows.append((pid, row.get("Body", ""), owner, spdx_license(row.get("ContentLicense")),
                               _int(row.get("Score"))))
-        if len(qrows) + len(arows) >= 2_000:
+        if len(qrows) + len(arows) >= _TEXT_BATCH:
             db.executemany("INSERT OR IGNORE INTO qtext VALUES (?, ?, ?, ?, ?, ?, ?, ?)", qrows)
             db.executemany("INSERT OR IGNORE INTO atext VALUES (?, ?, ?, ?, ?)", arows)
             qrows.clear()
@@ -322,7 +323,7 @@ def qa_records(source: Path, site: str, min_score: int = 0, skips: Skips | None 
                     if record is None:
                         continue
                     if require_answer and not (record["accepted_answer"] or record["top_answer"]):
-                        skips.add("unanswered", f"{site}/q/{row[0]}")
+                        skips.add("unanswered", f"{site}/q/{row[0]}", example=False)
                         continue
                     yield record
             finally:
@@ -377,3 +378,48 @@ def qa_pairs(records: Iterable[dict]) -> list[dict]:
             "sha256": pair_sha256(r["title"], r["accepted_answer"]),
         })
     return pairs
+
+
+_WORDS = ("cli", "node", "wallet", "transaction", "script", "error", "build", "install", "version", "config",
+          "python", "query", "address", "token", "policy", "deploy", "socket", "key", "file", "network",
+          "fails", "returns", "missing", "how", "why", "when", "using", "with", "after", "update")
+
+
+def write_synthetic_dump(path: Path, n_questions: int, answers_per_question: int = 2, seed: int = 0,
+                         body_words: int = 120) -> int:
+    """Write a Posts.xml in the dump format, streamed to disk; returns its size in bytes.
+
+    For throughput and memory checks at sizes no fixture holds (a 200 MB dump is a few
+    lines of this). Bodies are HTML with a code block; every 50th answer carries an
+    e-mail address so the scrubber has work. Deterministic for a seed.
+    """
+    import random
+    from xml.sax.saxutils import quoteattr
+
+    rng = random.Random(seed)
+
+    def words(n: int) -> str:
+        return " ".join(rng.choice(_WORDS) + str(rng.randrange(1000)) for _ in range(n))
+
+    def attr(value: str) -> str:
+        return quoteattr(value).replace("\n", "&#xA;")
+
+    post_id = 0
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write('<?xml version="1.0" encoding="utf-8"?>\n<posts>\n')
+        for q in range(n_questions):
+            post_id += 1
+            qid = post_id
+            accepted = qid + 1
+            body = f"<p>{words(body_words)}</p><pre><code>{words(8)}\n  {words(6)}\n</code></pre>"
+            fh.write(f'  <row Id="{qid}" PostTypeId="1" AcceptedAnswerId="{accepted}" Score="{rng.randrange(-2, 30)}" '
+                     f'OwnerUserId="{rng.randrange(1, 5000)}" Title={attr(words(9))} Body={attr(body)} '
+                     f'Tags="&lt;{rng.choice(_WORDS)}&gt;" ContentLicense="CC BY-SA 4.0" />\n')
+            for a in range(answers_per_question):
+                post_id += 1
+                extra = f" mail admin{post_id}@corp{post_id % 7}.io" if post_id % 50 == 0 else ""
+                body = f"<p>{words(body_words)}{extra}</p><pre><code>{words(6)}\n</code></pre>"
+                fh.write(f'  <row Id="{post_id}" PostTypeId="2" ParentId="{qid}" Score="{rng.randrange(0, 40)}" '
+                         f'OwnerUserId="{rng.randrange(1, 5000)}" Body={attr(body)} ContentLicense="CC BY-SA 4.0" />\n')
+        fh.write("</posts>\n")
+    return Path(path).stat().st_size
