@@ -176,6 +176,9 @@ def ingest_sources(cfg: Any, shared_dir: Path | None, out_dir: Path, raw_dir: Pa
     (by reason), ``dedup`` (counts and rates), ``skipped`` (reasons, examples); plus
     ``totals`` and the benchmarks decontaminated against (``benchmarks_missing``).
     """
+    import time
+
+    started = time.perf_counter()
     cfg = _cfg(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -191,6 +194,7 @@ def ingest_sources(cfg: Any, shared_dir: Path | None, out_dir: Path, raw_dir: Pa
     skips = {name: Skips() for name in SOURCE_ORDER}
     readers = _readers(cfg, shared, raw_dir, skips)
     cap = cfg.get("max_records_per_source")
+    setup_seconds = time.perf_counter() - started  # benchmark texts and their LSH index
 
     per_source: dict[str, Any] = {}
     notice_tmp = out_dir / "NOTICE.tmp"
@@ -204,6 +208,7 @@ def ingest_sources(cfg: Any, shared_dir: Path | None, out_dir: Path, raw_dir: Pa
             notice.write(f"\n== {name} ==\n")
             stats: dict[str, Any] = {"read": 0, "scrub": Counter(), "decontaminated": Counter(),
                                      "licenses": Counter(), "_dedup": DedupStats()}
+            source_started = time.perf_counter()
             stream = readers[name]()
             if cap:
                 stream = itertools.islice(stream, cap)
@@ -215,6 +220,7 @@ def ingest_sources(cfg: Any, shared_dir: Path | None, out_dir: Path, raw_dir: Pa
                 "decontaminated": dict(sorted(stats["decontaminated"].items())),
                 "dedup": stats["_dedup"].as_dict() if dedup is not None else None,
                 "skipped": skips[name].as_dict(),
+                "seconds": round(time.perf_counter() - source_started, 2),
             }
             log.info("%s: %d records written of %d read", name, written, stats["read"])
     os.replace(notice_tmp, out_dir / "NOTICE")
@@ -230,6 +236,7 @@ def ingest_sources(cfg: Any, shared_dir: Path | None, out_dir: Path, raw_dir: Pa
         "benchmarks": names,
         "benchmarks_missing": list(bench.missing),
         "shared_found": shared is not None,
+        "setup_seconds": round(setup_seconds, 2),
         "config": cfg,
         "totals": {
             "written": sum(i["written"] for i in enabled.values()),
