@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from apex_models.data.changelogs import debian_changelog_records
 from apex_models.data.conala import load_conala_pairs
 from apex_models.data.decontam import BENCHMARK_NAMES, BenchmarkTexts, Decontaminator, load_benchmark_texts
 from apex_models.data.dedup import Deduplicator, DedupStats
@@ -105,6 +106,9 @@ def _readers(cfg: dict, shared: Path | None, raw_dir: Path, skips: dict[str, Ski
                 yield from doc_records(root / "usr" / "share" / "doc", package, license,
                                        f"{package} (Debian package), {license}", docs["max_file_bytes"],
                                        docs["min_section_chars"], skips=skips["docs"])
+                # The package's changelog.Debian.gz: (version, changes) records beside the docs.
+                yield from debian_changelog_records(root, license, f"{package} Debian changelog, {license}",
+                                                    skips=skips["docs"])
         readers["docs"] = do
     return readers
 
@@ -258,7 +262,8 @@ _DESCRIPTIONS = {
                      "(data dump Posts.xml; per-row CC BY-SA licence)",
     "conala": "CoNaLa curated training pairs: Stack Overflow question intents -> Python snippets (CC BY-SA)",
     "tldr": "tldr-pages examples: task description -> shell command, placeholders kept (CC BY 4.0)",
-    "docs": "Documentation sections with their heading path (Debian *-doc packages)",
+    "docs": "Documentation sections with their heading path, and the packages' Debian changelogs as "
+            "(version, changes) records (Debian *-doc packages)",
 }
 
 
