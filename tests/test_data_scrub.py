@@ -73,6 +73,8 @@ def test_positives_with_golden_spans(text: str, expected: list[tuple[str, str]])
     "aws_access_key_id = AKIAIOSFODNN7EXAMPLE",                              # AWS's documented example
     "pk_test_TYooMQauvdEDq54NiTphI7jx is the publishable key",               # publishable, not secret
     "git@github.com:acme/app.git", "see logo@2x.png",
+    "password: required", "password = get_password(user)", "mysql --password=$DB_PASS",
+    "token=settings.API_TOKEN", "CREATE USER app IDENTIFIED BY :password",
     # public blockchain identifiers in JSON answers are data, not credentials
     '{"address": "addr1q9d34spgg2kdy47n82e7x9pdd6vql6d2engxmpj20jmhuc2047yqd4xnh7u6u5jp4t0q3fkxzckph4tgnzvamlu7k5psuahzcp"}',
     'final String policyId = "00000002df633853f6a47465c9496721d2d5b1291b8398016c0e87";',

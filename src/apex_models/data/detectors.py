@@ -104,7 +104,18 @@ _GOOGLE_API_KEY = re.compile(r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])")
 # scheme://user:password@host -> the password only.
 _URL_PASSWORD = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]{1,20}://[^\s:/@\"'<>]{1,100}:([^\s@/\"'<>]{1,200})@[\w.\-\[\]]+")
 # key = "value" / key: 'value' / "key": "value" with a secret-looking key name.
-_SECRET_KEY_NAME = r"[A-Za-z0-9_.\-]*(?:password|passwd|passphrase|pwd|secret|token|api[_\-]?key|apikey|access[_\-]?key|auth[_\-]?key|private[_\-]?key|credentials?)[A-Za-z0-9_.\-]*"
+_SECRET_KEY_NAME = (r"[A-Za-z0-9_.\-]*(?:password|passwd|passphrase|psword|pwd|secret|token|api[_\-]?key|apikey|"
+                    r"access[_\-]?key|auth[_\-]?key|private[_\-]?key|credentials?)[A-Za-z0-9_.\-]*(?: key)?")
+# Unquoted values (config files, command lines, prose): key names are the same plus the
+# short `pw`/`pass`, and the value must look random (checked in _contextual).
+_UNQUOTED_ASSIGNMENT = re.compile(
+    r"(?i)(?<![A-Za-z0-9_])(" + _SECRET_KEY_NAME + r"|pw|pass|[A-Za-z0-9_]*_pass)\s*(?:=>|:=|=|:)[ \t]*"
+    r"(?![\"'\s])([^\s\"',;<>()\[\]{}`]{6,200})")
+# SQL: CREATE/ALTER USER ... IDENTIFIED BY 'x', ... WITH [LOGIN] PASSWORD 'x'.
+_SQL_PASSWORD = re.compile(
+    r"(?i)\b(?:IDENTIFIED\s+(?:WITH\s+\w+\s+)?BY|(?:WITH|LOGIN)\s+(?:LOGIN\s+)?PASSWORD)\s+'?([^\s';\")\\]{6,100})")
+# Credentials in URL query strings: ?token=..., &api_key=...
+_QUERY_SECRET = re.compile(r"(?i)[?&](?:access_token|token|api_?key|apikey|secret|password|passwd|auth|sig)=([^&\s\"'#<>]{8,300})")
 _SECRET_ASSIGNMENT = re.compile(
     r"(?i)(?<![A-Za-z0-9_])[\"']?(" + _SECRET_KEY_NAME + r")[\"']?\s*(?:=|:=|:|=>)\s*([\"'])([^\"'\s]{6,300})\2")
 # Any assignment of a long quoted hex/base64 value (the key name is checked afterwards).
@@ -163,6 +174,25 @@ def _contextual(text: str) -> list[Finding]:
             continue
         kind = "password" if re.search(r"pass|pwd", key) else "generic_secret"
         out.append(Finding(kind, m.start(3), m.end(3), value))
+    for m in _UNQUOTED_ASSIGNMENT.finditer(text):
+        key, value = m.group(1).lower(), m.group(2)
+        if is_placeholder(value) or (_NOT_SECRET_KEY.search(key) and "secret" not in key):
+            continue
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+", value) or value.startswith(("$", "%")):
+            continue  # references to settings or variables
+        classes = sum(bool(re.search(p, value)) for p in (r"[a-z]", r"[A-Z]", r"\d", r"[^A-Za-z0-9]"))
+        if classes >= 3 or (classes == 2 and len(value) >= 16 and shannon_entropy(value) >= 3.5
+                            and re.search(r"\d", value)):
+            kind = "password" if re.search(r"pass|pwd|pw|psword", key) else "generic_secret"
+            out.append(Finding(kind, m.start(2), m.end(2), value))
+    for m in _SQL_PASSWORD.finditer(text):
+        value = m.group(1)
+        if not is_placeholder(value) and not value.startswith((":", "?", "$", "%", "@")):
+            out.append(Finding("password", m.start(1), m.end(1), value))
+    for m in _QUERY_SECRET.finditer(text):
+        value = m.group(1)
+        if not is_placeholder(value) and shannon_entropy(value) >= 3.0 and re.search(r"\d", value):
+            out.append(Finding("generic_secret", m.start(1), m.end(1), value))
     for m in _LONG_VALUE_ASSIGNMENT.finditer(text):
         key, value = m.group(1), m.group(3)
         if _NOT_SECRET_KEY.search(key) or is_placeholder(value):
