@@ -218,3 +218,14 @@ def test_memory_does_not_grow_with_the_dump(tmp_path: Path, monkeypatch) -> None
     join(small)()  # warm-up: first-use imports and caches are not the reader's memory
     assert _peak_python_bytes(parse(large)) < 2 * _peak_python_bytes(parse(small)) + 200_000
     assert _peak_python_bytes(join(large)) < 2 * _peak_python_bytes(join(small)) + 500_000
+
+
+def test_binary_and_non_utf8_dumps_are_counted_not_raised(tmp_path: Path) -> None:
+    binary = tmp_path / "bin.stackexchange.com-Posts.xml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00" * 100)
+    latin = tmp_path / "latin.stackexchange.com-Posts.xml"
+    latin.write_bytes(posts_xml(ROWS[:2]).replace("reverse", "r\xe9verse").encode("latin-1"))  # declared utf-8
+    skips = Skips()
+    assert list(qa_records(binary, "bin.stackexchange.com", skips=skips)) == []
+    assert list(iter_posts(latin, skips)) == []
+    assert skips.counts["malformed_xml"] == 2
