@@ -68,5 +68,6 @@ def run_ingest_sources(params: Params) -> dict[str, Any]:
         raise ValueError("params.yaml has no data.sources section: re-run `python pipelines/compose.py`")
     lay = layout(params)
     data = Path(params.paths.data)
+    (data / "raw" / "debian").mkdir(parents=True, exist_ok=True)  # a DVC out even when docs are off
     return ingest_sources(params.data.sources, lay.shared_or_none(), data / "sources",
                           raw_dir=data / "raw" / "debian", benchmarks=list(params.data.decontaminate.benchmarks))
