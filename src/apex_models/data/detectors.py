@@ -135,6 +135,10 @@ _NOT_SECRET_KEY = re.compile(
 _EMAIL = re.compile(r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9][A-Za-z0-9._%+\-]{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![A-Za-z0-9\-])")
 _IPV4 = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w]|\.\d)")
 _VERSION_BEFORE = re.compile(r"(?i)(?:\b(?:v|version|ver\.?|release|python)|==|>=|<=|~=|!=|\^)\s*$|[A-Za-z]-$")
+# Address ranges reserved for documentation (RFC 5737, RFC 3849): the IP equivalent of
+# example.com, found all over manuals (Python's ipaddress docs alone hold hundreds).
+_DOC_IPV4 = ("192.0.2.", "198.51.100.", "203.0.113.")
+_DOC_IPV6 = ipaddress.IPv6Network("2001:db8::/32")
 _IPV6_CANDIDATE = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|:)?(?:%[\w]+)?(?![\w:])")
 
 
@@ -224,8 +228,8 @@ def _pii(text: str) -> list[Finding]:
             out.append(Finding("email", m.start(), m.end(), value))
     for m in _IPV4.finditer(text):
         value = m.group(0)
-        if value == "0.0.0.0" or value.startswith("127.") or value.startswith("255.") or value.startswith("0."):
-            continue
+        if value == "0.0.0.0" or value.startswith(("127.", "255.", "0.")) or value.startswith(_DOC_IPV4):
+            continue  # unspecified, loopback, masks, and the ranges reserved for documentation
         if _VERSION_BEFORE.search(text[max(0, m.start() - 12):m.start()]):
             continue  # "version 1.2.3.4", "pkg==2.0.0.1", "v1.0.0.0"
         out.append(Finding("ipv4", m.start(), m.end(), value))
@@ -238,7 +242,7 @@ def _pii(text: str) -> list[Finding]:
             addr = ipaddress.IPv6Address(value.split("%")[0])
         except ValueError:
             continue
-        if addr.is_loopback or addr.is_unspecified:
+        if addr.is_loopback or addr.is_unspecified or addr in _DOC_IPV6:
             continue
         out.append(Finding("ipv6", m.start(), m.end(), value))
     return out

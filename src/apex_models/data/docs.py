@@ -239,27 +239,29 @@ def fetch_debian_doc(package: str, dest: Path, timeout: int = 900) -> Path | Non
     return out
 
 
-def _read_text(path: Path, max_file_bytes: int, skips: Skips) -> str | None:
+def _read_text(path: Path, max_file_bytes: int, skips: Skips, where: str = "") -> str | None:
+    """The file's text, or None with the reason counted (`where` names it in the report)."""
+    where = where or str(path)
     try:
         size = path.stat().st_size
     except OSError as exc:
-        skips.add("unreadable", path, str(exc))
+        skips.add("unreadable", where, str(exc))
         return None
     if size > max_file_bytes:
-        skips.add("too_large", path, f"{size} bytes")
+        skips.add("too_large", where, f"{size} bytes")
         return None
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        skips.add("unreadable", path, str(exc))
+        skips.add("unreadable", where, str(exc))
         return None
     if b"\x00" in raw[:8192]:
-        skips.add("binary", path)
+        skips.add("binary", where)
         return None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        skips.add("not_utf8", path)
+        skips.add("not_utf8", where)
         return None
 
 
@@ -296,7 +298,7 @@ def doc_records(root: Path, source: str, license: str, attribution: str, max_fil
         for d in list(dirnames):
             full = Path(dirpath) / d
             if full.is_symlink():
-                skips.add("symlink", full)
+                skips.add("symlink", full.relative_to(root).as_posix())
             if d in SKIP_DIRS or full.is_symlink():
                 dirnames.remove(d)
         dirnames.sort()
@@ -305,18 +307,18 @@ def doc_records(root: Path, source: str, license: str, attribution: str, max_fil
             if not name.lower().endswith(DOC_SUFFIXES):
                 continue
             if full.is_symlink():
-                skips.add("symlink", full)
+                skips.add("symlink", full.relative_to(root).as_posix())
                 continue
             files.append(full)
     for path in tqdm(files, desc=f"docs {source}", unit="file", disable=len(files) < 200):
-        text = _read_text(path, max_file_bytes, skips)
+        rel = path.relative_to(root).as_posix()
+        text = _read_text(path, max_file_bytes, skips, where=rel)
         if text is None:
             continue
-        rel = path.relative_to(root).as_posix()
         try:
             sections = split_file(path.name, text)
         except Exception as exc:  # a parser bug on one odd file must not stop the stage
-            skips.add("unparsable", path, f"{type(exc).__name__}: {exc}")
+            skips.add("unparsable", rel, f"{type(exc).__name__}: {exc}")
             continue
         for heading_path, body in sections:
             if len(body) < min_section_chars:
