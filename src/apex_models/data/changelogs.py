@@ -92,19 +92,20 @@ def parse_news_changelog(text: str) -> list[tuple[str, list[str]]]:
     return [(v, c) for v, c in out if c]
 
 
-def _read_maybe_gz(path: Path, skips: Skips) -> str | None:
+def _read_maybe_gz(path: Path, skips: Skips, where: str = "") -> str | None:
+    where = where or path.name
     try:
         if path.stat().st_size > MAX_CHANGELOG_BYTES:
-            skips.add("too_large", path)
+            skips.add("too_large", where)
             return None
         raw = gzip.open(path).read(MAX_CHANGELOG_BYTES * 10) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        skips.add("unreadable", path, str(exc))
+        skips.add("unreadable", where, str(exc))
         return None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        skips.add("not_utf8", path)
+        skips.add("not_utf8", where)
         return None
 
 
@@ -128,10 +129,10 @@ def debian_changelog_records(root: Path, license: str, attribution: str,
         path = folder / "changelog.Debian.gz"
         if not path.is_file() or path.is_symlink():
             continue
-        text = _read_maybe_gz(path, skips)
+        rel = path.relative_to(root).as_posix()
+        text = _read_maybe_gz(path, skips, where=rel)
         if text is None:
             continue
-        rel = path.relative_to(root).as_posix()
         for entry in parse_debian_changelog(text):
             if entry["changes"]:
                 yield changelog_record(entry["package"], entry["version"], entry["changes"], license, attribution,

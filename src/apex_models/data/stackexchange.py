@@ -72,7 +72,7 @@ def _posts_file(source: Path, skips: Skips):
     if source.is_dir():
         candidate = source / "Posts.xml"
         if not candidate.is_file():
-            skips.add("no_posts_xml", source)
+            skips.add("no_posts_xml", source.name)
             yield None
         else:
             yield candidate
@@ -85,24 +85,24 @@ def _posts_file(source: Path, skips: Skips):
                 with py7zr.SevenZipFile(source, mode="r") as archive:
                     names = [n for n in archive.getnames() if Path(n).name == "Posts.xml"]
                     if not names:
-                        skips.add("no_posts_xml", source)
+                        skips.add("no_posts_xml", source.name)
                         yield None
                         return
                     # Extract the one member to disk (py7zr decompresses in chunks).
                     archive.extract(path=tmp, targets=names[:1])
             except Exception as exc:  # py7zr raises many types for damaged archives
-                skips.add("bad_archive", source, f"{type(exc).__name__}: {exc}")
+                skips.add("bad_archive", source.name, f"{type(exc).__name__}: {exc}")
                 yield None
                 return
             extracted = Path(tmp) / names[0]
             if not extracted.is_file():
-                skips.add("bad_archive", source, "Posts.xml not extracted")
+                skips.add("bad_archive", source.name, "Posts.xml not extracted")
                 yield None
                 return
             yield extracted
         return
     if not source.is_file():
-        skips.add("missing", source)
+        skips.add("missing", source.name)
         yield None
         return
     yield source
@@ -132,9 +132,9 @@ def iter_posts(source: Path, skips: Skips | None = None) -> Iterator[dict[str, s
                     if root is not None:
                         root.clear()
         except ET.ParseError as exc:
-            skips.add("malformed_xml", source, str(exc))
+            skips.add("malformed_xml", Path(source).name, str(exc))
         except OSError as exc:
-            skips.add("unreadable", source, str(exc))
+            skips.add("unreadable", Path(source).name, str(exc))
 
 
 _BLOCKS = ("p", "div", "li", "ul", "ol", "blockquote", "h1", "h2", "h3", "h4", "h5", "h6",

@@ -60,7 +60,7 @@ def tldr_records(tar_path: Path, platforms: Iterable[str] | None = None,
     wanted = set(platforms) if platforms is not None else None
     tar_path = Path(tar_path)
     if not tar_path.is_file():
-        skips.add("missing", tar_path)
+        skips.add("missing", tar_path.name)
         return
     try:
         with tarfile.open(tar_path, "r|gz") as tf:
@@ -90,7 +90,7 @@ def tldr_records(tar_path: Path, platforms: Iterable[str] | None = None,
                         path=member.name, language="shell", query=query, code=command,
                         page=page, platform=platform)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        skips.add("bad_archive", tar_path, f"{type(exc).__name__}: {exc}")
+        skips.add("bad_archive", tar_path.name, f"{type(exc).__name__}: {exc}")
 
 
 def tldr_pairs(records: Iterable[dict]) -> list[dict]:
