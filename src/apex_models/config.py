@@ -63,11 +63,48 @@ class DecontaminateConfig(_Strict):
     benchmarks: list[Literal["cosqa", "conala", "intent", "qa"]]
 
 
+class StackExchangeSourceConfig(_Strict):
+    enabled: bool
+    min_score: int = 0
+
+
+class TldrSourceConfig(_Strict):
+    enabled: bool
+    platforms: list[str] | None = None   # None: every platform
+
+
+class DocsSourceConfig(_Strict):
+    enabled: bool
+    debian_packages: list[str] = Field(default_factory=list)
+    package_licenses: dict[str, str] = Field(default_factory=dict)   # a package without one is skipped
+    max_file_bytes: int = Field(gt=0)
+    min_section_chars: int = Field(ge=0)
+
+
+class DedupConfig(_Strict):
+    enabled: bool
+    threshold: float = Field(gt=0, le=1)
+    num_perm: int = Field(ge=16)
+
+
+class SourcesConfig(_Strict):
+    stackexchange: StackExchangeSourceConfig
+    tldr: TldrSourceConfig
+    conala: ToggleConfig
+    docs: DocsSourceConfig
+    scrub: ToggleConfig
+    dedup: DedupConfig
+    max_records_per_source: int | None = Field(default=None, gt=0)
+
+
 class DataConfig(_Strict):
     code: CodeSourceConfig
     conala: ToggleConfig
     pairs: PairsConfig
     decontaminate: DecontaminateConfig
+    # Optional so a params.yaml composed before this section existed still validates for
+    # the other stages; ingest_sources asks for a re-compose when it is absent.
+    sources: SourcesConfig | None = None
 
 
 class LoraConfig(_Strict):

@@ -57,3 +57,17 @@ def run_benchmarks(params: Params) -> dict[str, Any]:
             (out / "SKIPPED").write_text("shared/benchmarks/cosqa was not found\n")
         written[split] = str(path) if path else None
     return written
+
+
+def run_ingest_sources(params: Params) -> dict[str, Any]:
+    """Stack Exchange, CoNaLa, tldr and documentation as scrubbed, deduplicated and
+    decontaminated records in ``<data>/sources/`` (Debian downloads kept in ``<data>/raw/debian``)."""
+    from apex_models.data.sources import ingest_sources
+
+    if params.data.sources is None:
+        raise ValueError("params.yaml has no data.sources section: re-run `python pipelines/compose.py`")
+    lay = layout(params)
+    data = Path(params.paths.data)
+    (data / "raw" / "debian").mkdir(parents=True, exist_ok=True)  # a DVC out even when docs are off
+    return ingest_sources(params.data.sources, lay.shared_or_none(), data / "sources",
+                          raw_dir=data / "raw" / "debian", benchmarks=list(params.data.decontaminate.benchmarks))

@@ -1,0 +1,132 @@
+"""Benchmark (not a test): ingest throughput per source and peak memory on a large dump.
+
+A synthetic Stack Exchange ``Posts.xml`` of ``--mb`` megabytes (default 200) is streamed
+to a temporary folder, then each measurement runs in a fresh process so its peak RSS
+(``resource.getrusage``) is its own: parsing the dump alone, the whole
+``ingest_sources`` chain (join, HTML to text, scrub, decontaminate, dedup, write) on it,
+and the same chain on the real tldr and CoNaLa corpora when the shared folder is there.
+Bounded memory shows as a peak RSS far below the dump's size.
+
+    python eval/bench_ingest.py                 # 200 MB synthetic dump
+    python eval/bench_ingest.py --mb 20         # quicker
+
+Writes eval/results/ingest-throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+BYTES_PER_QUESTION = 4300  # of write_synthetic_dump's output at its default sizes
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # ru_maxrss is KiB on Linux
+
+
+def _baseline() -> dict:
+    """A child that only imports what the others import: the floor of every peak."""
+    import apex_models.data.sources  # noqa: F401
+    import bs4  # noqa: F401
+    import datasketch  # noqa: F401
+
+    return {"peak_rss_mb": _peak_rss_mb()}
+
+
+def _parse(path: str) -> dict:
+    from apex_models.data.stackexchange import iter_posts
+
+    started = time.perf_counter()
+    rows = sum(1 for _ in iter_posts(Path(path)))
+    seconds = time.perf_counter() - started
+    return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds, 1),
+            "mb_per_s": round(Path(path).stat().st_size / 2**20 / seconds, 2), "peak_rss_mb": _peak_rss_mb()}
+
+
+def _ingest(source: str, shared: str, out: str, benchmarks: list[str]) -> dict:
+    import logging
+
+    from apex_models.config import compose, validate
+    from apex_models.data.sources import ingest_sources
+
+    logging.basicConfig(level=logging.WARNING)
+    cfg = validate(compose("default")).data.sources.model_dump()
+    for name in ("stackexchange", "tldr", "conala", "docs"):
+        cfg[name]["enabled"] = name == source
+    started = time.perf_counter()
+    report = ingest_sources(cfg, Path(shared), Path(out), benchmarks=benchmarks)
+    seconds = time.perf_counter() - started
+    info = report["sources"][source]
+    return {"read": info["read"], "written": info["written"], "seconds": round(seconds, 2),
+            "setup_seconds": report["setup_seconds"], "source_seconds": info["seconds"],
+            # records read per second of the source's own pass (benchmark loading excluded)
+            "records_per_s": round(info["read"] / max(info["seconds"], 1e-9), 1),
+            "input_mb_per_s": None, "peak_rss_mb": _peak_rss_mb(),
+            "scrub": info["scrub"], "dedup": info["dedup"], "decontaminated": info["decontaminated"],
+            "skipped": info["skipped"]["counts"]}
+
+
+def _in_child(fn, *args):
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def main() -> None:
+    from apex_models.evaluation.results import write_result
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mb", type=float, default=200.0, help="size of the synthetic Posts.xml (MB)")
+    parser.add_argument("--out", type=Path, default=REPO / "eval" / "results" / "ingest-throughput.json")
+    args = parser.parse_args()
+    real_shared = Path(os.environ.get("APEX_SHARED", REPO.parent / "shared"))
+    benchmarks = ["cosqa", "conala", "intent", "qa"]
+
+    from apex_models.data.stackexchange import write_synthetic_dump
+
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        shared = Path(tmp) / "shared"
+        se = shared / "corpora" / "stackexchange"
+        se.mkdir(parents=True)
+        if (real_shared / "benchmarks").is_dir():
+            (shared / "benchmarks").symlink_to((real_shared / "benchmarks").resolve())
+        dump = se / "synthetic.stackexchange.com-Posts.xml"
+        started = time.perf_counter()
+        size = write_synthetic_dump(dump, max(1, int(args.mb * 2**20 / BYTES_PER_QUESTION)))
+        results["synthetic_dump"] = {"bytes": size, "mb": round(size / 2**20, 1),
+                                     "write_seconds": round(time.perf_counter() - started, 1)}
+        print("dump", json.dumps(results["synthetic_dump"]), file=sys.stderr)
+        results["baseline_imports"] = _in_child(_baseline)
+        results["stackexchange_parse_only"] = _in_child(_parse, str(dump))
+        print("parse", json.dumps(results["stackexchange_parse_only"]), file=sys.stderr)
+        results["stackexchange_ingest"] = _in_child(_ingest, "stackexchange", str(shared), str(Path(tmp) / "out"),
+                                                    benchmarks)
+        se_run = results["stackexchange_ingest"]
+        se_run["input_mb_per_s"] = round(size / 2**20 / se_run["source_seconds"], 2)
+        print("ingest stackexchange", json.dumps(se_run), file=sys.stderr)
+        if real_shared.is_dir():
+            for source in ("tldr", "conala"):
+                results[f"{source}_ingest"] = _in_child(_ingest, source, str(real_shared),
+                                                        str(Path(tmp) / f"out-{source}"), benchmarks)
+                print(f"ingest {source}", json.dumps(results[f"{source}_ingest"]), file=sys.stderr)
+    cmd = "python eval/bench_ingest.py " + " ".join(sys.argv[1:])
+    write_result(args.out, "ingest throughput and peak memory", results, command=cmd.strip(),
+                 extra={"synthetic_mb": args.mb})
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""Ingest the text corpora: read every enabled source, scrub, decontaminate, dedup, write.
+
+One pass per source, streamed end to end (reader -> scrub -> decontaminate -> dedup ->
+JSONL), so the size of a source never decides the memory of the stage. The order is
+deliberate: scrubbing comes first so that nothing downstream, not even a log line or
+the report's examples, holds a secret; decontamination comes before dedup so that a
+benchmark copy is reported as contamination rather than as a duplicate.
+
+Outputs in ``out_dir``: ``<source>.jsonl`` per enabled source (records, see
+:mod:`apex_models.data.records`), ``report.json``, ``NOTICE`` (every attribution line)
+and ``README.md`` (the dataset card).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from apex_models.data.changelogs import debian_changelog_records
+from apex_models.data.conala import load_conala_pairs
+from apex_models.data.decontam import BENCHMARK_NAMES, BenchmarkTexts, Decontaminator, load_benchmark_texts
+from apex_models.data.dedup import Deduplicator, DedupStats
+from apex_models.data.docs import doc_records, fetch_debian_doc
+from apex_models.data.records import Skips, make_record, write_records
+from apex_models.data.scrub import scrub_record
+from apex_models.data.stackexchange import qa_records, site_from_path
+from apex_models.data.tldr import tldr_records
+
+log = logging.getLogger(__name__)
+
+SOURCE_ORDER = ("stackexchange", "conala", "tldr", "docs")
+_FENCED = re.compile(r"```[^\n]*\n([\s\S]*?)\n```")
+MAX_CODE_BLOCKS_CHECKED = 20
+
+
+def _cfg(cfg: Any) -> dict[str, Any]:
+    """Accept the pydantic SourcesConfig or a plain dict (tests, notebooks)."""
+    return cfg.model_dump() if hasattr(cfg, "model_dump") else dict(cfg)
+
+
+def stackexchange_inputs(folder: Path) -> list[Path]:
+    """Site dumps in a folder: ``*.xml`` files, ``*.7z`` archives, sub-folders holding Posts.xml."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir()
+             if (p.is_file() and p.suffix in (".xml", ".7z")) or (p.is_dir() and (p / "Posts.xml").is_file())]
+    return sorted(found)
+
+
+def conala_records(shared_dir: Path) -> Iterator[dict[str, Any]]:
+    """CoNaLa training pairs as records (the pairs themselves come from :mod:`conala`)."""
+    for pair in load_conala_pairs(shared_dir):
+        qid = pair["path"].split(":", 1)[-1]
+        yield make_record(f"{pair['query']}\n{pair['code']}", kind="pair", source="conala",
+                          license=pair["license"], attribution=pair["attribution"],
+                          url=f"https://stackoverflow.com/q/{qid}", path=pair["path"], language="python",
+                          query=pair["query"], code=pair["code"])
+
+
+def _readers(cfg: dict, shared: Path | None, raw_dir: Path, skips: dict[str, Skips]
+             ) -> dict[str, Callable[[], Iterator[dict]]]:
+    """Enabled source name -> a function that starts its record stream."""
+    readers: dict[str, Callable[[], Iterator[dict]]] = {}
+    if cfg["stackexchange"]["enabled"]:
+        def se() -> Iterator[dict]:
+            inputs = stackexchange_inputs(shared / "corpora" / "stackexchange") if shared else []
+            if not inputs:
+                skips["stackexchange"].add("no_input", "corpora/stackexchange")
+            for path in inputs:
+                yield from qa_records(path, site_from_path(path), cfg["stackexchange"]["min_score"],
+                                      skips=skips["stackexchange"])
+        readers["stackexchange"] = se
+    if cfg["conala"]["enabled"]:
+        def co() -> Iterator[dict]:
+            if shared is None or not (shared / "corpora" / "conala" / "conala-train.json").is_file():
+                skips["conala"].add("no_input", "corpora/conala/conala-train.json")
+                return
+            yield from conala_records(shared)
+        readers["conala"] = co
+    if cfg["tldr"]["enabled"]:
+        def tl() -> Iterator[dict]:
+            if shared is None:
+                skips["tldr"].add("no_input", "corpora/tldr")
+                return
+            yield from tldr_records(shared / "corpora" / "tldr" / "tldr-pages-en.tar.gz",
+                                    cfg["tldr"]["platforms"], skips=skips["tldr"])
+        readers["tldr"] = tl
+    if cfg["docs"]["enabled"]:
+        def do() -> Iterator[dict]:
+            docs = cfg["docs"]
+            for package in docs["debian_packages"]:
+                license = docs["package_licenses"].get(package)
+                if not license:
+                    skips["docs"].add("unknown_license", package, "add it to data.sources.docs.package_licenses")
+                    continue
+                root = fetch_debian_doc(package, raw_dir / package)
+                if root is None:
+                    skips["docs"].add("fetch_failed", package, "apt-get download or dpkg-deb failed; see the log")
+                    continue
+                yield from doc_records(root / "usr" / "share" / "doc", package, license,
+                                       f"{package} (Debian package), {license}", docs["max_file_bytes"],
+                                       docs["min_section_chars"], skips=skips["docs"])
+                # The package's changelog.Debian.gz: (version, changes) records beside the docs.
+                yield from debian_changelog_records(root, license, f"{package} Debian changelog, {license}",
+                                                    skips=skips["docs"])
+        readers["docs"] = do
+    return readers
+
+
+def _code_blocks(text: str) -> list[str]:
+    return _FENCED.findall(text or "")[:MAX_CODE_BLOCKS_CHECKED]
+
+
+def contamination(record: dict, deco: Decontaminator) -> str | None:
+    """Why a record overlaps a benchmark, or None.
+
+    The record's query-like field (question title, tldr description, CoNaLa intent,
+    section heading) and code field are checked as a pair; then every fenced code block
+    of the text is checked as code, since a benchmark snippet can sit inside an answer.
+    """
+    heading = " ".join(record.get("heading_path") or [])[-300:]
+    query = record.get("title") or record.get("query") or heading
+    reason = deco.is_contaminated(query or "", record.get("code") or "")
+    if reason:
+        return reason
+    for block in _code_blocks(record.get("text", "")):
+        reason = deco.is_contaminated("", block)
+        if reason:
+            return f"{reason}-in-text"
+    return None
+
+
+def _process(name: str, records: Iterable[dict], cfg: dict, deco: Decontaminator, dedup: Deduplicator | None,
+             stats: dict[str, Any], notice_fh) -> Iterator[dict]:
+    """The per-record chain for one source; fills `stats` as records flow through."""
+    from tqdm.auto import tqdm
+
+    scrub_counts: Counter = stats["scrub"]
+    decontaminated: Counter = stats["decontaminated"]
+    licenses: Counter = stats["licenses"]
+    dedup_stats: DedupStats = stats["_dedup"]
+    last_attribution = None
+
+    def after_scrub() -> Iterator[dict]:
+        for record in tqdm(records, desc=f"ingest {name}", unit="rec", mininterval=5):
+            stats["read"] += 1
+            if cfg["scrub"]["enabled"]:
+                scrub_record(record, scrub_counts)
+            reason = contamination(record, deco)
+            if reason:
+                decontaminated[reason] += 1
+                continue
+            yield record
+
+    stream = after_scrub()
+    if dedup is not None:
+        stream = dedup.filter(stream, dedup_stats)
+    for record in stream:
+        licenses[record["license"]] += 1
+        if record["attribution"] != last_attribution:
+            notice_fh.write(record["attribution"] + "\n")
+            last_attribution = record["attribution"]
+        yield record
+
+
+def ingest_sources(cfg: Any, shared_dir: Path | None, out_dir: Path, raw_dir: Path | None = None,
+                   benchmarks: Iterable[str] = BENCHMARK_NAMES) -> dict[str, Any]:
+    """Run every enabled source into ``out_dir``; returns (and writes) the report.
+
+    `shared_dir` may be None or absent: each source then reports ``no_input`` and writes
+    an empty file, a warning rather than an error. `raw_dir` keeps downloads (Debian
+    packages) across runs; default ``out_dir/../raw/debian``. Report: per source
+    ``written``, ``read``, ``licenses``, ``scrub`` (counts by kind), ``decontaminated``
+    (by reason), ``dedup`` (counts and rates), ``skipped`` (reasons, examples); plus
+    ``totals`` and the benchmarks decontaminated against (``benchmarks_missing``).
+    """
+    import time
+
+    started = time.perf_counter()
+    cfg = _cfg(cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw_dir = Path(raw_dir) if raw_dir is not None else out_dir.parent / "raw" / "debian"
+    shared = Path(shared_dir) if shared_dir is not None and Path(shared_dir).is_dir() else None
+    if shared is None:
+        log.warning("shared folder %s not found: its corpora are skipped and nothing is decontaminated",
+                    shared_dir)
+    names = list(benchmarks)
+    bench = load_benchmark_texts(shared, names) if shared else BenchmarkTexts(missing=names)
+    deco = Decontaminator(bench)
+    dedup = Deduplicator(cfg["dedup"]["threshold"], cfg["dedup"]["num_perm"]) if cfg["dedup"]["enabled"] else None
+    skips = {name: Skips() for name in SOURCE_ORDER}
+    readers = _readers(cfg, shared, raw_dir, skips)
+    cap = cfg.get("max_records_per_source")
+    setup_seconds = time.perf_counter() - started  # benchmark texts and their LSH index
+
+    per_source: dict[str, Any] = {}
+    notice_tmp = out_dir / "NOTICE.tmp"
+    with open(notice_tmp, "w", encoding="utf-8") as notice:
+        notice.write("This dataset is derived from the following works; each record names its own "
+                     "source and licence.\n")
+        for name in SOURCE_ORDER:
+            if name not in readers:
+                per_source[name] = {"enabled": False}
+                continue
+            notice.write(f"\n== {name} ==\n")
+            stats: dict[str, Any] = {"read": 0, "scrub": Counter(), "decontaminated": Counter(),
+                                     "licenses": Counter(), "_dedup": DedupStats()}
+            source_started = time.perf_counter()
+            stream = readers[name]()
+            if cap:
+                stream = itertools.islice(stream, cap)
+            written = write_records(_process(name, stream, cfg, deco, dedup, stats, notice), out_dir / f"{name}.jsonl")
+            per_source[name] = {
+                "enabled": True, "written": written, "read": stats["read"],
+                "licenses": dict(sorted(stats["licenses"].items())),
+                "scrub": dict(sorted(stats["scrub"].items())),
+                "decontaminated": dict(sorted(stats["decontaminated"].items())),
+                "dedup": stats["_dedup"].as_dict() if dedup is not None else None,
+                "skipped": skips[name].as_dict(),
+                "seconds": round(time.perf_counter() - source_started, 2),
+            }
+            log.info("%s: %d records written of %d read", name, written, stats["read"])
+    os.replace(notice_tmp, out_dir / "NOTICE")
+
+    enabled = {k: v for k, v in per_source.items() if v.get("enabled")}
+    scrub_total: Counter = Counter()
+    skipped_total: Counter = Counter()
+    for info in enabled.values():
+        scrub_total.update(info["scrub"])
+        skipped_total.update(info["skipped"]["counts"])
+    report = {
+        "sources": per_source,
+        "benchmarks": names,
+        "benchmarks_missing": list(bench.missing),
+        "shared_found": shared is not None,
+        "setup_seconds": round(setup_seconds, 2),
+        "config": cfg,
+        "totals": {
+            "written": sum(i["written"] for i in enabled.values()),
+            "read": sum(i["read"] for i in enabled.values()),
+            "decontaminated": sum(sum(i["decontaminated"].values()) for i in enabled.values()),
+            "duplicates": sum((i["dedup"] or {}).get("exact_duplicates", 0) + (i["dedup"] or {}).get("near_duplicates", 0)
+                              for i in enabled.values()),
+            "scrub": dict(sorted(scrub_total.items())),
+            "skipped": dict(sorted(skipped_total.items())),
+        },
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "README.md").write_text(dataset_card(report), encoding="utf-8")
+    return report
+
+
+_DESCRIPTIONS = {
+    "stackexchange": "Stack Exchange questions joined with their accepted and best other answer "
+                     "(data dump Posts.xml; per-row CC BY-SA licence)",
+    "conala": "CoNaLa curated training pairs: Stack Overflow question intents -> Python snippets (CC BY-SA)",
+    "tldr": "tldr-pages examples: task description -> shell command, placeholders kept (CC BY 4.0)",
+    "docs": "Documentation sections with their heading path, and the packages' Debian changelogs as "
+            "(version, changes) records (Debian *-doc packages)",
+}
+
+
+def dataset_card(report: dict) -> str:
+    """The README.md of the ingested text corpora: what, how much, licences, processing."""
+    lines = ["# Text corpora (ingest_sources)", "",
+             "Normalised records (`text`, `kind`, `source`, `url`, `path`, `license`, `attribution`, "
+             "`sha256`, `language`, plus per-source fields), one JSONL file per source.", "",
+             "| source | records | read | licences | decontaminated | duplicates |",
+             "| --- | ---: | ---: | --- | ---: | ---: |"]
+    for name, info in report["sources"].items():
+        if not info.get("enabled"):
+            lines.append(f"| {name} | disabled | | | | |")
+            continue
+        dd = info["dedup"] or {}
+        lics = ", ".join(f"{k} ({v})" for k, v in info["licenses"].items()) or "-"
+        lines.append(f"| {name} | {info['written']} | {info['read']} | {lics} | "
+                     f"{sum(info['decontaminated'].values())} | "
+                     f"{dd.get('exact_duplicates', 0) + dd.get('near_duplicates', 0)} |")
+    lines += ["", "## Sources", ""]
+    lines += [f"- **{name}**: {_DESCRIPTIONS[name]}" for name in report["sources"] if report["sources"][name].get("enabled")]
+    scrub = report["totals"]["scrub"]
+    lines += ["", "## Processing", "",
+              "1. **Scrubbing**: secrets and personal data replaced by typed placeholders "
+              "(`<SECRET:kind>`, `<PII:kind>`) before anything is written: "
+              + (", ".join(f"{k} {v}" for k, v in scrub.items()) or "none found") + ".",
+              "2. **Decontamination** against the held-out benchmarks ("
+              + ", ".join(report["benchmarks"]) + "): exact and near matches of queries/titles and of code "
+              "(including code blocks inside answers) are removed."
+              + (f" Missing benchmarks (not checked): {', '.join(report['benchmarks_missing'])}."
+                 if report["benchmarks_missing"] else ""),
+              "3. **Deduplication**: exact (normalised-text sha256) then near (MinHash LSH), across sources, "
+              "first occurrence kept.", "",
+              "Skipped inputs (malformed, truncated, binary, oversized, links) are counted with reasons "
+              "in `report.json`. Attribution for every record is in `NOTICE` and in the record itself.", ""]
+    return "\n".join(lines)
