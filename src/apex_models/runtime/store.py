@@ -549,6 +549,11 @@ class MemoryStore:
             relations = self._edges(memory_id)
         return Memory(**{**memory.__dict__, "relations": relations})
 
+    def vector(self, memory_id: str) -> np.ndarray | None:
+        """The stored (decrypted) vector of a memory, read from disk; None when there is none."""
+        row = self._conn.execute("SELECT vector FROM memories WHERE id = ?", (memory_id,)).fetchone()
+        return None if row is None else self._open_vector(memory_id, row[0]).copy()
+
     def _edges(self, memory_id: str) -> list[Relation]:
         edges = []
         for src, dst, label in self._conn.execute(
