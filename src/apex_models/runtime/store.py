@@ -617,7 +617,7 @@ class MemoryStore:
         keyword = self._keyword_candidates(query_tokens, depth, keep) if mode != "dense" else []
         fused = _rrf([dense, keyword], self.config.rrf_k)
         if collapse:
-            fused = self._collapse(fused)
+            fused = self._collapse(fused, max(k, rerank_depth if rerank else 0))
         rerank_scores: dict[int, float] = {}
         if rerank is not None:
             head = fused[:rerank_depth]
@@ -658,15 +658,27 @@ class MemoryStore:
                     break
         return out
 
-    def _collapse(self, fused: list[tuple[int, float]]) -> list[tuple[int, float]]:
-        """Keep the best of each group of near-identical memories (cosine above the threshold)."""
+    def _collapse(self, fused: list[tuple[int, float]], need: int) -> list[tuple[int, float]]:
+        """Keep the best of each group of near-identical memories (cosine above the threshold).
+
+        Walks down the fused order comparing each candidate with the hits kept so far and
+        stops once `need` are kept, so a search never pays for candidates it will cut
+        (small matrix-vector products only: no Gram matrix of every candidate).
+        """
         if len(fused) < 2:
             return fused
-        vectors = self._dense.vectors([n for n, _ in fused])
         kept: list[int] = []
-        for i in range(len(fused)):
-            if not kept or float(np.max(vectors[kept] @ vectors[i])) <= self.config.duplicate_cosine:
-                kept.append(i)
+        kept_vectors = np.zeros((need, self.embedder.dimension), dtype=np.float32)
+        chunk = 2 * need + 8
+        for start in range(0, len(fused), chunk):
+            vectors = self._dense.vectors([n for n, _ in fused[start:start + chunk]])
+            for offset, vector in enumerate(vectors):
+                if kept and float(np.max(kept_vectors[:len(kept)] @ vector)) > self.config.duplicate_cosine:
+                    continue
+                kept_vectors[len(kept)] = vector
+                kept.append(start + offset)
+                if len(kept) == need:
+                    return [fused[i] for i in kept]
         return [fused[i] for i in kept]
 
     def _hit(self, num: int, score: float, dense: tuple[int, float] | None, keyword: tuple[int, float] | None,
