@@ -45,6 +45,7 @@ DB_NAME = "memories.db"
 LOCK_NAME = "write.lock"
 STORE_SCHEMA_VERSION = 2
 KINDS = ("note", "code", "decision", "error")  # common kinds; any non-empty string is accepted
+EXACT_SUBSET_MAX = 4096  # a filter leaving this few rows is searched exactly over just those
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -97,7 +98,7 @@ class StoreConfig:
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 64
-    candidates: int = 100              # per-retriever depth fed into rank fusion
+    candidates: int = 50               # per-retriever depth fed into rank fusion
     rrf_k: int = 60
     duplicate_cosine: float = 0.97     # hits closer than this to a better hit are dropped
     lock_timeout_s: float = 60.0
@@ -244,6 +245,9 @@ class MemoryStore:
         self._lock = FileLock(str(path / LOCK_NAME), timeout=config.lock_timeout_s)
         self._entries: dict[int, _Entry] = {}
         self._num_of: dict[str, int] = {}
+        self._by_kind: dict[str, set[int]] = {}
+        self._by_tag: dict[str, set[int]] = {}
+        self._times: tuple[np.ndarray, np.ndarray] | None = None
         self._dense = DenseIndex(embedder.dimension, self._dense_kind(0), config.hnsw_m,
                                  config.hnsw_ef_construction, config.hnsw_ef_search)
         self._keyword = KeywordIndex()
@@ -303,7 +307,7 @@ class MemoryStore:
             rows = self._conn.execute("SELECT num, id, record, vector FROM memories ORDER BY num").fetchall()
         self._dense = DenseIndex(self.embedder.dimension, self._dense_kind(len(rows)), self.config.hnsw_m,
                                  self.config.hnsw_ef_construction, self.config.hnsw_ef_search)
-        self._apply_rows(rows)
+        self._apply_rows(rows, bulk=True)
         self._seq, self._deletes = int(meta["change_counter"]), int(meta["delete_counter"])
 
     # -- crypto ------------------------------------------------------------------------------
@@ -392,26 +396,44 @@ class MemoryStore:
         self._seq, self._deletes = counter, deletes
         return True
 
-    def _apply_rows(self, rows: list[tuple[int, str, bytes, bytes]]) -> None:
+    def _apply_rows(self, rows: list[tuple[int, str, bytes, bytes]], bulk: bool = False) -> None:
         """Decrypt rows and put them (new or changed) into the cache and both indexes."""
         if not rows:
             return
         nums, vectors = [], []
         for num, memory_id, record, vector in rows:
             memory = self._open_memory(memory_id, record)
-            self._remember(num, memory)
+            self._remember(num, memory, bulk)
             nums.append(num)
             vectors.append(self._open_vector(memory_id, vector))
         self._dense.add(nums, np.stack(vectors))
         self._maybe_switch_index()
 
-    def _remember(self, num: int, memory: Memory) -> None:
+    def _remember(self, num: int, memory: Memory, bulk: bool = False) -> None:
+        self._unindex_metadata(num)
         self._entries[num] = _Entry(num=num, memory=memory, created_ts=_timestamp(memory.created_at))
         self._num_of[memory.id] = num
-        self._keyword.add(num, memory.text)
+        self._by_kind.setdefault(memory.kind, set()).add(num)
+        for tag in memory.tags:
+            self._by_tag.setdefault(tag, set()).add(num)
+        if bulk:
+            self._keyword.load(num, memory.text)
+        else:
+            self._keyword.add(num, memory.text)
+
+    def _unindex_metadata(self, num: int) -> None:
+        """Forget a row's kind and tag postings (before it changes or goes)."""
+        self._times = None
+        entry = self._entries.get(num)
+        if entry is None:
+            return
+        self._by_kind.get(entry.memory.kind, set()).discard(num)
+        for tag in entry.memory.tags:
+            self._by_tag.get(tag, set()).discard(num)
 
     def _drop(self, nums: list[int]) -> None:
         for num in nums:
+            self._unindex_metadata(num)
             entry = self._entries.pop(num, None)
             if entry is not None:
                 self._num_of.pop(entry.memory.id, None)
@@ -610,11 +632,13 @@ class MemoryStore:
         self.refresh()
         if k <= 0 or not self._entries:
             return []
-        keep = _filter(kind, tags, since, until, source_prefix)
+        allowed = self._allowed(kind, tags, since, until, source_prefix)
+        if allowed is not None and len(allowed) == 0:
+            return []
         depth = max(self.config.candidates, 2 * k, rerank_depth if rerank else 0)
-        dense = self._dense_candidates(query, depth, keep) if mode != "keyword" else []
+        dense = self._dense_candidates(query, depth, allowed) if mode != "keyword" else []
         query_tokens = list(dict.fromkeys(tokens(query)))
-        keyword = self._keyword_candidates(query_tokens, depth, keep) if mode != "dense" else []
+        keyword = self._keyword_candidates(query_tokens, depth, allowed) if mode != "dense" else []
         fused = _rrf([dense, keyword], self.config.rrf_k)
         if collapse:
             fused = self._collapse(fused, max(k, rerank_depth if rerank else 0))
@@ -629,34 +653,73 @@ class MemoryStore:
         return [self._hit(n, rerank_scores.get(n, score), dense_at.get(n), keyword_at.get(n),
                           query_tokens, rerank_scores.get(n)) for n, score in fused[:k]]
 
-    def _dense_candidates(self, query: str, depth: int, keep: Callable[[_Entry], bool] | None
-                          ) -> list[tuple[int, float]]:
-        """Dense list; with a filter, over-fetch until `depth` pass, then fall back to exact on the subset."""
-        vector = self.embedder.encode_queries([query])[0]
-        if keep is None:
-            return self._dense.search(vector, depth)
-        fetch = depth * 4
-        while fetch <= 4096:
-            found = self._dense.search(vector, fetch)
-            kept = [(n, s) for n, s in found if keep(self._entries[n])]
-            if len(kept) >= depth or len(found) < fetch:
-                return kept[:depth]
-            fetch *= 4
-        subset = [n for n, e in self._entries.items() if keep(e)]
-        return self._dense.exact(vector, subset, depth)
+    def _allowed(self, kind: str | Sequence[str] | None, tags: Sequence[str] | None, since: TimeLike | None,
+                 until: TimeLike | None, source_prefix: str | None) -> np.ndarray | None:
+        """Sorted row numbers that pass every filter, or None when nothing is filtered.
 
-    def _keyword_candidates(self, query_tokens: list[str], depth: int, keep: Callable[[_Entry], bool] | None
+        Kinds and tags come from in-memory postings (set operations), times from a
+        column of creation timestamps (numpy), so a filter costs little even at 100k
+        memories; only a source prefix is checked row by row, on what is left.
+        """
+        kinds = [kind] if isinstance(kind, str) else list(kind or [])
+        sets = []
+        if kinds:
+            sets.append(set().union(*(self._by_kind.get(k, set()) for k in kinds)))
+        sets += [self._by_tag.get(t, set()) for t in tags or ()]
+        allowed = None
+        if sets:
+            sets.sort(key=len)
+            allowed = np.fromiter(sets[0].intersection(*sets[1:]), dtype=np.int64)
+            allowed.sort()
+        if since is not None or until is not None:
+            nums, created = self._time_column()
+            mask = np.ones(len(nums), dtype=bool)
+            if since is not None:
+                mask &= created >= _timestamp(since)
+            if until is not None:
+                mask &= created < _timestamp(until)
+            timed = nums[mask]
+            allowed = timed if allowed is None else np.intersect1d(allowed, timed, assume_unique=True)
+        if source_prefix is not None:
+            pool = allowed.tolist() if allowed is not None else sorted(self._entries)
+            allowed = np.array([n for n in pool if (self._entries[n].memory.source or "").startswith(source_prefix)],
+                               dtype=np.int64)
+        return allowed
+
+    def _time_column(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row numbers, creation times) as arrays; rebuilt after writes, on the first time filter."""
+        if self._times is None:
+            nums = np.array(sorted(self._entries), dtype=np.int64)
+            created = np.array([self._entries[n].created_ts for n in nums.tolist()], dtype=np.float64)
+            self._times = (nums, created)
+        return self._times
+
+    def _dense_candidates(self, query: str, depth: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
+        """Dense list; with a filter, exact over a small allowed set, else over-fetch by its selectivity."""
+        vector = self.embedder.encode_queries([query])[0]
+        if allowed is None:
+            return self._dense.search(vector, depth)
+        if len(allowed) <= EXACT_SUBSET_MAX:
+            return self._dense.exact(vector, allowed.tolist(), depth)
+        members = set(allowed.tolist())
+        live = self._dense.live
+        fetch = min(live, int(depth * live / len(allowed) * 2) + depth)
+        while True:
+            found = self._dense.search(vector, fetch)
+            kept = [(n, s) for n, s in found if n in members]
+            if len(kept) >= depth or len(found) < fetch or fetch >= live:
+                return kept[:depth]
+            fetch = min(live, fetch * 4)
+
+    def _keyword_candidates(self, query_tokens: list[str], depth: int, allowed: np.ndarray | None
                             ) -> list[tuple[int, float]]:
-        if keep is None:
+        if allowed is None:
             return self._keyword.search(query_tokens, depth)
         nums, scores = self._keyword.scores(query_tokens)
-        out = []
-        for i in np.argsort(-scores, kind="stable"):
-            if keep(self._entries[int(nums[i])]):
-                out.append((int(nums[i]), float(scores[i])))
-                if len(out) == depth:
-                    break
-        return out
+        mask = np.isin(nums, allowed, assume_unique=False)
+        nums, scores = nums[mask], scores[mask]
+        order = np.argsort(-scores, kind="stable")[:depth]
+        return [(int(nums[i]), float(scores[i])) for i in order]
 
     def _collapse(self, fused: list[tuple[int, float]], need: int) -> list[tuple[int, float]]:
         """Keep the best of each group of near-identical memories (cosine above the threshold).
@@ -779,25 +842,6 @@ def _check_identity(meta: dict[str, str], path: Path, embedder: Embedder) -> Non
         raise StoreError(f"store {path} was built with a different embedder ({details}); "
                          "its vectors are not comparable. Use the original bundle and precision, "
                          "or re-embed into a new store.")
-
-
-def _filter(kind: str | Sequence[str] | None, tags: Sequence[str] | None, since: TimeLike | None,
-            until: TimeLike | None, source_prefix: str | None) -> Callable[[_Entry], bool] | None:
-    """One predicate for all filters, or None when there is nothing to filter."""
-    kinds = {kind} if isinstance(kind, str) else set(kind) if kind else None
-    need = set(tags or ())
-    lo = _timestamp(since) if since is not None else None
-    hi = _timestamp(until) if until is not None else None
-    if kinds is None and not need and lo is None and hi is None and source_prefix is None:
-        return None
-
-    def keep(entry: _Entry) -> bool:
-        m = entry.memory
-        return ((kinds is None or m.kind in kinds) and need.issubset(m.tags)
-                and (lo is None or entry.created_ts >= lo) and (hi is None or entry.created_ts < hi)
-                and (source_prefix is None or (m.source or "").startswith(source_prefix)))
-
-    return keep
 
 
 def _rrf(lists: list[list[tuple[int, float]]], k: int) -> list[tuple[int, float]]:
