@@ -17,7 +17,8 @@ applied and loads only the rows written since (`seq > last`), plus a scan of row
 when something was deleted.
 
 The store records which embedder made its vectors and refuses another one: vectors from
-different models or precisions are not comparable.
+different models or precisions are not comparable. A `MemoryStore` object belongs to one
+thread; open one per thread or process (they coordinate through the lock and the counter).
 """
 
 from __future__ import annotations
