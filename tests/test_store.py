@@ -166,3 +166,17 @@ def test_add_requires_a_key(tmp_path: Path, embedder: OnnxEmbedder) -> None:
         MemoryStore.open(tmp_path / "s", embedder)
     with pytest.raises(StoreError, match="no memory store"):
         MemoryStore.open(tmp_path / "missing", embedder, key=KEY, create=False)
+
+
+def test_old_unencrypted_store_is_refused(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    import sqlite3
+
+    folder = tmp_path / "old"
+    folder.mkdir()
+    db = sqlite3.connect(folder / "memories.db")
+    with db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('store_schema_version', '1')")
+    db.close()
+    with pytest.raises(StoreError, match="schema version 1 .*unencrypted"):
+        MemoryStore.open(folder, embedder, key=KEY)

@@ -104,12 +104,18 @@ def test_forget_leaves_no_trace(tmp_path: Path, embedder: OnnxEmbedder) -> None:
         label = db.execute("SELECT label FROM relations WHERE dst = ?", (doomed,)).fetchone()[0]
         db.close()
         assert _found(folder, [record[12:44], doomed.encode()]) != []  # the scan does see ciphertext
+        doomed_vector = store.vector(doomed)
+        store._keyword.rebuild()  # put its words in the bm25s vocabulary, the hardest case
         assert store.forget(doomed) is True
         assert store.get(doomed) is None and all(h.id != doomed for h in store.search(FORGET_CANARY, k=30))
         assert store.get(planted).relations == []  # type: ignore[union-attr]
         needles = [doomed.encode(), record[12:44], record[-32:], vector[12:44], label]
         assert _found(folder, needles + _canaries()) == []
         assert (folder / f"{DB_NAME}-wal").stat().st_size == 0
+        store.search("staging bucket", k=3)  # merges the keyword index without the forgotten words
+        assert FORGET_CANARY.lower() not in store._keyword._bm25.vocab_dict  # type: ignore[union-attr]
+        in_faiss = store._dense._index.reconstruct_n(0, store._dense.ntotal)
+        assert not (in_faiss @ doomed_vector > 0.9999).any()  # zeroed in this process too
     assert _found(folder, needles + _canaries()) == []
     with MemoryStore.open(folder, embedder, passphrase=PASSPHRASE) as store:
         assert len(store) == 21 and store.forget(doomed) is False

@@ -73,6 +73,16 @@ class DenseIndex:
                 self._rowid_at[pos] = -1
         self._maybe_compact()
 
+    def scrub(self, rowid: int) -> None:
+        """Zero a row's vector inside FAISS, then drop it (forget: no copy left in this process)."""
+        pos = self._pos_of.get(rowid)
+        if pos is None:
+            return
+        flat = self._index if self.kind == "flat" else faiss.downcast_index(self._index.storage)
+        stored = faiss.rev_swig_ptr(flat.get_xb(), self.ntotal * self.dimension)
+        stored[pos * self.dimension:(pos + 1) * self.dimension] = 0.0
+        self.remove([rowid])
+
     def _maybe_compact(self) -> None:
         if self.dead > 256 and self.dead > self.ntotal // 5:
             self.compact()

@@ -105,6 +105,12 @@ class KeywordIndex:
                 if not postings:
                     del self._postings[token]
 
+    def forget(self, rowid: int) -> None:
+        """Remove a document and, if main holds its words, rebuild main at the next search."""
+        if rowid in self._main_pos:
+            self._stale = True
+        self.remove(rowid)
+
     def terms(self, rowid: int) -> set[str]:
         return set(self._docs.get(rowid, ()))
 

@@ -517,10 +517,16 @@ class MemoryStore:
 
     def delete(self, memory_id: str) -> bool:
         """Remove a memory and its relations (its bytes are zeroed in the database pages)."""
+        return self._delete(memory_id, scrub=False)
+
+    def _delete(self, memory_id: str, scrub: bool) -> bool:
         with self._write(deleting=True):
             cur = self._conn.execute("DELETE FROM memories WHERE id = ?", (memory_id,))
         num = self._num_of.get(memory_id)
         if num is not None:
+            if scrub:  # the in-process indexes keep no copy either
+                self._dense.scrub(num)
+                self._keyword.forget(num)
             self._drop([num])
         return cur.rowcount > 0
 
@@ -528,10 +534,12 @@ class MemoryStore:
         """Erase a memory with no trace on disk: delete (secure_delete zeroes its pages), then
         checkpoint the WAL into the database and truncate it, so no old frame still holds it.
 
+        In this process its vector is zeroed inside FAISS and the BM25 vocabulary is rebuilt
+        at the next search (Python cannot promise to wipe freed string memory).
         Waits up to `checkpoint_wait_s` for readers in other processes to let the checkpoint
         finish; raises StoreError if they never do (the row is deleted either way).
         """
-        found = self.delete(memory_id)
+        found = self._delete(memory_id, scrub=True)
         deadline = time.monotonic() + checkpoint_wait_s
         while True:
             busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -811,6 +819,11 @@ def _initialise(conn: sqlite3.Connection, embedder: Embedder, passphrase: str | 
     Returns the meta table and, when this call created the store, the sealer it made (so
     the passphrase is not stretched twice).
     """
+    old = _read_meta(conn)
+    if old.get("store_schema_version") not in (None, str(STORE_SCHEMA_VERSION)):
+        raise StoreError(f"store {_conn_path(conn)} has schema version {old['store_schema_version']} "
+                         f"(unencrypted); this runtime supports {STORE_SCHEMA_VERSION}: export its memories "
+                         "with the runtime that wrote it and add them to a new store")
     conn.executescript(_SCHEMA)
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -829,6 +842,11 @@ def _initialise(conn: sqlite3.Connection, embedder: Embedder, passphrase: str | 
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _conn_path(conn: sqlite3.Connection) -> str:
+    """The folder of a connection's database file, for error messages."""
+    return str(Path(conn.execute("PRAGMA database_list").fetchone()[2]).parent)
 
 
 def _check_identity(meta: dict[str, str], path: Path, embedder: Embedder) -> None:
