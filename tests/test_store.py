@@ -180,3 +180,18 @@ def test_old_unencrypted_store_is_refused(tmp_path: Path, embedder: OnnxEmbedder
     db.close()
     with pytest.raises(StoreError, match="schema version 1 .*unencrypted"):
         MemoryStore.open(folder, embedder, key=KEY)
+
+
+def test_threads_share_one_store(store: MemoryStore) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(t: int) -> list[str]:
+        ids = []
+        for i in range(10):
+            ids.append(store.add(f"thread {t} note {i} about the build cache"))
+            assert store.search(f"thread {t} note", k=3)
+        return ids
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = [i for batch in pool.map(work, range(4)) for i in batch]
+    assert len(set(ids)) == 40 and len(store) == 40 and store.stats()["indexed"] == 40

@@ -17,14 +17,17 @@ applied and loads only the rows written since (`seq > last`), plus a scan of row
 when something was deleted.
 
 The store records which embedder made its vectors and refuses another one: vectors from
-different models or precisions are not comparable. A `MemoryStore` object belongs to one
-thread; open one per thread or process (they coordinate through the lock and the counter).
+different models or precisions are not comparable. One store object may be shared by
+threads (its public methods take turns); processes coordinate through the lock file and
+the change counter.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -177,6 +180,16 @@ class _Entry:
     created_ts: float
 
 
+def _serialised(method: Callable) -> Callable:
+    """Run a public method under the store's lock: one connection and one set of in-memory
+    indexes must not be changed by two threads at once."""
+    @functools.wraps(method)
+    def wrapper(self: "MemoryStore", *args: Any, **kwargs: Any) -> Any:
+        with self._mutex:
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 def embedder_identity(embedder: Embedder) -> dict[str, str]:
     """What makes vectors comparable: the exact ONNX file (hash), its precision, the tokenizer."""
     return {
@@ -242,6 +255,7 @@ class MemoryStore:
         self.embedder = embedder
         self.config = config
         self._conn = conn
+        self._mutex = threading.RLock()
         self._sealer = sealer
         self._lock = FileLock(str(path / LOCK_NAME), timeout=config.lock_timeout_s)
         self._entries: dict[int, _Entry] = {}
@@ -377,6 +391,7 @@ class MemoryStore:
         finally:
             self._lock.release()
 
+    @_serialised
     def refresh(self) -> bool:
         """Apply what other processes committed since the last look; True when anything changed."""
         with self._read():
@@ -454,6 +469,7 @@ class MemoryStore:
         return self.add_many([{"text": text, "kind": kind, "tags": list(tags), "source": source,
                                "relations": list(relations)}])[0]
 
+    @_serialised
     def add_many(self, items: list[dict[str, Any]], vectors: np.ndarray | None = None) -> list[str]:
         """Embed all texts in one batch and insert them in one transaction (all or nothing).
 
@@ -489,6 +505,7 @@ class MemoryStore:
         self._maybe_switch_index()
         return [m.id for m in memories]
 
+    @_serialised
     def update(self, memory_id: str, text: str | None = None, kind: str | None = None,
                tags: Iterable[str] | None = None, source: str | None = None) -> Memory | None:
         """Change fields of a memory (a new text is re-embedded); None when there is no such memory."""
@@ -519,6 +536,7 @@ class MemoryStore:
         """Remove a memory and its relations (its bytes are zeroed in the database pages)."""
         return self._delete(memory_id, scrub=False)
 
+    @_serialised
     def _delete(self, memory_id: str, scrub: bool) -> bool:
         with self._write(deleting=True):
             cur = self._conn.execute("DELETE FROM memories WHERE id = ?", (memory_id,))
@@ -530,6 +548,7 @@ class MemoryStore:
             self._drop([num])
         return cur.rowcount > 0
 
+    @_serialised
     def forget(self, memory_id: str, checkpoint_wait_s: float = 10.0) -> bool:
         """Erase a memory with no trace on disk: delete (secure_delete zeroes its pages), then
         checkpoint the WAL into the database and truncate it, so no old frame still holds it.
@@ -550,6 +569,7 @@ class MemoryStore:
                                  "truncated: another process kept reading; run forget again")
             time.sleep(0.05)
 
+    @_serialised
     def link(self, src: str, dst: str, relation: str = "related") -> None:
         """Record (or relabel) the edge src -relation-> dst; both memories must exist."""
         if not relation:
@@ -557,6 +577,7 @@ class MemoryStore:
         with self._write():
             self._insert_relation(src, dst, relation)
 
+    @_serialised
     def unlink(self, src: str, dst: str) -> bool:
         with self._write():
             cur = self._conn.execute("DELETE FROM relations WHERE src = ? AND dst = ?", (src, dst))
@@ -570,6 +591,7 @@ class MemoryStore:
                            (src, dst, self._sealer.seal(relation.encode("utf-8"), _label_aad(src, dst))))
 
     # -- reads -------------------------------------------------------------------------------
+    @_serialised
     def get(self, memory_id: str) -> Memory | None:
         """The memory as committed now (read from disk), with its relations both ways."""
         with self._read():
@@ -580,6 +602,7 @@ class MemoryStore:
             relations = self._edges(memory_id)
         return Memory(**{**memory.__dict__, "relations": relations})
 
+    @_serialised
     def vector(self, memory_id: str) -> np.ndarray | None:
         """The stored (decrypted) vector of a memory, read from disk; None when there is none."""
         row = self._conn.execute("SELECT vector FROM memories WHERE id = ?", (memory_id,)).fetchone()
@@ -599,6 +622,7 @@ class MemoryStore:
                                   direction="out" if out else "in"))
         return edges
 
+    @_serialised
     def related(self, memory_id: str, depth: int = 1) -> list[Related]:
         """Memories reachable within `depth` hops over relations in either direction, nearest first."""
         seen, frontier, out = {memory_id}, [memory_id], []
@@ -620,11 +644,13 @@ class MemoryStore:
                 frontier = nxt
         return out
 
+    @_serialised
     def memories(self) -> list[Memory]:
         """Every memory (fresh), oldest first: what `apex memory export` writes."""
         self.refresh()
         return [self._entries[n].memory for n in sorted(self._entries)]
 
+    @_serialised
     def search(self, query: str, k: int = 10, *, kind: str | Sequence[str] | None = None,
                tags: Sequence[str] | None = None, since: TimeLike | None = None, until: TimeLike | None = None,
                source_prefix: str | None = None, mode: str = "hybrid", rerank: Reranker | None = None,
@@ -765,11 +791,13 @@ class MemoryStore:
         return Hit(id=m.id, score=score, text=m.text, kind=m.kind, tags=list(m.tags), source=m.source,
                    created_at=m.created_at, updated_at=m.updated_at, why=why)
 
+    @_serialised
     def nearest(self, vector: np.ndarray, k: int = 10) -> list[tuple[str, float]]:
         """Dense search by a vector (no text, no fusion): (id, cosine) best first."""
         self.refresh()
         return [(self._entries[n].memory.id, s) for n, s in self._dense.search(np.asarray(vector), k)]
 
+    @_serialised
     def stats(self) -> dict[str, Any]:
         self.refresh()
         kinds: dict[str, int] = {}
@@ -781,10 +809,12 @@ class MemoryStore:
                 "dimension": self.embedder.dimension, "precision": self.embedder.precision,
                 "open_seconds": round(self.open_seconds, 4)}
 
+    @_serialised
     def __len__(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM memories").fetchone()[0])
 
     # -- lifecycle ---------------------------------------------------------------------------
+    @_serialised
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
