@@ -176,6 +176,25 @@ def memory_forget(
             raise StoreError(f"no memory {', '.join(missing)} in {store}")
 
 
+@memory_app.command("index")
+def memory_index(
+    repository: Annotated[Path, typer.Argument(help="Repository folder to index (honours .gitignore).",
+                                               file_okay=False)],
+    store: StoreOpt,
+    bundle: BundleOpt,
+    passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV,
+    precision: PrecisionOpt = None,
+) -> None:
+    """Index a repository's code and docs as memories (one per definition or paragraph group);
+    re-running updates only the files that changed. Prints a JSON report."""
+    with user_errors():
+        from apex_models.runtime.indexer import index_repository
+
+        with _open_store(store, bundle, precision, passphrase_env, create=True) as memories:
+            report = index_repository(memories, repository)
+        print_json({"repository": str(repository), **report.as_dict()})
+
+
 @memory_app.command("stats")
 def memory_stats(store: StoreOpt, bundle: BundleOpt, passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV,
                  precision: PrecisionOpt = None) -> None:

@@ -537,6 +537,17 @@ class MemoryStore:
         return self._delete(memory_id, scrub=False)
 
     @_serialised
+    def delete_many(self, memory_ids: list[str]) -> int:
+        """Remove several memories in one transaction; returns how many existed."""
+        if not memory_ids:
+            return 0
+        with self._write(deleting=True):
+            removed = sum(self._conn.execute("DELETE FROM memories WHERE id = ?", (i,)).rowcount
+                          for i in memory_ids)
+        self._drop([self._num_of[i] for i in memory_ids if i in self._num_of])
+        return removed
+
+    @_serialised
     def _delete(self, memory_id: str, scrub: bool) -> bool:
         with self._write(deleting=True):
             cur = self._conn.execute("DELETE FROM memories WHERE id = ?", (memory_id,))
