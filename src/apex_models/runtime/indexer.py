@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,13 +61,15 @@ def repository_files(root: Path) -> list[Path]:
         patterns += gitignore.read_text(encoding="utf-8", errors="replace").splitlines()
     spec = pathspec.PathSpec.from_lines("gitwildmatch", patterns)
     files = []
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if not path.is_file() or spec.match_file(rel):
-            continue
-        if path.suffix.lower() in CODE_SUFFIXES | DOC_SUFFIXES:
-            files.append(path)
-    return files
+    for folder, dirs, names in os.walk(root):
+        base = Path(folder).relative_to(root)
+        # prune ignored folders here, so a virtual environment is never walked at all
+        dirs[:] = sorted(d for d in dirs if not spec.match_file((base / d).as_posix() + "/"))
+        for name in sorted(names):
+            rel = (base / name).as_posix()
+            if Path(name).suffix.lower() in CODE_SUFFIXES | DOC_SUFFIXES and not spec.match_file(rel):
+                files.append(root / rel)
+    return sorted(files)
 
 
 def python_chunks(source: str) -> list[Chunk]:
