@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from apex_models.cli import app
 
 runner = CliRunner()
+ENV = {"APEX_MEMORY_PASSPHRASE": "cli test passphrase"}
 
 
 def test_help_lists_subcommands() -> None:
@@ -20,8 +21,10 @@ def test_help_lists_subcommands() -> None:
         assert word in result.output
     memory_help = runner.invoke(app, ["memory", "--help"])
     assert memory_help.exit_code == 0
-    for word in ("add", "search", "stats"):
+    for word in ("add", "search", "forget", "stats", "export"):
         assert word in memory_help.output
+        sub_help = runner.invoke(app, ["memory", word, "--help"])
+        assert sub_help.exit_code == 0 and "--passphrase-env" in sub_help.output
 
 
 def test_bundle_verify_ok(minilm_bundle: Path) -> None:
@@ -57,29 +60,67 @@ def test_memory_add_search_stats(minilm_bundle: Path, tmp_path: Path) -> None:
     ids = []
     for text, kind in notes:
         result = runner.invoke(app, ["memory", "add", *common, text, "--kind", kind, "--tag", "team",
-                                     "--tag", kind])
+                                     "--tag", kind], env=ENV)
         assert result.exit_code == 0, result.output
         ids.append(json.loads(result.stdout)["id"])
     result = runner.invoke(app, ["memory", "search", *common, "how many reviews before shipping to prod",
-                                 "-k", "2"])
+                                 "-k", "2"], env=ENV)
     assert result.exit_code == 0, result.output
     hits = json.loads(result.stdout)
     assert len(hits) == 2 and hits[0]["id"] == ids[0]
     assert hits[0]["tags"] == ["team", "process"] and hits[0]["kind"] == "process"
+    assert hits[0]["why"]["retrievers"] and hits[0]["why"]["dense_rank"] == 1
     filtered = json.loads(runner.invoke(app, ["memory", "search", *common, "redis", "--kind",
-                                              "convention"]).stdout)
+                                              "convention"], env=ENV).stdout)
     assert [h["id"] for h in filtered] == [ids[2]]
-    stats = json.loads(runner.invoke(app, ["memory", "stats", *common]).stdout)
+    stats = json.loads(runner.invoke(app, ["memory", "stats", *common], env=ENV).stdout)
     assert stats["count"] == 3 and stats["kinds"] == {"architecture": 1, "convention": 1, "process": 1}
+
+    linked = runner.invoke(app, ["memory", "add", *common, "Two approvals were agreed after the March outage.",
+                                 "--kind", "decision", "--relation", f"explains:{ids[0]}"], env=ENV)
+    assert linked.exit_code == 0, linked.output
+    exported = json.loads(runner.invoke(app, ["memory", "export", *common], env=ENV).stdout)
+    assert [m["id"] for m in exported][:3] == ids and len(exported) == 4
+    assert exported[3]["relations"] == [{"relation": "explains", "id": ids[0], "direction": "out"}]
+    out_file = tmp_path / "export.json"
+    assert runner.invoke(app, ["memory", "export", *common, "--out", str(out_file)], env=ENV).exit_code == 0
+    assert len(json.loads(out_file.read_text())) == 4 and out_file.stat().st_mode & 0o077 == 0
+
+    forgot = runner.invoke(app, ["memory", "forget", *common, ids[1]], env=ENV)
+    assert forgot.exit_code == 0 and json.loads(forgot.stdout) == {"forgotten": [ids[1]], "not_found": []}
+    again = runner.invoke(app, ["memory", "forget", *common, ids[1]], env=ENV)
+    assert again.exit_code == 1 and again.stderr.startswith(f"error: no memory {ids[1]}")
+    assert json.loads(runner.invoke(app, ["memory", "stats", *common], env=ENV).stdout)["count"] == 3
 
 
 def test_memory_wrong_precision_is_one_line(minilm_bundle: Path, tmp_path: Path) -> None:
     common = ["--store", str(tmp_path / "mem"), "--bundle", str(minilm_bundle)]
-    assert runner.invoke(app, ["memory", "add", *common, "a note"]).exit_code == 0
-    result = runner.invoke(app, ["memory", "search", *common, "note", "--precision", "fp32"])
+    assert runner.invoke(app, ["memory", "add", *common, "a note"], env=ENV).exit_code == 0
+    result = runner.invoke(app, ["memory", "search", *common, "note", "--precision", "fp32"], env=ENV)
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ") and "different embedder" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_memory_key_and_store_errors_are_one_line(minilm_bundle: Path, tmp_path: Path) -> None:
+    common = ["--store", str(tmp_path / "mem"), "--bundle", str(minilm_bundle)]
+
+    def one_line_error(result, expected: str) -> None:
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith("error: ") and expected in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+
+    one_line_error(runner.invoke(app, ["memory", "search", *common, "x"], env=ENV), "no memory store at")
+    one_line_error(runner.invoke(app, ["memory", "add", *common, "x"], env={"APEX_MEMORY_PASSPHRASE": ""}),
+                   "no passphrase: set APEX_MEMORY_PASSPHRASE")
+    assert runner.invoke(app, ["memory", "add", *common, "a note"], env=ENV).exit_code == 0
+    one_line_error(runner.invoke(app, ["memory", "stats", *common], env={"APEX_MEMORY_PASSPHRASE": "wrong"}),
+                   "wrong key for store")
+    other = runner.invoke(app, ["memory", "stats", *common, "--passphrase-env", "MY_VAR"],
+                          env={"MY_VAR": ENV["APEX_MEMORY_PASSPHRASE"]})
+    assert other.exit_code == 0 and json.loads(other.stdout)["count"] == 1
+    one_line_error(runner.invoke(app, ["memory", "stats", *common, "--passphrase-env", "UNSET_VAR_X"], env=ENV),
+                   "no passphrase: set UNSET_VAR_X")
 
 
 def test_eval_retrieval_uses_the_runtime_contract(minilm_bundle: Path, tmp_path: Path) -> None:

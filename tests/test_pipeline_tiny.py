@@ -80,7 +80,7 @@ def test_bundle_loads_and_finds_a_planted_memory(tiny_dag: Path, tmp_path: Path)
     spec = bundle.manifest.models["embedder"]
     assert spec.dimension == 384 and bundle.manifest.profile == "tiny"
     assert spec.metrics["eval"]["code-heldout"]["tuned"]
-    with MemoryStore.open(tmp_path / "store", bundle.embedder()) as store:
+    with MemoryStore.open(tmp_path / "store", bundle.embedder(), key=bytes(range(32))) as store:
         store.add_many([{"text": f"note {i}: the {w} service restarts nightly", "kind": "note"}
                         for i, w in enumerate(["billing", "search", "auth", "mail", "cache", "queue"])])
         planted = store.add("We pinned psycopg to 3.1 because 3.2 broke connection pooling on Alpine",

@@ -1,4 +1,4 @@
-"""MemoryStore: semantic recall, kind filter, delete, persistence, embedder identity."""
+"""MemoryStore: semantic recall, kind filter, delete, persistence, embedder identity, the memory model."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import pytest
 
 from apex_models.runtime import MemoryStore, OnnxEmbedder, load_bundle
 from apex_models.runtime.store import StoreError
+
+KEY = bytes(range(32))  # a raw key keeps these tests free of scrypt's cost
 
 PLANTED = "The staging database password rotates every Monday; fetch it from the vault at deploy time."
 PARAPHRASE = "when does the staging db credential change and where do I get it"
@@ -53,7 +55,7 @@ def embedder(minilm_bundle: Path) -> OnnxEmbedder:
 
 @pytest.fixture()
 def store(tmp_path: Path, embedder: OnnxEmbedder):
-    with MemoryStore.open(tmp_path / "store", embedder) as s:
+    with MemoryStore.open(tmp_path / "store", embedder, key=KEY) as s:
         yield s
 
 
@@ -100,10 +102,10 @@ def test_delete_removes_from_search(store: MemoryStore) -> None:
 
 
 def test_persistence_after_reopen(tmp_path: Path, embedder: OnnxEmbedder) -> None:
-    with MemoryStore.open(tmp_path / "s", embedder) as store:
+    with MemoryStore.open(tmp_path / "s", embedder, key=KEY) as store:
         planted = _fill(store)
         store.delete(store.search("Vite frontend build", k=1)[0].id)
-    with MemoryStore.open(tmp_path / "s", embedder) as store:
+    with MemoryStore.open(tmp_path / "s", embedder, key=KEY) as store:
         assert len(store) == 30
         assert store.search(PARAPHRASE, k=1)[0].id == planted
         assert store.search("Vite frontend build", k=30)[0].text != DISTRACTORS[1]
@@ -116,8 +118,80 @@ def test_empty_store_and_bad_input(store: MemoryStore) -> None:
 
 
 def test_other_embedder_is_refused(tmp_path: Path, minilm_bundle: Path, embedder: OnnxEmbedder) -> None:
-    with MemoryStore.open(tmp_path / "s", embedder) as store:
+    with MemoryStore.open(tmp_path / "s", embedder, key=KEY) as store:
         store.add("something to remember")
     other = load_bundle(minilm_bundle).embedder(precision="fp32")
     with pytest.raises(StoreError, match="different embedder.*precision"):
-        MemoryStore.open(tmp_path / "s", other)
+        MemoryStore.open(tmp_path / "s", other, key=KEY)
+
+
+def test_memory_model_fields_and_update(store: MemoryStore) -> None:
+    memory_id = store.add("The retry decorator lives in utils/retry.py", kind="code", tags=["http"],
+                          source="src/utils/retry.py")
+    memory = store.get(memory_id)
+    assert memory is not None and memory.kind == "code" and memory.source == "src/utils/retry.py"
+    assert memory.created_at == memory.updated_at and memory.relations == []
+    updated = store.update(memory_id, text="The retry decorator moved to net/retry.py", tags=["http", "moved"])
+    assert updated is not None and updated.text.endswith("net/retry.py") and updated.tags == ["http", "moved"]
+    assert updated.created_at == memory.created_at and updated.updated_at > memory.updated_at
+    assert updated.kind == "code" and updated.source == "src/utils/retry.py"
+    # re-embedded: the new text is what the dense index finds now
+    assert store.search("where is the retry decorator now, net module", k=1, mode="dense")[0].id == memory_id
+    assert store.update("0" * 32, text="nothing") is None
+
+
+def test_links_and_related_walk(store: MemoryStore) -> None:
+    error = store.add("ImportError: libpq.so.5 not found on Alpine", kind="error")
+    decision = store.add("Pin psycopg to 3.1 until pooling works on Alpine", kind="decision",
+                         relations=[("fixes", error)])
+    note = store.add("Revisit the psycopg pin after 3.2.4", kind="note")
+    store.link(note, decision, "follows-up")
+    memory = store.get(decision)
+    assert memory is not None
+    assert {(r.relation, r.other_id, r.direction) for r in memory.relations} == {
+        ("fixes", error, "out"), ("follows-up", note, "in")}
+    one_hop = store.related(note, depth=1)
+    assert [(r.memory.id, r.relation, r.depth) for r in one_hop] == [(decision, "follows-up", 1)]
+    two_hops = store.related(note, depth=2)
+    assert [(r.memory.id, r.depth, r.via) for r in two_hops] == [(decision, 1, note), (error, 2, decision)]
+    with pytest.raises(StoreError, match="no memory"):
+        store.link(note, "f" * 32)
+    assert store.delete(error) is True
+    assert store.related(note, depth=3) == store.related(note, depth=1)  # the edge went with it
+    assert store.unlink(note, decision) is True and store.related(note) == []
+
+
+def test_add_requires_a_key(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    with pytest.raises(StoreError, match="exactly one of passphrase or key"):
+        MemoryStore.open(tmp_path / "s", embedder)
+    with pytest.raises(StoreError, match="no memory store"):
+        MemoryStore.open(tmp_path / "missing", embedder, key=KEY, create=False)
+
+
+def test_old_unencrypted_store_is_refused(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    import sqlite3
+
+    folder = tmp_path / "old"
+    folder.mkdir()
+    db = sqlite3.connect(folder / "memories.db")
+    with db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('store_schema_version', '1')")
+    db.close()
+    with pytest.raises(StoreError, match="schema version 1 .*unencrypted"):
+        MemoryStore.open(folder, embedder, key=KEY)
+
+
+def test_threads_share_one_store(store: MemoryStore) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(t: int) -> list[str]:
+        ids = []
+        for i in range(10):
+            ids.append(store.add(f"thread {t} note {i} about the build cache"))
+            assert store.search(f"thread {t} note", k=3)
+        return ids
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = [i for batch in pool.map(work, range(4)) for i in batch]
+    assert len(set(ids)) == 40 and len(store) == 40 and store.stats()["indexed"] == 40

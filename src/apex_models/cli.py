@@ -17,19 +17,20 @@ from apex_models.evaluation.cli import eval_app
 
 app = typer.Typer(
     help="apex: small developer-specific models and the memory runtime that ships them.\n\n"
-         "bundle: verify an exported model bundle. memory: add to and search a local semantic "
-         "memory store. eval: score a bundle on a BEIR-layout benchmark.",
+         "bundle: verify an exported model bundle. memory: add to, search and forget in a local "
+         "encrypted memory store. eval: score a bundle on a BEIR-layout benchmark.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 bundle_app = typer.Typer(help="Inspect and verify model bundles.", no_args_is_help=True)
-memory_app = typer.Typer(help="A local semantic memory store (SQLite + FAISS) embedded with a bundle.",
+memory_app = typer.Typer(help="A local, encrypted memory store (SQLite + FAISS + BM25) embedded with a bundle. "
+                              "The passphrase comes from $APEX_MEMORY_PASSPHRASE or --passphrase-env VAR.",
                          no_args_is_help=True)
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(memory_app, name="memory")
 app.add_typer(eval_app, name="eval")
 
-StoreOpt = Annotated[Path, typer.Option("--store", help="Store folder (created if missing).", file_okay=False)]
+StoreOpt = Annotated[Path, typer.Option("--store", help="Store folder.", file_okay=False)]
 BundleOpt = Annotated[Path, typer.Option("--bundle", help="Bundle folder (has manifest.json).")]
 PrecisionOpt = Annotated[str | None, typer.Option(help="fp32 or int8; default: the manifest's choice.")]
 
@@ -93,10 +94,47 @@ def bundle_sign(
         print_json({"signature": str(sign_bundle(bundle_dir, private_key))})
 
 
-def _open_store(store: Path, bundle: Path, precision: str | None):
-    from apex_models.runtime import MemoryStore, load_bundle
+PassphraseEnvOpt = Annotated[str, typer.Option(
+    "--passphrase-env", help="Name of the environment variable that holds the store's passphrase "
+                             "(never pass a passphrase itself on the command line).")]
+DEFAULT_PASSPHRASE_ENV = "APEX_MEMORY_PASSPHRASE"
 
-    return MemoryStore.open(store, load_bundle(bundle).embedder(precision=precision))
+
+def _passphrase(variable: str) -> str:
+    """The passphrase from the environment: arguments end up in shell history and `ps`."""
+    import os
+
+    from apex_models.runtime.store import StoreError
+
+    value = os.environ.get(variable, "")
+    if not value:
+        raise StoreError(f"no passphrase: set {variable} (or name another variable with --passphrase-env)")
+    return value
+
+
+def _open_store(store: Path, bundle: Path, precision: str | None, passphrase_env: str, create: bool = False):
+    from apex_models.runtime import MemoryStore, load_bundle
+    from apex_models.runtime.store import DB_NAME, StoreError
+
+    passphrase = _passphrase(passphrase_env)
+    if not create and not (store / DB_NAME).is_file():
+        raise StoreError(f"no memory store at {store}")
+    return MemoryStore.open(store, load_bundle(bundle).embedder(precision=precision), passphrase=passphrase,
+                            create=create)
+
+
+def _memory_json(memory: Any) -> dict[str, Any]:
+    return {"id": memory.id, "text": memory.text, "kind": memory.kind, "tags": memory.tags,
+            "source": memory.source, "created_at": memory.created_at, "updated_at": memory.updated_at,
+            "relations": [{"relation": r.relation, "id": r.other_id, "direction": r.direction}
+                          for r in memory.relations]}
+
+
+def _parse_relation(value: str) -> tuple[str, str]:
+    relation, sep, target = value.partition(":")
+    if not sep or not relation or not target:
+        raise ValueError(f"--relation takes RELATION:ID, got {value!r}")
+    return relation, target
 
 
 @memory_app.command("add")
@@ -104,15 +142,19 @@ def memory_add(
     text: Annotated[str, typer.Argument(help="The memory's text.")],
     store: StoreOpt,
     bundle: BundleOpt,
-    kind: Annotated[str, typer.Option(help="A category, e.g. note, decision, snippet.")] = "note",
+    kind: Annotated[str, typer.Option(help="A category: note, code, decision, error, ...")] = "note",
     tag: Annotated[list[str] | None, typer.Option("--tag", help="A tag; repeat for several.")] = None,
-    source: Annotated[str | None, typer.Option(help="Where it came from (file, URL...).")] = None,
+    source: Annotated[str | None, typer.Option(help="Where it came from (file path, URL...).")] = None,
+    relation: Annotated[list[str] | None, typer.Option(
+        "--relation", help="An edge to an existing memory, RELATION:ID (e.g. fixes:3f2a...); repeatable.")] = None,
+    passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV,
     precision: PrecisionOpt = None,
 ) -> None:
-    """Embed TEXT and store it; prints {"id": ...}."""
+    """Embed TEXT and store it encrypted (the store is created if missing); prints {"id": ...}."""
     with user_errors():
-        with _open_store(store, bundle, precision) as memories:
-            memory_id = memories.add(text, kind=kind, tags=tag or [], source=source)
+        relations = [_parse_relation(r) for r in relation or []]
+        with _open_store(store, bundle, precision, passphrase_env, create=True) as memories:
+            memory_id = memories.add(text, kind=kind, tags=tag or [], source=source, relations=relations)
         print_json({"id": memory_id})
 
 
@@ -122,23 +164,97 @@ def memory_search(
     store: StoreOpt,
     bundle: BundleOpt,
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many hits.")] = 10,
-    kind: Annotated[str | None, typer.Option(help="Only memories of this kind.")] = None,
+    kind: Annotated[list[str] | None, typer.Option("--kind", help="Only this kind; repeat for several.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Only memories with this tag; repeat: all.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only memories created at or after this ISO time.")] = None,
+    until: Annotated[str | None, typer.Option(help="Only memories created before this ISO time.")] = None,
+    source_prefix: Annotated[str | None, typer.Option(help="Only memories whose source starts with this.")] = None,
+    mode: Annotated[str, typer.Option(help="hybrid (dense + keyword), dense or keyword.")] = "hybrid",
+    passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV,
     precision: PrecisionOpt = None,
 ) -> None:
-    """Print the k most similar memories as a JSON list (best first)."""
+    """Print the k best memories as a JSON list (best first), each with why it matched."""
+    import dataclasses
+
     with user_errors():
-        with _open_store(store, bundle, precision) as memories:
-            hits = memories.search(query, k=k, kind=kind)
-        print_json([{"id": h.id, "score": round(h.score, 6), "text": h.text, "kind": h.kind,
-                      "tags": h.tags, "source": h.source} for h in hits])
+        with _open_store(store, bundle, precision, passphrase_env) as memories:
+            hits = memories.search(query, k=k, kind=kind or None, tags=tag, since=since, until=until,
+                                   source_prefix=source_prefix, mode=mode)
+        print_json([{"id": h.id, "score": round(h.score, 6), "text": h.text, "kind": h.kind, "tags": h.tags,
+                     "source": h.source, "created_at": h.created_at,
+                     "why": {**dataclasses.asdict(h.why), "retrievers": h.why.retrievers}} for h in hits])
+
+
+@memory_app.command("forget")
+def memory_forget(
+    memory_ids: Annotated[list[str], typer.Argument(help="Ids of the memories to erase.")],
+    store: StoreOpt,
+    bundle: BundleOpt,
+    passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV,
+    precision: PrecisionOpt = None,
+) -> None:
+    """Erase memories with no trace on disk (rows zeroed, WAL truncated); prints what was erased."""
+    from apex_models.runtime.store import StoreError
+
+    with user_errors():
+        with _open_store(store, bundle, precision, passphrase_env) as memories:
+            done = {memory_id: memories.forget(memory_id) for memory_id in memory_ids}
+        missing = [i for i, ok in done.items() if not ok]
+        print_json({"forgotten": [i for i, ok in done.items() if ok], "not_found": missing})
+        if missing:
+            raise StoreError(f"no memory {', '.join(missing)} in {store}")
+
+
+@memory_app.command("index")
+def memory_index(
+    repository: Annotated[Path, typer.Argument(help="Repository folder to index (honours .gitignore).",
+                                               file_okay=False)],
+    store: StoreOpt,
+    bundle: BundleOpt,
+    passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV,
+    precision: PrecisionOpt = None,
+) -> None:
+    """Index a repository's code and docs as memories (one per definition or paragraph group);
+    re-running updates only the files that changed. Prints a JSON report."""
+    with user_errors():
+        from apex_models.runtime.indexer import index_repository
+
+        with _open_store(store, bundle, precision, passphrase_env, create=True) as memories:
+            report = index_repository(memories, repository)
+        print_json({"repository": str(repository), **report.as_dict()})
 
 
 @memory_app.command("stats")
-def memory_stats(store: StoreOpt, bundle: BundleOpt, precision: PrecisionOpt = None) -> None:
-    """Print counts per kind and the embedder in use as JSON."""
+def memory_stats(store: StoreOpt, bundle: BundleOpt, passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV,
+                 precision: PrecisionOpt = None) -> None:
+    """Print counts per kind, index state and the embedder in use as JSON."""
     with user_errors():
-        with _open_store(store, bundle, precision) as memories:
+        with _open_store(store, bundle, precision, passphrase_env) as memories:
             print_json({"store": str(store), **memories.stats()})
+
+
+@memory_app.command("export")
+def memory_export(
+    store: StoreOpt,
+    bundle: BundleOpt,
+    out: Annotated[Path | None, typer.Option(help="Write to this file (mode 600) instead of stdout.")] = None,
+    passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV,
+    precision: PrecisionOpt = None,
+) -> None:
+    """Print every memory, DECRYPTED, as a JSON list (oldest first, with relations). Handle with care."""
+    import json
+    import os
+
+    with user_errors():
+        with _open_store(store, bundle, precision, passphrase_env) as memories:
+            data = [_memory_json(memories.get(m.id) or m) for m in memories.memories()]
+        if out is None:
+            print_json(data)
+            return
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        print_json({"exported": len(data), "out": str(out)})
 
 
 if __name__ == "__main__":

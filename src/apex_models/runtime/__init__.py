@@ -6,7 +6,8 @@ nor the training-side sub-packages (models, training, export).
 
 from apex_models.runtime.bundle import Bundle, BundleError, Manifest, ModelSpec, load_bundle
 from apex_models.runtime.embedder import OnnxEmbedder
-from apex_models.runtime.store import Hit, Memory, MemoryStore, StoreError
+from apex_models.runtime.store import (Hit, Memory, MemoryStore, Related, Relation, StoreConfig, StoreError,
+                                      Why)
 
 __all__ = ["load_bundle", "Bundle", "BundleError", "Manifest", "ModelSpec", "OnnxEmbedder",
-           "MemoryStore", "Hit", "Memory", "StoreError"]
+           "MemoryStore", "Hit", "Memory", "StoreError", "StoreConfig", "Why", "Relation", "Related"]

@@ -1,51 +1,121 @@
-"""A local memory store: SQLite is the source of truth, FAISS an in-memory index over it.
+"""A local, encrypted memory store: SQLite on disk, FAISS and BM25 in memory, safe across processes.
 
-Vectors are stored beside their text, so the index can always be rebuilt from the
-database (it is, on every open). The store records which embedder made its vectors and
-refuses another one: vectors from different models or precisions are not comparable.
+Layout on disk (folder `<store>/`):
 
-All SQL goes through one connection in a few small methods (`add_many`, `delete`,
-`_rows_by_rowid`, `_rebuild_index`), so encryption, hybrid (BM25) search and
-multi-process locking can be added around them later. One process at a time for now:
-the FAISS index lives in memory and does not see another process's writes.
+- `memories.db` (SQLite, WAL mode, `secure_delete` on): per memory a clear random id, a
+  row number, a change sequence, and two AES-256-GCM blobs, `record` (text, kind, tags,
+  source, timestamps as JSON) and `vector` (float32 bytes), each bound to the memory id
+  by its associated data. Relations hold the two ids and an encrypted label. The meta
+  table holds the scrypt salt and parameters, a key-check blob, the embedder identity and
+  two counters (`change_counter`, `delete_counter`).
+- `write.lock`: a file lock; every write transaction holds it.
+
+Nothing searchable is stored: the FAISS index and the BM25 index live in memory only,
+rebuilt from decrypted rows on open and kept fresh on every write. Another process's
+writes are seen through the change counter: each search compares it with the last one
+applied and loads only the rows written since (`seq > last`), plus a scan of row numbers
+when something was deleted.
+
+The store records which embedder made its vectors and refuses another one: vectors from
+different models or precisions are not comparable. One store object may be shared by
+threads (its public methods take turns); processes coordinate through the lock file and
+the change counter.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
+import threading
+import time
 import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
-import faiss
 import numpy as np
+from filelock import FileLock, Timeout
 
 from apex_models.hashing import sha256_file
-from apex_models.runtime.embedder import OnnxEmbedder
+from apex_models.runtime.crypto import DecryptionError, KdfParams, Sealer, derive_key
+from apex_models.runtime.dense import DenseIndex
+from apex_models.runtime.keyword import KeywordIndex, tokens
 
 DB_NAME = "memories.db"
-STORE_SCHEMA_VERSION = 1
+LOCK_NAME = "write.lock"
+STORE_SCHEMA_VERSION = 2
+KINDS = ("note", "code", "decision", "error")  # common kinds; any non-empty string is accepted
+EXACT_SUBSET_MAX = 4096  # a filter leaving this few rows is searched exactly over just those
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS memories (
-    id TEXT PRIMARY KEY,
-    text TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    tags TEXT NOT NULL,
-    source TEXT,
-    created_at TEXT NOT NULL,
+    num INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    seq INTEGER NOT NULL,
+    record BLOB NOT NULL,
     vector BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS memories_kind ON memories(kind);
+CREATE INDEX IF NOT EXISTS memories_seq ON memories(seq);
+CREATE TABLE IF NOT EXISTS relations (
+    src TEXT NOT NULL REFERENCES memories(id) ON DELETE CASCADE,
+    dst TEXT NOT NULL REFERENCES memories(id) ON DELETE CASCADE,
+    label BLOB NOT NULL,
+    PRIMARY KEY (src, dst)
+);
+CREATE INDEX IF NOT EXISTS relations_dst ON relations(dst);
 """
+
+Reranker = Callable[[str, list[str]], Sequence[float]]
+TimeLike = datetime | str | float | int
 
 
 class StoreError(Exception):
-    """The store cannot be opened or used as asked (e.g. built with another embedder)."""
+    """The store cannot be opened or used as asked (wrong key, other embedder, tampering...)."""
+
+
+class Embedder(Protocol):
+    """What the store needs from an embedder (OnnxEmbedder satisfies it)."""
+
+    dimension: int
+    precision: str
+    tokenizer_path: Path
+
+    @property
+    def onnx_sha256(self) -> str: ...
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray: ...
+
+    def encode_documents(self, texts: list[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Index and locking knobs; the defaults suit up to about a million memories."""
+
+    dense_index: str = "auto"          # auto: flat (exact) below hnsw_threshold memories, else hnsw
+    hnsw_threshold: int = 20_000
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 64
+    candidates: int = 50               # per-retriever depth fed into rank fusion
+    rrf_k: int = 60
+    duplicate_cosine: float = 0.97     # hits closer than this to a better hit are dropped
+    lock_timeout_s: float = 60.0
+    busy_timeout_ms: int = 60_000
+
+
+@dataclass(frozen=True)
+class Relation:
+    """An edge from this memory (`direction` "out") or to it ("in")."""
+
+    relation: str
+    other_id: str
+    direction: str = "out"
 
 
 @dataclass(frozen=True)
@@ -56,19 +126,71 @@ class Memory:
     tags: list[str] = field(default_factory=list)
     source: str | None = None
     created_at: str = ""
+    updated_at: str = ""
+    relations: list[Relation] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Why:
+    """Which retrievers found a hit, and how (ranks are 1-based; None: not in that list)."""
+
+    dense_rank: int | None = None
+    dense_score: float | None = None
+    keyword_rank: int | None = None
+    keyword_score: float | None = None
+    matched_terms: list[str] = field(default_factory=list)
+    rerank_score: float | None = None
+
+    @property
+    def retrievers(self) -> list[str]:
+        return [name for name, rank in (("dense", self.dense_rank), ("keyword", self.keyword_rank))
+                if rank is not None]
 
 
 @dataclass(frozen=True)
 class Hit:
     id: str
-    score: float
+    score: float                       # fused RRF score, or the reranker's when one ran
     text: str
     kind: str
     tags: list[str] = field(default_factory=list)
     source: str | None = None
+    created_at: str = ""
+    updated_at: str = ""
+    why: Why = field(default_factory=Why)
 
 
-def embedder_identity(embedder: OnnxEmbedder) -> dict[str, str]:
+@dataclass(frozen=True)
+class Related:
+    """A memory reached from the start of `related()` at `depth` hops, through `via`."""
+
+    memory: Memory
+    relation: str
+    direction: str
+    depth: int
+    via: str
+
+
+@dataclass
+class _Entry:
+    """A decrypted memory held in memory for filtering and for building hits."""
+
+    num: int
+    memory: Memory
+    created_ts: float
+
+
+def _serialised(method: Callable) -> Callable:
+    """Run a public method under the store's lock: one connection and one set of in-memory
+    indexes must not be changed by two threads at once."""
+    @functools.wraps(method)
+    def wrapper(self: "MemoryStore", *args: Any, **kwargs: Any) -> Any:
+        with self._mutex:
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
+def embedder_identity(embedder: Embedder) -> dict[str, str]:
     """What makes vectors comparable: the exact ONNX file (hash), its precision, the tokenizer."""
     return {
         "onnx_sha256": embedder.onnx_sha256,
@@ -82,135 +204,628 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-def _memory_from_row(row: sqlite3.Row) -> Memory:
-    return Memory(id=row["id"], text=row["text"], kind=row["kind"], tags=json.loads(row["tags"]),
-                  source=row["source"], created_at=row["created_at"])
+def _timestamp(value: TimeLike) -> float:
+    """Seconds since the epoch from a datetime, an ISO-8601 string or a number (naive = UTC)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def _clean_item(i: int, item: dict[str, Any]) -> dict[str, Any]:
+    """Validate one memory to add and give every field its default."""
+    text = item.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"item {i}: 'text' must be a non-empty string")
+    kind = item.get("kind") or "note"
+    if not isinstance(kind, str):
+        raise ValueError(f"item {i}: 'kind' must be a string")
+    tags = item.get("tags") or []
+    if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
+        raise ValueError(f"item {i}: 'tags' must be a list of strings")
+    relations = [(str(rel), str(target)) for rel, target in item.get("relations") or []]
+    return {"text": text, "kind": kind, "tags": list(tags), "source": item.get("source"), "relations": relations}
+
+
+def _record_aad(memory_id: str) -> bytes:
+    return f"{memory_id}|record".encode()
+
+
+def _vector_aad(memory_id: str) -> bytes:
+    return f"{memory_id}|vector".encode()
+
+
+def _label_aad(src: str, dst: str) -> bytes:
+    return f"{src}|{dst}|relation".encode()
 
 
 class MemoryStore:
-    """Add, get, delete and semantically search short texts ("memories") in a folder."""
+    """Add, update, forget, link and hybrid-search memories in an encrypted folder.
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, embedder: OnnxEmbedder) -> None:
+    Open with `MemoryStore.open(path, embedder, passphrase=...)` (or `key=` 32 raw bytes).
+    Several processes may open one store: writes are serialised by a file lock and SQLite,
+    and every search first applies what other processes committed.
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, embedder: Embedder, sealer: Sealer,
+                 config: StoreConfig) -> None:
         self.path = path
         self.embedder = embedder
+        self.config = config
         self._conn = conn
-        self._index = faiss.IndexIDMap(faiss.IndexFlatIP(embedder.dimension))
-        self._rebuild_index()
+        self._mutex = threading.RLock()
+        self._sealer = sealer
+        self._lock = FileLock(str(path / LOCK_NAME), timeout=config.lock_timeout_s)
+        self._entries: dict[int, _Entry] = {}
+        self._num_of: dict[str, int] = {}
+        self._by_kind: dict[str, set[int]] = {}
+        self._by_tag: dict[str, set[int]] = {}
+        self._times: tuple[np.ndarray, np.ndarray] | None = None
+        self._dense = DenseIndex(embedder.dimension, self._dense_kind(0), config.hnsw_m,
+                                 config.hnsw_ef_construction, config.hnsw_ef_search)
+        self._keyword = KeywordIndex()
+        self._seq = 0
+        self._deletes = 0
+        start = time.perf_counter()
+        self._load_all()
+        self.open_seconds = time.perf_counter() - start
 
+    # -- opening -----------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: Path, embedder: OnnxEmbedder) -> "MemoryStore":
-        """Open or create the store in folder `path`, checking it was built by `embedder`."""
+    def open(cls, path: str | Path, embedder: Embedder, *, passphrase: str | None = None,
+             key: bytes | None = None, create: bool = True, config: StoreConfig | None = None) -> "MemoryStore":
+        """Open (or, with `create`, make) the store in folder `path`.
+
+        Exactly one of `passphrase` (scrypt-derived key) or `key` (32 raw bytes) is needed.
+        Fails with StoreError on a wrong key, another embedder, or a tampered row.
+        """
+        if (passphrase is None) == (key is None):
+            raise StoreError("give exactly one of passphrase or key to open a memory store")
         path = Path(path).expanduser()
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path} exists and is not a folder")
-        path.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path / DB_NAME))
-        conn.row_factory = sqlite3.Row
+        if not (path / DB_NAME).is_file():
+            if not create:
+                raise StoreError(f"no memory store at {path}")
+            path.mkdir(parents=True, exist_ok=True)
+        config = config or StoreConfig()
+        conn = sqlite3.connect(str(path / DB_NAME), isolation_level=None,
+                               timeout=config.busy_timeout_ms / 1000, check_same_thread=False)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.executescript(_SCHEMA)
-            _check_identity(conn, path, embedder)
+            _configure(conn, config)
+            meta, sealer = _read_meta(conn), None
+            if "key_check" not in meta:
+                with FileLock(str(path / LOCK_NAME), timeout=config.lock_timeout_s):
+                    meta, sealer = _initialise(conn, embedder, passphrase, key)
+            if sealer is None:
+                sealer = Sealer(key if key is not None
+                                else derive_key(passphrase or "", KdfParams.from_json(meta["kdf"])))
+            if not sealer.verify_key_check(bytes.fromhex(meta["key_check"])):
+                raise StoreError(f"wrong key for store {path}")
+            _check_identity(meta, path, embedder)
+            return cls(path, conn, embedder, sealer, config)
         except BaseException:
             conn.close()
             raise
-        return cls(path, conn, embedder)
 
-    # -- index -----------------------------------------------------------------------------
-    def _rebuild_index(self) -> None:
-        """Load every stored vector into FAISS; FAISS ids are SQLite rowids."""
-        self._index.reset()
-        rows = self._conn.execute("SELECT rowid, vector FROM memories").fetchall()
-        if rows:
-            ids = np.array([r["rowid"] for r in rows], dtype=np.int64)
-            vectors = np.stack([np.frombuffer(r["vector"], dtype=np.float32) for r in rows])
-            self._index.add_with_ids(vectors, ids)
+    def _dense_kind(self, count: int) -> str:
+        if self.config.dense_index != "auto":
+            return self.config.dense_index
+        return "hnsw" if count >= self.config.hnsw_threshold else "flat"
 
-    # -- writes ----------------------------------------------------------------------------
-    def add(self, text: str, kind: str = "note", tags: Iterable[str] = (), source: str | None = None) -> str:
-        return self.add_many([{"text": text, "kind": kind, "tags": list(tags), "source": source}])[0]
+    def _load_all(self) -> None:
+        """Decrypt every row and build both indexes (the open cost: see `open_seconds`)."""
+        with self._read():
+            meta = _read_meta(self._conn)
+            rows = self._conn.execute("SELECT num, id, record, vector FROM memories ORDER BY num").fetchall()
+        self._dense = DenseIndex(self.embedder.dimension, self._dense_kind(len(rows)), self.config.hnsw_m,
+                                 self.config.hnsw_ef_construction, self.config.hnsw_ef_search)
+        self._apply_rows(rows, bulk=True)
+        self._seq, self._deletes = int(meta["change_counter"]), int(meta["delete_counter"])
 
-    def add_many(self, items: list[dict[str, Any]]) -> list[str]:
-        """Embed all texts in one batch and insert them in one transaction."""
-        if not items:
-            return []
-        for i, item in enumerate(items):
-            if not isinstance(item.get("text"), str) or not item["text"].strip():
-                raise ValueError(f"item {i}: 'text' must be a non-empty string")
-        vectors = self.embedder.encode_documents([item["text"] for item in items])
-        ids, rowids = [], []
-        with self._conn:  # one transaction: all or nothing
-            for item, vector in zip(items, vectors):
-                memory_id = uuid.uuid4().hex
-                cur = self._conn.execute(
-                    "INSERT INTO memories (id, text, kind, tags, source, created_at, vector) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (memory_id, item["text"], item.get("kind") or "note",
-                     json.dumps(list(item.get("tags") or [])), item.get("source"), _now(),
-                     np.ascontiguousarray(vector, dtype=np.float32).tobytes()))
-                ids.append(memory_id)
-                rowids.append(cur.lastrowid)
-        # The index follows only after the commit, so a failed insert leaves it untouched.
-        self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
-                                 np.array(rowids, dtype=np.int64))
-        return ids
+    # -- crypto ------------------------------------------------------------------------------
+    def _seal_memory(self, memory: Memory) -> bytes:
+        record = {"text": memory.text, "kind": memory.kind, "tags": memory.tags, "source": memory.source,
+                  "created_at": memory.created_at, "updated_at": memory.updated_at}
+        return self._sealer.seal(json.dumps(record).encode("utf-8"), _record_aad(memory.id))
 
-    def delete(self, memory_id: str) -> bool:
-        row = self._conn.execute("SELECT rowid FROM memories WHERE id = ?", (memory_id,)).fetchone()
-        if row is None:
+    def _open_memory(self, memory_id: str, blob: bytes) -> Memory:
+        try:
+            record = json.loads(self._sealer.open(blob, _record_aad(memory_id)))
+        except DecryptionError:
+            raise StoreError(f"memory {memory_id} in {self.path} failed authentication "
+                             "(tampered, or moved from another row)") from None
+        return Memory(id=memory_id, text=record["text"], kind=record["kind"], tags=record["tags"],
+                      source=record["source"], created_at=record["created_at"], updated_at=record["updated_at"])
+
+    def _open_vector(self, memory_id: str, blob: bytes) -> np.ndarray:
+        try:
+            raw = self._sealer.open(blob, _vector_aad(memory_id))
+        except DecryptionError:
+            raise StoreError(f"vector of memory {memory_id} in {self.path} failed authentication") from None
+        return np.frombuffer(raw, dtype=np.float32)
+
+    # -- transactions and freshness ------------------------------------------------------------
+    @contextmanager
+    def _read(self) -> Iterator[None]:
+        """One snapshot for several SELECTs (WAL readers never block the writer)."""
+        if self._conn.in_transaction:
+            yield
+            return
+        self._conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _write(self, deleting: bool = False) -> Iterator[int]:
+        """Lock file + BEGIN IMMEDIATE; catch up with other writers; yield this write's sequence.
+
+        The caller applies its own changes to the in-memory indexes only after the commit,
+        so a failed transaction leaves them as they were.
+        """
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise StoreError(f"store {self.path} is locked by another writer "
+                             f"(waited {self.config.lock_timeout_s:.0f} s)") from None
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._catch_up()
+                seq = self._seq + 1
+                self._conn.execute("UPDATE meta SET value = ? WHERE key = 'change_counter'", (str(seq),))
+                if deleting:
+                    self._conn.execute("UPDATE meta SET value = ? WHERE key = 'delete_counter'",
+                                       (str(self._deletes + 1),))
+                yield seq
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._seq = seq
+            self._deletes += int(deleting)
+        finally:
+            self._lock.release()
+
+    @_serialised
+    def refresh(self) -> bool:
+        """Apply what other processes committed since the last look; True when anything changed."""
+        with self._read():
+            return self._catch_up()
+
+    def _catch_up(self) -> bool:
+        meta = dict(self._conn.execute(
+            "SELECT key, value FROM meta WHERE key IN ('change_counter', 'delete_counter')").fetchall())
+        counter, deletes = int(meta["change_counter"]), int(meta["delete_counter"])
+        if counter == self._seq:
             return False
-        with self._conn:
-            self._conn.execute("DELETE FROM memories WHERE id = ?", (memory_id,))
-        self._index.remove_ids(np.array([row["rowid"]], dtype=np.int64))
+        rows = self._conn.execute("SELECT num, id, record, vector FROM memories WHERE seq > ? ORDER BY num",
+                                  (self._seq,)).fetchall()
+        self._apply_rows(rows)
+        if deletes != self._deletes:
+            present = {r[0] for r in self._conn.execute("SELECT num FROM memories")}
+            self._drop([num for num in self._entries if num not in present])
+        self._seq, self._deletes = counter, deletes
         return True
 
-    # -- reads -----------------------------------------------------------------------------
-    def get(self, memory_id: str) -> Memory | None:
-        row = self._conn.execute("SELECT * FROM memories WHERE id = ?", (memory_id,)).fetchone()
-        return _memory_from_row(row) if row else None
+    def _apply_rows(self, rows: list[tuple[int, str, bytes, bytes]], bulk: bool = False) -> None:
+        """Decrypt rows and put them (new or changed) into the cache and both indexes."""
+        if not rows:
+            return
+        nums, vectors = [], []
+        for num, memory_id, record, vector in rows:
+            memory = self._open_memory(memory_id, record)
+            self._remember(num, memory, bulk)
+            nums.append(num)
+            vectors.append(self._open_vector(memory_id, vector))
+        self._dense.add(nums, np.stack(vectors))
+        self._maybe_switch_index()
 
-    def search(self, query: str, k: int = 10, kind: str | None = None) -> list[Hit]:
-        """Top-k memories by cosine similarity, optionally only of one kind.
+    def _remember(self, num: int, memory: Memory, bulk: bool = False) -> None:
+        self._unindex_metadata(num)
+        self._entries[num] = _Entry(num=num, memory=memory, created_ts=_timestamp(memory.created_at))
+        self._num_of[memory.id] = num
+        self._by_kind.setdefault(memory.kind, set()).add(num)
+        for tag in memory.tags:
+            self._by_tag.setdefault(tag, set()).add(num)
+        if bulk:
+            self._keyword.load(num, memory.text)
+        else:
+            self._keyword.add(num, memory.text)
 
-        With a kind filter the index is searched for more candidates until k of that kind
-        are found or the whole index has been ranked, so rare kinds are never missed.
+    def _unindex_metadata(self, num: int) -> None:
+        """Forget a row's kind and tag postings (before it changes or goes)."""
+        self._times = None
+        entry = self._entries.get(num)
+        if entry is None:
+            return
+        self._by_kind.get(entry.memory.kind, set()).discard(num)
+        for tag in entry.memory.tags:
+            self._by_tag.get(tag, set()).discard(num)
+
+    def _drop(self, nums: list[int]) -> None:
+        for num in nums:
+            self._unindex_metadata(num)
+            entry = self._entries.pop(num, None)
+            if entry is not None:
+                self._num_of.pop(entry.memory.id, None)
+            self._keyword.remove(num)
+        self._dense.remove(nums)
+
+    def _maybe_switch_index(self) -> None:
+        """Exact search while it is fast; HNSW once the store outgrows `hnsw_threshold`."""
+        wanted = self._dense_kind(self._dense.live)
+        if wanted != self._dense.kind:
+            self._dense.compact(kind=wanted)
+
+    # -- writes ------------------------------------------------------------------------------
+    def add(self, text: str, kind: str = "note", tags: Iterable[str] = (), source: str | None = None,
+            relations: Iterable[tuple[str, str]] = ()) -> str:
+        """Store one memory; `relations` are (relation, other memory id) edges from it. Returns its id."""
+        return self.add_many([{"text": text, "kind": kind, "tags": list(tags), "source": source,
+                               "relations": list(relations)}])[0]
+
+    @_serialised
+    def add_many(self, items: list[dict[str, Any]], vectors: np.ndarray | None = None) -> list[str]:
+        """Embed all texts in one batch and insert them in one transaction (all or nothing).
+
+        Each item: text (required), kind, tags, source, relations [(relation, id)].
+        `vectors` (unit float32, one per item, from this store's embedder) skips embedding,
+        e.g. when importing or benchmarking.
         """
-        total = self._index.ntotal
-        if k <= 0 or total == 0:
+        if not items:
             return []
-        vector = self.embedder.encode_queries([query])
-        fetch = min(total, k if kind is None else max(4 * k, 64))
+        clean = [_clean_item(i, item) for i, item in enumerate(items)]
+        if vectors is None:
+            vectors = self.embedder.encode_documents([c["text"] for c in clean])
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(clean), self.embedder.dimension):
+            raise ValueError(f"vectors must have shape ({len(clean)}, {self.embedder.dimension})")
+        now = _now()
+        memories = [Memory(id=uuid.uuid4().hex, text=c["text"], kind=c["kind"], tags=c["tags"],
+                           source=c["source"], created_at=now, updated_at=now) for c in clean]
+        sealed = [(m.id, self._seal_memory(m), self._sealer.seal(v.tobytes(), _vector_aad(m.id)))
+                  for m, v in zip(memories, vectors)]
+        nums = []
+        with self._write() as seq:
+            for memory_id, record, vector in sealed:
+                cur = self._conn.execute("INSERT INTO memories (id, seq, record, vector) VALUES (?, ?, ?, ?)",
+                                         (memory_id, seq, record, vector))
+                nums.append(cur.lastrowid)
+            for memory, c in zip(memories, clean):
+                for relation, target in c["relations"]:
+                    self._insert_relation(memory.id, target, relation)
+        for num, memory in zip(nums, memories):
+            self._remember(num, memory)
+        self._dense.add(nums, vectors)
+        self._maybe_switch_index()
+        return [m.id for m in memories]
+
+    @_serialised
+    def update(self, memory_id: str, text: str | None = None, kind: str | None = None,
+               tags: Iterable[str] | None = None, source: str | None = None) -> Memory | None:
+        """Change fields of a memory (a new text is re-embedded); None when there is no such memory."""
+        if text is not None and not text.strip():
+            raise ValueError("'text' must be a non-empty string")
+        new_vector = self.embedder.encode_documents([text])[0] if text is not None else None
+        with self._write() as seq:
+            row = self._conn.execute("SELECT num, record, vector FROM memories WHERE id = ?",
+                                     (memory_id,)).fetchone()
+            if row is None:
+                return None
+            num, old = row[0], self._open_memory(memory_id, row[1])
+            memory = Memory(id=memory_id, text=text if text is not None else old.text,
+                            kind=kind or old.kind, tags=list(tags) if tags is not None else old.tags,
+                            source=source if source is not None else old.source,
+                            created_at=old.created_at, updated_at=_now())
+            vector = self._open_vector(memory_id, row[2]) if new_vector is None else new_vector
+            sealed_vector = row[2] if new_vector is None else self._sealer.seal(
+                np.ascontiguousarray(new_vector, dtype=np.float32).tobytes(), _vector_aad(memory_id))
+            self._conn.execute("UPDATE memories SET seq = ?, record = ?, vector = ? WHERE num = ?",
+                               (seq, self._seal_memory(memory), sealed_vector, num))
+        self._remember(num, memory)
+        if new_vector is not None:
+            self._dense.add([num], vector.reshape(1, -1))
+        return self.get(memory_id)
+
+    def delete(self, memory_id: str) -> bool:
+        """Remove a memory and its relations (its bytes are zeroed in the database pages)."""
+        return self._delete(memory_id, scrub=False)
+
+    @_serialised
+    def delete_many(self, memory_ids: list[str]) -> int:
+        """Remove several memories in one transaction; returns how many existed."""
+        if not memory_ids:
+            return 0
+        with self._write(deleting=True):
+            removed = sum(self._conn.execute("DELETE FROM memories WHERE id = ?", (i,)).rowcount
+                          for i in memory_ids)
+        self._drop([self._num_of[i] for i in memory_ids if i in self._num_of])
+        return removed
+
+    @_serialised
+    def _delete(self, memory_id: str, scrub: bool) -> bool:
+        with self._write(deleting=True):
+            cur = self._conn.execute("DELETE FROM memories WHERE id = ?", (memory_id,))
+        num = self._num_of.get(memory_id)
+        if num is not None:
+            if scrub:  # the in-process indexes keep no copy either
+                self._dense.scrub(num)
+                self._keyword.forget(num)
+            self._drop([num])
+        return cur.rowcount > 0
+
+    @_serialised
+    def forget(self, memory_id: str, checkpoint_wait_s: float = 10.0) -> bool:
+        """Erase a memory with no trace on disk: delete (secure_delete zeroes its pages), then
+        checkpoint the WAL into the database and truncate it, so no old frame still holds it.
+
+        In this process its vector is zeroed inside FAISS and the BM25 vocabulary is rebuilt
+        at the next search (Python cannot promise to wipe freed string memory).
+        Waits up to `checkpoint_wait_s` for readers in other processes to let the checkpoint
+        finish; raises StoreError if they never do (the row is deleted either way).
+        """
+        found = self._delete(memory_id, scrub=True)
+        deadline = time.monotonic() + checkpoint_wait_s
         while True:
-            scores, rowids = self._index.search(vector, fetch)
-            pairs = [(int(r), float(s)) for r, s in zip(rowids[0], scores[0]) if r != -1]
-            rows = self._rows_by_rowid([r for r, _ in pairs])
-            hits = [Hit(id=row["id"], score=score, text=row["text"], kind=row["kind"],
-                        tags=json.loads(row["tags"]), source=row["source"])
-                    for rowid, score in pairs
-                    if (row := rows.get(rowid)) is not None and (kind is None or row["kind"] == kind)]
-            if len(hits) >= k or fetch >= total:
-                return hits[:k]
-            fetch = min(total, fetch * 4)
+            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return found
+            if time.monotonic() > deadline:
+                raise StoreError(f"memory {memory_id} was deleted but the WAL of {self.path} could not be "
+                                 "truncated: another process kept reading; run forget again")
+            time.sleep(0.05)
 
-    def _rows_by_rowid(self, rowids: list[int]) -> dict[int, sqlite3.Row]:
-        if not rowids:
-            return {}
-        marks = ",".join("?" * len(rowids))
-        rows = self._conn.execute(
-            f"SELECT rowid, id, text, kind, tags, source FROM memories WHERE rowid IN ({marks})",
-            rowids).fetchall()
-        return {r["rowid"]: r for r in rows}
+    @_serialised
+    def link(self, src: str, dst: str, relation: str = "related") -> None:
+        """Record (or relabel) the edge src -relation-> dst; both memories must exist."""
+        if not relation:
+            raise ValueError("relation must be a non-empty string")
+        with self._write():
+            self._insert_relation(src, dst, relation)
 
+    @_serialised
+    def unlink(self, src: str, dst: str) -> bool:
+        with self._write():
+            cur = self._conn.execute("DELETE FROM relations WHERE src = ? AND dst = ?", (src, dst))
+        return cur.rowcount > 0
+
+    def _insert_relation(self, src: str, dst: str, relation: str) -> None:
+        for memory_id in (src, dst):
+            if self._conn.execute("SELECT 1 FROM memories WHERE id = ?", (memory_id,)).fetchone() is None:
+                raise StoreError(f"cannot link: no memory {memory_id}")
+        self._conn.execute("INSERT OR REPLACE INTO relations (src, dst, label) VALUES (?, ?, ?)",
+                           (src, dst, self._sealer.seal(relation.encode("utf-8"), _label_aad(src, dst))))
+
+    # -- reads -------------------------------------------------------------------------------
+    @_serialised
+    def get(self, memory_id: str) -> Memory | None:
+        """The memory as committed now (read from disk), with its relations both ways."""
+        with self._read():
+            row = self._conn.execute("SELECT record FROM memories WHERE id = ?", (memory_id,)).fetchone()
+            if row is None:
+                return None
+            memory = self._open_memory(memory_id, row[0])
+            relations = self._edges(memory_id)
+        return Memory(**{**memory.__dict__, "relations": relations})
+
+    @_serialised
+    def vector(self, memory_id: str) -> np.ndarray | None:
+        """The stored (decrypted) vector of a memory, read from disk; None when there is none."""
+        row = self._conn.execute("SELECT vector FROM memories WHERE id = ?", (memory_id,)).fetchone()
+        return None if row is None else self._open_vector(memory_id, row[0]).copy()
+
+    def _edges(self, memory_id: str) -> list[Relation]:
+        edges = []
+        for src, dst, label in self._conn.execute(
+                "SELECT src, dst, label FROM relations WHERE src = ? OR dst = ? ORDER BY rowid",
+                (memory_id, memory_id)):
+            try:
+                relation = self._sealer.open(label, _label_aad(src, dst)).decode("utf-8")
+            except DecryptionError:
+                raise StoreError(f"relation {src} -> {dst} in {self.path} failed authentication") from None
+            out = src == memory_id
+            edges.append(Relation(relation=relation, other_id=dst if out else src,
+                                  direction="out" if out else "in"))
+        return edges
+
+    @_serialised
+    def related(self, memory_id: str, depth: int = 1) -> list[Related]:
+        """Memories reachable within `depth` hops over relations in either direction, nearest first."""
+        seen, frontier, out = {memory_id}, [memory_id], []
+        with self._read():
+            for hop in range(1, depth + 1):
+                nxt = []
+                for current in frontier:
+                    for edge in self._edges(current):
+                        if edge.other_id in seen:
+                            continue
+                        seen.add(edge.other_id)
+                        row = self._conn.execute("SELECT record FROM memories WHERE id = ?",
+                                                 (edge.other_id,)).fetchone()
+                        if row is None:
+                            continue
+                        out.append(Related(memory=self._open_memory(edge.other_id, row[0]), relation=edge.relation,
+                                           direction=edge.direction, depth=hop, via=current))
+                        nxt.append(edge.other_id)
+                frontier = nxt
+        return out
+
+    @_serialised
+    def memories(self) -> list[Memory]:
+        """Every memory (fresh), oldest first: what `apex memory export` writes."""
+        self.refresh()
+        return [self._entries[n].memory for n in sorted(self._entries)]
+
+    @_serialised
+    def search(self, query: str, k: int = 10, *, kind: str | Sequence[str] | None = None,
+               tags: Sequence[str] | None = None, since: TimeLike | None = None, until: TimeLike | None = None,
+               source_prefix: str | None = None, mode: str = "hybrid", rerank: Reranker | None = None,
+               rerank_depth: int = 50, collapse: bool = True) -> list[Hit]:
+        """Top-k memories for `query`: dense (cosine) and keyword (BM25) lists fused by RRF.
+
+        Filters (kind(s), all of `tags`, created in [since, until), source path prefix) are
+        applied before each list is cut. Near-duplicates (cosine > config.duplicate_cosine
+        to a better hit) are dropped. `rerank(query, texts) -> scores` reorders the fused top
+        `rerank_depth`. `mode` "dense" or "keyword" uses one retriever only.
+        """
+        if mode not in ("hybrid", "dense", "keyword"):
+            raise ValueError(f"mode must be hybrid, dense or keyword, not {mode!r}")
+        self.refresh()
+        if k <= 0 or not self._entries:
+            return []
+        allowed = self._allowed(kind, tags, since, until, source_prefix)
+        if allowed is not None and len(allowed) == 0:
+            return []
+        depth = max(self.config.candidates, 2 * k, rerank_depth if rerank else 0)
+        dense = self._dense_candidates(query, depth, allowed) if mode != "keyword" else []
+        query_tokens = list(dict.fromkeys(tokens(query)))
+        keyword = self._keyword_candidates(query_tokens, depth, allowed) if mode != "dense" else []
+        fused = _rrf([dense, keyword], self.config.rrf_k)
+        if collapse:
+            fused = self._collapse(fused, max(k, rerank_depth if rerank else 0))
+        rerank_scores: dict[int, float] = {}
+        if rerank is not None:
+            head = fused[:rerank_depth]
+            scores = rerank(query, [self._entries[n].memory.text for n, _ in head])
+            rerank_scores = {n: float(s) for (n, _), s in zip(head, scores)}
+            fused = sorted(head, key=lambda p: -rerank_scores[p[0]]) + fused[rerank_depth:]
+        dense_at = {n: (i + 1, s) for i, (n, s) in enumerate(dense)}
+        keyword_at = {n: (i + 1, s) for i, (n, s) in enumerate(keyword)}
+        return [self._hit(n, rerank_scores.get(n, score), dense_at.get(n), keyword_at.get(n),
+                          query_tokens, rerank_scores.get(n)) for n, score in fused[:k]]
+
+    def _allowed(self, kind: str | Sequence[str] | None, tags: Sequence[str] | None, since: TimeLike | None,
+                 until: TimeLike | None, source_prefix: str | None) -> np.ndarray | None:
+        """Sorted row numbers that pass every filter, or None when nothing is filtered.
+
+        Kinds and tags come from in-memory postings (set operations), times from a
+        column of creation timestamps (numpy), so a filter costs little even at 100k
+        memories; only a source prefix is checked row by row, on what is left.
+        """
+        kinds = [kind] if isinstance(kind, str) else list(kind or [])
+        sets = []
+        if kinds:
+            sets.append(set().union(*(self._by_kind.get(k, set()) for k in kinds)))
+        sets += [self._by_tag.get(t, set()) for t in tags or ()]
+        allowed = None
+        if sets:
+            sets.sort(key=len)
+            allowed = np.fromiter(sets[0].intersection(*sets[1:]), dtype=np.int64)
+            allowed.sort()
+        if since is not None or until is not None:
+            nums, created = self._time_column()
+            mask = np.ones(len(nums), dtype=bool)
+            if since is not None:
+                mask &= created >= _timestamp(since)
+            if until is not None:
+                mask &= created < _timestamp(until)
+            timed = nums[mask]
+            allowed = timed if allowed is None else np.intersect1d(allowed, timed, assume_unique=True)
+        if source_prefix is not None:
+            pool = allowed.tolist() if allowed is not None else sorted(self._entries)
+            allowed = np.array([n for n in pool if (self._entries[n].memory.source or "").startswith(source_prefix)],
+                               dtype=np.int64)
+        return allowed
+
+    def _time_column(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row numbers, creation times) as arrays; rebuilt after writes, on the first time filter."""
+        if self._times is None:
+            nums = np.array(sorted(self._entries), dtype=np.int64)
+            created = np.array([self._entries[n].created_ts for n in nums.tolist()], dtype=np.float64)
+            self._times = (nums, created)
+        return self._times
+
+    def _dense_candidates(self, query: str, depth: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
+        """Dense list; with a filter, exact over a small allowed set, else over-fetch by its selectivity."""
+        vector = self.embedder.encode_queries([query])[0]
+        if allowed is None:
+            return self._dense.search(vector, depth)
+        if len(allowed) <= EXACT_SUBSET_MAX:
+            return self._dense.exact(vector, allowed.tolist(), depth)
+        members = set(allowed.tolist())
+        live = self._dense.live
+        fetch = min(live, int(depth * live / len(allowed) * 2) + depth)
+        while True:
+            found = self._dense.search(vector, fetch)
+            kept = [(n, s) for n, s in found if n in members]
+            if len(kept) >= depth or len(found) < fetch or fetch >= live:
+                return kept[:depth]
+            fetch = min(live, fetch * 4)
+
+    def _keyword_candidates(self, query_tokens: list[str], depth: int, allowed: np.ndarray | None
+                            ) -> list[tuple[int, float]]:
+        if allowed is None:
+            return self._keyword.search(query_tokens, depth)
+        nums, scores = self._keyword.scores(query_tokens)
+        mask = np.isin(nums, allowed, assume_unique=False)
+        nums, scores = nums[mask], scores[mask]
+        order = np.argsort(-scores, kind="stable")[:depth]
+        return [(int(nums[i]), float(scores[i])) for i in order]
+
+    def _collapse(self, fused: list[tuple[int, float]], need: int) -> list[tuple[int, float]]:
+        """Keep the best of each group of near-identical memories (cosine above the threshold).
+
+        Walks down the fused order comparing each candidate with the hits kept so far and
+        stops once `need` are kept, so a search never pays for candidates it will cut
+        (small matrix-vector products only: no Gram matrix of every candidate).
+        """
+        if len(fused) < 2:
+            return fused
+        kept: list[int] = []
+        kept_vectors = np.zeros((need, self.embedder.dimension), dtype=np.float32)
+        chunk = 2 * need + 8
+        for start in range(0, len(fused), chunk):
+            vectors = self._dense.vectors([n for n, _ in fused[start:start + chunk]])
+            for offset, vector in enumerate(vectors):
+                if kept and float(np.max(kept_vectors[:len(kept)] @ vector)) > self.config.duplicate_cosine:
+                    continue
+                kept_vectors[len(kept)] = vector
+                kept.append(start + offset)
+                if len(kept) == need:
+                    return [fused[i] for i in kept]
+        return [fused[i] for i in kept]
+
+    def _hit(self, num: int, score: float, dense: tuple[int, float] | None, keyword: tuple[int, float] | None,
+             query_tokens: list[str], rerank_score: float | None) -> Hit:
+        m = self._entries[num].memory
+        terms = self._keyword.terms(num)
+        why = Why(dense_rank=dense[0] if dense else None, dense_score=round(dense[1], 6) if dense else None,
+                  keyword_rank=keyword[0] if keyword else None,
+                  keyword_score=round(keyword[1], 6) if keyword else None,
+                  matched_terms=[t for t in query_tokens if t in terms] if keyword else [],
+                  rerank_score=rerank_score)
+        return Hit(id=m.id, score=score, text=m.text, kind=m.kind, tags=list(m.tags), source=m.source,
+                   created_at=m.created_at, updated_at=m.updated_at, why=why)
+
+    @_serialised
+    def nearest(self, vector: np.ndarray, k: int = 10) -> list[tuple[str, float]]:
+        """Dense search by a vector (no text, no fusion): (id, cosine) best first."""
+        self.refresh()
+        return [(self._entries[n].memory.id, s) for n, s in self._dense.search(np.asarray(vector), k)]
+
+    @_serialised
     def stats(self) -> dict[str, Any]:
-        kinds = {r["kind"]: r["n"] for r in
-                 self._conn.execute("SELECT kind, COUNT(*) AS n FROM memories GROUP BY kind ORDER BY kind")}
-        return {"count": len(self), "kinds": kinds, "indexed": int(self._index.ntotal),
-                "dimension": self.embedder.dimension, "precision": self.embedder.precision}
+        self.refresh()
+        kinds: dict[str, int] = {}
+        for entry in self._entries.values():
+            kinds[entry.memory.kind] = kinds.get(entry.memory.kind, 0) + 1
+        return {"count": len(self._entries), "kinds": dict(sorted(kinds.items())),
+                "indexed": self._dense.live, "dense_index": self._dense.kind, "faiss_ntotal": self._dense.ntotal,
+                "keyword_docs": len(self._keyword), "change_counter": self._seq,
+                "dimension": self.embedder.dimension, "precision": self.embedder.precision,
+                "open_seconds": round(self.open_seconds, 4)}
 
+    @_serialised
     def __len__(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM memories").fetchone()[0])
 
-    # -- lifecycle -------------------------------------------------------------------------
+    # -- lifecycle ---------------------------------------------------------------------------
+    @_serialised
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -223,23 +838,76 @@ class MemoryStore:
         self.close()
 
 
-def _check_identity(conn: sqlite3.Connection, path: Path, embedder: OnnxEmbedder) -> None:
+def _configure(conn: sqlite3.Connection, config: StoreConfig) -> None:
+    """WAL (readers never block the writer), zeroed deletes, fsync on commit, waits not errors."""
+    conn.execute(f"PRAGMA busy_timeout={int(config.busy_timeout_ms)}")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA secure_delete=ON")
+    conn.execute("PRAGMA foreign_keys=ON")
+
+
+def _read_meta(conn: sqlite3.Connection) -> dict[str, str]:
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is None:
+        return {}
+    return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+
+
+def _initialise(conn: sqlite3.Connection, embedder: Embedder, passphrase: str | None,
+                key: bytes | None) -> tuple[dict[str, str], Sealer | None]:
+    """Create tables and meta once (the caller holds the file lock, so two first opens do not race).
+
+    Returns the meta table and, when this call created the store, the sealer it made (so
+    the passphrase is not stretched twice).
+    """
+    old = _read_meta(conn)
+    if old.get("store_schema_version") not in (None, str(STORE_SCHEMA_VERSION)):
+        raise StoreError(f"store {_conn_path(conn)} has schema version {old['store_schema_version']} "
+                         f"(unencrypted); this runtime supports {STORE_SCHEMA_VERSION}: export its memories "
+                         "with the runtime that wrote it and add them to a new store")
+    conn.executescript(_SCHEMA)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        meta = _read_meta(conn)
+        if "key_check" in meta:  # another process created it first
+            conn.execute("COMMIT")
+            return meta, None
+        kdf = KdfParams.fresh()
+        sealer = Sealer(key if key is not None else derive_key(passphrase or "", kdf))
+        meta = {"store_schema_version": str(STORE_SCHEMA_VERSION), "kdf": kdf.to_json(),
+                "key_check": sealer.key_check().hex(), "change_counter": "0", "delete_counter": "0",
+                **embedder_identity(embedder)}
+        conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", sorted(meta.items()))
+        conn.execute("COMMIT")
+        return meta, sealer
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _conn_path(conn: sqlite3.Connection) -> str:
+    """The folder of a connection's database file, for error messages."""
+    return str(Path(conn.execute("PRAGMA database_list").fetchone()[2]).parent)
+
+
+def _check_identity(meta: dict[str, str], path: Path, embedder: Embedder) -> None:
     """First open records the embedder; later opens must use the same one."""
-    identity = embedder_identity(embedder)
-    stored = {r["key"]: r["value"] for r in conn.execute("SELECT key, value FROM meta")}
-    if not stored:
-        with conn:
-            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
-                             [("store_schema_version", str(STORE_SCHEMA_VERSION)),
-                              *sorted(identity.items())])
-        return
-    if stored.get("store_schema_version") != str(STORE_SCHEMA_VERSION):
-        raise StoreError(f"store {path} has schema version {stored.get('store_schema_version')}; "
+    if meta.get("store_schema_version") != str(STORE_SCHEMA_VERSION):
+        raise StoreError(f"store {path} has schema version {meta.get('store_schema_version')}; "
                          f"this runtime supports {STORE_SCHEMA_VERSION}")
-    mismatched = [k for k, v in identity.items() if stored.get(k) != v]
+    identity = embedder_identity(embedder)
+    mismatched = [k for k, v in identity.items() if meta.get(k) != v]
     if mismatched:
-        details = ", ".join(f"{k}: store {str(stored.get(k))[:12]} vs given {identity[k][:12]}"
-                            for k in mismatched)
+        details = ", ".join(f"{k}: store {str(meta.get(k))[:12]} vs given {identity[k][:12]}" for k in mismatched)
         raise StoreError(f"store {path} was built with a different embedder ({details}); "
                          "its vectors are not comparable. Use the original bundle and precision, "
                          "or re-embed into a new store.")
+
+
+def _rrf(lists: list[list[tuple[int, float]]], k: int) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: score = sum over lists of 1 / (k + rank), rank from 1."""
+    fused: dict[int, float] = {}
+    for ranked in lists:
+        for rank, (num, _) in enumerate(ranked, start=1):
+            fused[num] = fused.get(num, 0.0) + 1.0 / (k + rank)
+    return sorted(fused.items(), key=lambda p: -p[1])

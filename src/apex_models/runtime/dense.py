@@ -1,0 +1,137 @@
+"""The in-memory dense index of the memory store: FAISS exact (flat) or HNSW, inner product.
+
+FAISS ids are positions (0, 1, 2...) mapped to store row numbers here, because HNSW
+cannot remove vectors: a delete or an update marks the old position dead, searches skip
+dead positions (over-fetching by their number), and `compact` rebuilds from the live
+vectors once dead ones pile up. One code path serves both index kinds.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+
+class DenseIndex:
+    """Vectors by store row number; `kind` is "flat" (exact) or "hnsw" (approximate)."""
+
+    def __init__(self, dimension: int, kind: str = "flat", hnsw_m: int = 32, ef_construction: int = 80,
+                 ef_search: int = 64) -> None:
+        if kind not in ("flat", "hnsw"):
+            raise ValueError(f"dense index kind must be flat or hnsw, not {kind!r}")
+        self.dimension = dimension
+        self.kind = kind
+        self.hnsw_m = hnsw_m
+        self.ef_construction = ef_construction
+        self.ef_search = ef_search
+        self._index = self._new_index()
+        self._rowid_at: list[int] = []  # position -> row number, -1 when dead
+        self._pos_of: dict[int, int] = {}
+
+    def _new_index(self) -> faiss.Index:
+        if self.kind == "flat":
+            return faiss.IndexFlatIP(self.dimension)
+        index = faiss.IndexHNSWFlat(self.dimension, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = self.ef_construction
+        index.hnsw.efSearch = self.ef_search
+        return index
+
+    # -- size --------------------------------------------------------------------------------
+    @property
+    def live(self) -> int:
+        return len(self._pos_of)
+
+    @property
+    def ntotal(self) -> int:
+        """Positions in FAISS, dead ones included (equals `live` right after a rebuild)."""
+        return int(self._index.ntotal)
+
+    @property
+    def dead(self) -> int:
+        return self.ntotal - self.live
+
+    def __contains__(self, rowid: int) -> bool:
+        return rowid in self._pos_of
+
+    # -- writes ------------------------------------------------------------------------------
+    def add(self, rowids: list[int], vectors: np.ndarray) -> None:
+        """Add (or replace) vectors; a replaced row's old position becomes dead."""
+        if not rowids:
+            return
+        self.remove([r for r in rowids if r in self._pos_of])
+        start = self.ntotal
+        self._index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        for offset, rowid in enumerate(rowids):
+            self._rowid_at.append(rowid)
+            self._pos_of[rowid] = start + offset
+        self._maybe_compact()
+
+    def remove(self, rowids: list[int]) -> None:
+        for rowid in rowids:
+            pos = self._pos_of.pop(rowid, None)
+            if pos is not None:
+                self._rowid_at[pos] = -1
+        self._maybe_compact()
+
+    def scrub(self, rowid: int) -> None:
+        """Zero a row's vector inside FAISS, then drop it (forget: no copy left in this process)."""
+        pos = self._pos_of.get(rowid)
+        if pos is None:
+            return
+        flat = self._index if self.kind == "flat" else faiss.downcast_index(self._index.storage)
+        stored = faiss.rev_swig_ptr(flat.get_xb(), self.ntotal * self.dimension)
+        stored[pos * self.dimension:(pos + 1) * self.dimension] = 0.0
+        self.remove([rowid])
+
+    def _maybe_compact(self) -> None:
+        if self.dead > 256 and self.dead > self.ntotal // 5:
+            self.compact()
+
+    def compact(self, kind: str | None = None) -> None:
+        """Rebuild from the live vectors (optionally switching kind): no dead positions left."""
+        rowids = list(self._pos_of)
+        vectors = self.vectors(rowids)
+        self.kind = kind or self.kind
+        self._index = self._new_index()
+        self._rowid_at, self._pos_of = [], {}
+        if rowids:
+            self.add(rowids, vectors)
+
+    # -- reads -------------------------------------------------------------------------------
+    def vectors(self, rowids: list[int]) -> np.ndarray:
+        """The stored vectors of these rows, in order (FAISS keeps them; no second copy)."""
+        if not rowids:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        positions = np.array([self._pos_of[r] for r in rowids], dtype=np.int64)
+        return self._index.reconstruct_batch(positions)
+
+    def search(self, query: np.ndarray, fetch: int) -> list[tuple[int, float]]:
+        """Up to `fetch` live rows, best first; asks FAISS for `fetch + dead` to cover skipped ones."""
+        if self.live == 0 or fetch <= 0:
+            return []
+        want = min(self.ntotal, fetch + self.dead)
+        if self.kind == "hnsw":
+            self._index.hnsw.efSearch = max(self.ef_search, want)
+        scores, positions = self._index.search(np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1), want)
+        out = []
+        for pos, score in zip(positions[0], scores[0]):
+            if pos >= 0 and (rowid := self._rowid_at[pos]) >= 0:
+                out.append((rowid, float(score)))
+        return out[:fetch]
+
+    def exact(self, query: np.ndarray, rowids: list[int], top: int) -> list[tuple[int, float]]:
+        """Exact inner product over a subset of rows (a selective filter's candidates).
+
+        Runs in FAISS's flat storage with an id selector: only those rows are scored, in
+        FAISS's own single-query loop (a numpy product here would wake BLAS's thread pool,
+        which costs milliseconds on a busy machine).
+        """
+        if not rowids:
+            return []
+        flat = self._index if self.kind == "flat" else faiss.downcast_index(self._index.storage)
+        positions = np.array([self._pos_of[r] for r in rowids], dtype=np.int64)
+        selector = faiss.IDSelectorBatch(positions)
+        k = min(top, len(rowids))
+        scores, found = flat.search(np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1), k,
+                                    params=faiss.SearchParameters(sel=selector))
+        return [(self._rowid_at[p], float(s)) for p, s in zip(found[0], scores[0]) if p >= 0]

@@ -1,0 +1,105 @@
+"""`apex memory index`: code-aware chunks of a repository, .gitignore honoured, incremental re-index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from apex_models.cli import app
+from apex_models.runtime import MemoryStore, OnnxEmbedder, load_bundle
+from apex_models.runtime.indexer import index_repository, python_chunks, text_chunks
+
+KEY = bytes(range(9, 41))
+
+MODULE = '''"""Billing helpers."""
+
+import decimal
+
+VAT_RATE = decimal.Decimal("0.2")
+
+
+def add_vat(amount):
+    """Price including VAT."""
+    return amount * (1 + VAT_RATE)
+
+
+class InvoiceNumberer:
+    """Hands out gap-free invoice numbers per tenant."""
+
+    prefix = "INV"
+
+    def __init__(self, start=1):
+        self.next = start
+
+    @staticmethod
+    def format_number(n):
+        return f"INV-{n:06d}"
+'''
+
+
+@pytest.fixture(scope="module")
+def embedder(minilm_bundle: Path) -> OnnxEmbedder:
+    return load_bundle(minilm_bundle).embedder()
+
+
+def _repo(root: Path) -> Path:
+    (root / "billing").mkdir(parents=True)
+    (root / "billing" / "vat.py").write_text(MODULE)
+    (root / "README.md").write_text("# Shop\n\nRun `make dev` to start the shop.\n\nInvoices are numbered per tenant.\n")
+    (root / ".gitignore").write_text("secrets.txt\nbuild/\n")
+    (root / "secrets.txt").write_text("never index this zqxsecret")
+    (root / "build").mkdir()
+    (root / "build" / "out.py").write_text("x = 1\n")
+    (root / ".venv" / "lib").mkdir(parents=True)
+    (root / ".venv" / "lib" / "site.py").write_text("y = 2\n")
+    return root
+
+
+def test_python_chunks_follow_definitions() -> None:
+    chunks = python_chunks(MODULE)
+    starts = {c.text.splitlines()[0]: (c.start, c.end) for c in chunks}
+    assert starts["def add_vat(amount):"] == (8, 10)
+    assert starts['class InvoiceNumberer:'][0] == 13
+    assert starts["def __init__(self, start=1):"] == (18, 19)
+    assert starts["@staticmethod"] == (21, 23)  # decorators stay with their method
+    assert any("VAT_RATE = " in c.text for c in chunks)  # module-level code is kept too
+    assert python_chunks("def broken(:\n    pass\n")[0].text.startswith("def broken")
+    long = "\n\n".join(f"paragraph {i} " + "word " * 100 for i in range(10))
+    assert all(len(c.text) <= 1500 for c in text_chunks(long)) and len(text_chunks(long)) > 3
+
+
+def test_index_search_and_reindex(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    repo = _repo(tmp_path / "repo")
+    with MemoryStore.open(tmp_path / "store", embedder, key=KEY) as store:
+        first = index_repository(store, repo)
+        assert first.files_seen == 2 and first.files_indexed == 2 and first.chunks_added >= 6
+        sources = {m.source.rsplit(":", 1)[0] for m in store.memories()}  # type: ignore[union-attr]
+        assert sources == {"billing/vat.py", "README.md"}
+        hit = store.search("function that adds VAT to a price", k=1)[0]
+        assert hit.source == "billing/vat.py:8-10" and hit.kind == "code"
+        assert store.search("zqxsecret", k=5, mode="keyword") == []
+
+        again = index_repository(store, repo)
+        assert again.files_unchanged == 2 and again.chunks_added == 0 and again.chunks_removed == 0
+
+        (repo / "billing" / "vat.py").write_text(MODULE.replace("add_vat", "add_sales_tax"))
+        (repo / "README.md").unlink()
+        changed = index_repository(store, repo)
+        assert changed.files_indexed == 1 and changed.files_removed == 1 and changed.files_unchanged == 0
+        assert store.search("add_sales_tax", k=1, mode="keyword")[0].source == "billing/vat.py:8-10"
+        assert all("add_vat" not in m.text for m in store.memories())
+        assert all(not (m.source or "").startswith("README.md") for m in store.memories())
+
+
+def test_cli_index(tmp_path: Path, minilm_bundle: Path) -> None:
+    repo = _repo(tmp_path / "repo")
+    env = {"APEX_MEMORY_PASSPHRASE": "index test"}
+    common = ["--store", str(tmp_path / "store"), "--bundle", str(minilm_bundle)]
+    result = CliRunner().invoke(app, ["memory", "index", str(repo), *common], env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["files_indexed"] == 2
+    missing = CliRunner().invoke(app, ["memory", "index", str(tmp_path / "nope"), *common], env=env)
+    assert missing.exit_code == 1 and missing.stderr.startswith("error: no folder")

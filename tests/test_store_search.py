@@ -1,0 +1,177 @@
+"""Hybrid search: fusion, `why`, filters before the cut, duplicate collapse, reranking, index freshness."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from apex_models.runtime import MemoryStore, OnnxEmbedder, StoreConfig, load_bundle
+
+KEY = bytes(range(1, 33))
+
+NOTES = [
+    ("Use ruff for linting and formatting in every repository.", "note", ["lint"], "docs/style.md"),
+    ("The frontend build uses Vite; run npm run dev for hot reload.", "note", ["frontend"], "web/README.md"),
+    ("Retry HTTP calls three times with exponential backoff.", "decision", ["http"], "src/net/retry.py"),
+    ("def parse_iso_timestamp(value): return datetime.fromisoformat(value)", "code", ["time"],
+     "src/util/timeparse.py"),
+    ("KeyError: 'tenant_id' raised by load_tenant_settings when the header is missing", "error", ["tenants"],
+     "src/tenants/settings.py"),
+    ("Background jobs run on Celery with a Redis broker.", "decision", ["jobs"], "src/jobs/celery.py"),
+    ("SQL migrations are managed with Alembic; never edit an applied migration.", "decision", ["db"],
+     "migrations/README.md"),
+    ("Feature flags live in LaunchDarkly; never hardcode them.", "note", ["flags"], "docs/flags.md"),
+]
+
+
+@pytest.fixture(scope="module")
+def embedder(minilm_bundle: Path) -> OnnxEmbedder:
+    return load_bundle(minilm_bundle).embedder()
+
+
+@pytest.fixture()
+def store(tmp_path: Path, embedder: OnnxEmbedder):
+    with MemoryStore.open(tmp_path / "s", embedder, key=KEY) as s:
+        s.add_many([{"text": t, "kind": k, "tags": g, "source": src} for t, k, g, src in NOTES])
+        yield s
+
+
+def test_keyword_finds_an_identifier_and_why_says_so(store: MemoryStore) -> None:
+    hits = store.search("loadTenantSettings", k=3)  # camelCase query, snake_case memory
+    top = hits[0]
+    assert top.kind == "error" and "load_tenant_settings" in top.text
+    assert top.why.keyword_rank == 1 and top.why.matched_terms == ["load", "tenant", "settings"]
+    assert "keyword" in top.why.retrievers and top.why.keyword_score and top.why.keyword_score > 0
+    dense_only = store.search("loadTenantSettings", k=3, mode="dense")
+    assert all(h.why.keyword_rank is None and h.why.dense_rank for h in dense_only)
+    keyword_only = store.search("alembic migration", k=3, mode="keyword")
+    assert keyword_only[0].source == "migrations/README.md" and keyword_only[0].why.dense_rank is None
+
+
+def test_fused_scores_are_reciprocal_ranks(store: MemoryStore) -> None:
+    hits = store.search("how do we retry flaky http requests", k=8)
+    assert hits[0].source == "src/net/retry.py"
+    for hit in hits:
+        expected = sum(1 / (60 + r) for r in (hit.why.dense_rank, hit.why.keyword_rank) if r is not None)
+        assert hit.score == pytest.approx(expected)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_filters_apply_before_the_cut(store: MemoryStore) -> None:
+    hits = store.search("linting", k=1, kind=["code", "error"])
+    assert len(hits) == 1 and hits[0].kind in ("code", "error")
+    assert [h.source for h in store.search("anything", k=10, source_prefix="src/")] and all(
+        h.source.startswith("src/") for h in store.search("anything", k=10, source_prefix="src/"))  # type: ignore[union-attr]
+    assert {h.source for h in store.search("queue", k=10, source_prefix="src/jobs")} == {"src/jobs/celery.py"}
+    assert [h.tags for h in store.search("linting", k=5, tags=["db"])] == [["db"]]
+    assert store.search("linting", k=5, tags=["db", "lint"]) == []
+    now = datetime.now(timezone.utc)
+    assert len(store.search("anything", k=20, since=now - timedelta(minutes=5))) == len(NOTES)
+    assert store.search("anything", k=20, since=now + timedelta(minutes=5)) == []
+    assert store.search("anything", k=20, until=(now - timedelta(minutes=5)).isoformat()) == []
+
+
+def test_near_duplicates_collapse_to_the_best(store: MemoryStore) -> None:
+    twin = store.add("Use ruff for linting and formatting in every repository!", kind="note")
+    hits = store.search("which linter do we use", k=5)
+    ruff = [h for h in hits if "ruff" in h.text]
+    assert len(ruff) == 1
+    both = store.search("which linter do we use", k=5, collapse=False)
+    assert sum("ruff" in h.text for h in both) == 2 and twin in {h.id for h in both}
+
+
+def test_rerank_hook_reorders_the_head(store: MemoryStore) -> None:
+    seen: list[int] = []
+
+    def prefer_celery(query: str, texts: list[str]) -> list[float]:
+        seen.append(len(texts))
+        return [1.0 if "Celery" in t else 0.0 for t in texts]
+
+    hits = store.search("how do we lint code", k=3, rerank=prefer_celery)
+    assert "Celery" in hits[0].text and hits[0].score == 1.0 and hits[0].why.rerank_score == 1.0
+    assert seen == [len(NOTES)]
+
+
+def test_indexes_follow_every_write(store: MemoryStore) -> None:
+    store.search("warm up", k=1)
+    rebuilds = store._keyword.rebuilds
+    new = store.add_many([{"text": f"zebra_stripes module number {i}"} for i in range(3)])
+    assert store.search("zebraStripes", k=3, mode="keyword")[0].id in new  # found in the delta segment
+    assert store._keyword.rebuilds == rebuilds  # no bm25s rebuild for a few writes
+    store.delete(new[0])
+    assert new[0] not in {h.id for h in store.search("zebra stripes", k=10)}
+    store.update(new[1], text="giraffe_necks module")
+    assert new[1] not in {h.id for h in store.search("zebra stripes", k=10, mode="keyword")}
+    assert store.search("giraffe necks", k=1)[0].id == new[1]
+    assert store.search("giraffe necks", k=1, mode="dense")[0].id == new[1]
+
+
+def test_keyword_delta_scores_match_a_merged_index() -> None:
+    """Delta documents are scored on bm25s's scale: after a merge their scores are unchanged."""
+    from apex_models.runtime.keyword import KeywordIndex
+
+    index = KeywordIndex(merge_min=1000)
+    for i, (text, *_) in enumerate(NOTES):
+        index.add(i, text)
+    index.rebuild()
+    index.add(100, "parse_iso_timestamp fails on a trailing Z: use datetime.fromisoformat in 3.11")
+    index.add(101, "Retry the parse with a timestamp fallback")
+    index.remove(2)
+    query = ["parse", "timestamp", "retry"]
+    before = dict(zip(*(a.tolist() for a in index.scores(query))))
+    assert index.pending == 2 and index.rebuilds == 1
+    index.rebuild()
+    after = dict(zip(*(a.tolist() for a in index.scores(query))))
+    assert set(before) == set(after) and 2 not in after
+    for rowid in (100, 101):
+        assert before[rowid] == pytest.approx(after[rowid], rel=1e-5)
+    merged = KeywordIndex(merge_min=0, merge_ratio=0.0)  # every search merges first
+    for i in range(600):
+        merged.add(i, f"note {i} about module_{i % 7}")
+    assert merged.search(["module", "3"], 5) and merged.rebuilds == 1 and merged.pending == 0
+
+
+def test_another_instance_sees_updates_and_deletes(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    with MemoryStore.open(tmp_path / "s", embedder, key=KEY) as a, \
+            MemoryStore.open(tmp_path / "s", embedder, key=KEY) as b:
+        ids = a.add_many([{"text": t} for t, *_ in NOTES])
+        assert b.stats()["count"] == len(NOTES)
+        a.update(ids[0], text="Black formats our Python; ruff only lints.")
+        a.delete(ids[1])
+        assert b.search("black formatter", k=1)[0].id == ids[0]
+        assert ids[1] not in {h.id for h in b.search("Vite frontend", k=10)}
+        assert b.stats()["count"] == len(NOTES) - 1 and b.stats()["indexed"] == len(NOTES) - 1
+
+
+def test_hnsw_and_the_automatic_switch(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    texts = [f"note {i}: service {i % 7} owns queue {i % 11} and table t{i}" for i in range(60)]
+    config = StoreConfig(dense_index="auto", hnsw_threshold=50)
+    with MemoryStore.open(tmp_path / "s", embedder, key=KEY, config=config) as store:
+        store.add_many([{"text": t} for t in texts[:40]])
+        assert store.stats()["dense_index"] == "flat"
+        store.add_many([{"text": t} for t in texts[40:]])
+        assert store.stats()["dense_index"] == "hnsw" and store.stats()["indexed"] == 60
+        ids = [h.id for h in store.search("table t42", k=60, mode="dense")]
+        assert len(ids) == 60
+    with MemoryStore.open(tmp_path / "s", embedder, key=KEY, config=StoreConfig(dense_index="flat")) as store:
+        assert store.stats()["dense_index"] == "flat"
+        start = time.perf_counter()
+        store.search("table t42", k=5)
+        assert time.perf_counter() - start < 2.0
+
+
+def test_filtered_dense_paths_agree(store: MemoryStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exact search over a small filtered subset and over-fetching a large one give the same list."""
+    import apex_models.runtime.store as store_module
+
+    store.add_many([{"text": f"decision {i}: keep service {i} on {tool}", "kind": "decision", "tags": ["bulk"]}
+                    for i, tool in enumerate(["Redis", "Kafka", "Celery", "nginx"] * 10)])
+    queries = ["which message broker do we use", "cache choices", "web server"]
+    exact = [[h.id for h in store.search(q, k=5, kind="decision", mode="dense")] for q in queries]
+    monkeypatch.setattr(store_module, "EXACT_SUBSET_MAX", 0)
+    fetched = [[h.id for h in store.search(q, k=5, kind="decision", mode="dense")] for q in queries]
+    assert exact == fetched and all(len(ids) == 5 for ids in exact)
+    assert len(store.search("service", k=50, tags=["bulk"], kind="decision")) == 40
