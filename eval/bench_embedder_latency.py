@@ -75,9 +75,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     bundle = load_bundle(args.bundle)
     spec = bundle.manifest.models["embedder"]
-    merged = Path("models/embedder/merged")
-    torch_enc = TorchEncoder.from_base(str(merged) if merged.is_dir() else spec.base_model,
-                                       pooling=spec.pooling, query_max_length=spec.query_max_length,
+    # torch runs the bundle's own full-precision weights, so all three engines run one model.
+    weights = bundle.root / spec.safetensors_dir if spec.safetensors_dir else spec.base_model
+    torch_enc = TorchEncoder.from_base(str(weights), pooling=spec.pooling, query_max_length=spec.query_max_length,
                                        doc_max_length=spec.doc_max_length)
     engines = {"torch_fp32": torch_enc.encode_queries}
     for precision in ("fp32", "int8"):
