@@ -12,7 +12,8 @@ import json
 import pytest
 
 from apex_models.config import compose, validate
-from apex_models.training.intent import batch_for_step, train_baseline, train_intent
+from apex_models.training.common import batch_for_step
+from apex_models.training.intent import train_baseline, train_intent
 
 # Losses of steps 1 and 6 of `_params()` on `TRAIN` (seed 1234, CPU, torch 2.13).
 GOLDEN = (2.20546, 1.887552)

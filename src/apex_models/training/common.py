@@ -40,6 +40,21 @@ class TrainState:
                    best_metric=data["best_metric"])
 
 
+def batch_for_step(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Indices of a global step: each epoch a seeded permutation of `n`, cut into full batches.
+
+    A pure function of (seed, step), so a resumed run sees the batches an uninterrupted one would.
+    """
+    import numpy as np
+
+    per_epoch = n // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{n} examples cannot fill one batch of {batch_size}")
+    epoch, k = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return order[k * batch_size:(k + 1) * batch_size].tolist()
+
+
 def single_process_env() -> None:
     """DeepSpeed's init wants a launcher's env; set a one-process world when absent."""
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",

@@ -33,8 +33,9 @@ from tqdm.auto import tqdm
 
 from apex_models.config import IntentConfig, Params
 from apex_models.models.base import resolve_base_model
-from apex_models.training.common import (CHECKPOINTS, TrainState, fingerprint, latest_checkpoint,
-                                         load_checkpoint, make_accelerator, save_checkpoint, warmup_linear)
+from apex_models.training.common import (CHECKPOINTS, TrainState, batch_for_step, fingerprint,
+                                         latest_checkpoint, load_checkpoint, make_accelerator, save_checkpoint,
+                                         warmup_linear)
 from apex_models.training.seed import set_seed
 
 
@@ -73,16 +74,6 @@ def train_baseline(texts: list[str], labels: list[str], cfg: IntentConfig, seed:
     model = make_pipeline(features, LogisticRegression(C=cfg.baseline.C, max_iter=cfg.baseline.max_iter,
                                                        random_state=seed))
     return model.fit(texts, labels)
-
-
-def batch_for_step(n: int, batch_size: int, seed: int, step: int) -> list[int]:
-    """Indices of a global step: each epoch a seeded permutation, cut into full batches."""
-    per_epoch = n // batch_size
-    if per_epoch == 0:
-        raise ValueError(f"{n} examples cannot fill one batch of {batch_size}")
-    epoch, k = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    return order[k * batch_size:(k + 1) * batch_size].tolist()
 
 
 def _model(cfg: IntentConfig, trainer_cfg):
