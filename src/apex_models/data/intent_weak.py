@@ -72,7 +72,9 @@ _OFFTOPIC = _rx(r"\b(price|prices|priced|worth|invest(ing|ment|or)?|buy(ing)?|se
                 r"essay|homework|poem|story|novel|subscription|pricing|free tier|account|login|sign ?up)\b")
 _DEV = _rx(r"\b(programmatic(ally)?|api|cli|sdk|code|coding|script|smart contracts?|plutus|haskell|python|"
            r"javascript|typescript|rust|java|library|libraries|function|endpoint|serializ\w*|compile|json|"
-           r"cbor|datum|redeemer|validator|transaction|tx|utxo|node|query|db-sync|ogmios|blockfrost|"
+           r"cbor|datum|redeemer|validator|transactions?|txs?|utxos?|nodes?|query|db-sync|ogmios|blockfrost|"
+           r"developers?|develop\w*|contracts?|protocols?|address(es)?|keys?|hash(es)?|blocks?|mint(ing)?|nfts?|"
+           r"metadata|policy|faucet|testnet|mainnet|hydra|ouroboros|epochs?|slots?|"
            r"cardano-cli|cardano-node|fine-?tun\w*|training|train|model|embedding|token(izer|s)?|prompt|"
            r"langchain|openai|huggingface|llama|gpt|pytorch|tensorflow|inference|dataset|vector|rag)\b")
 _HOWTO = _rx(r"^(how (to|do i|can i|do you|would i|should i)|is it possible to|best way to|way to)\b")
