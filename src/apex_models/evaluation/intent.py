@@ -129,6 +129,7 @@ class TorchIntentClassifier:
 
 def run_evaluate_intent(params: Params) -> dict[str, Any]:
     """Baseline, model and the majority class on gold dev and test; writes eval/results/intent.json."""
+    from apex_models.evaluation.commands import reproduce_command
     from apex_models.evaluation.results import write_result
     from apex_models.tracking import stage_run
     from apex_models.training.intent import intent_paths
@@ -163,7 +164,7 @@ def run_evaluate_intent(params: Params) -> dict[str, Any]:
                 mlflow.log_metrics({f"{split}/{name}/accuracy": rep["accuracy"], f"{split}/{name}/macro_f1": rep["macro_f1"],
                                     f"{split}/{name}/real_macro_f1": rep["real"]["macro_f1"]})
         write_result(paths.results / "intent.json", "intent classifier (gold intent set)", results,
-                     command="python pipelines/evaluate_intent.py",
+                     command=reproduce_command(params, ["train_intent", "evaluate_intent"]),
                      extra={"profile": params.profile, "thresholds": thresholds,
                             "note": "dev tunes (selection, out_of_scope threshold); test is the report",
                             "eval_run_id": mlflow.active_run().info.run_id})

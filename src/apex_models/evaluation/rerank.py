@@ -153,6 +153,7 @@ def run_evaluate_ranker(params: Params) -> dict[str, Any]:
     """Embedder top-k vs + ranker on each benchmark; writes eval/results/ranker.json."""
     import torch
 
+    from apex_models.evaluation.commands import reproduce_command
     from apex_models.evaluation.results import write_result
     from apex_models.models.embedder import TorchEncoder
     from apex_models.tracking import stage_run
@@ -190,7 +191,7 @@ def run_evaluate_ranker(params: Params) -> dict[str, Any]:
                 mlflow.log_metrics({f"{name}/{system.replace('+', '_')}/{k.replace('@', '_at_')}": v
                                     for k, v in results[name][system].items()})
         write_result(paths["results"] / "ranker.json", "cross-encoder re-ranking", results,
-                     command="python pipelines/evaluate_ranker.py",
+                     command=reproduce_command(params, ["train_ranker", "evaluate_ranker"]),
                      extra={"profile": params.profile, "first_stage": str(first_stage or emb_cfg.base),
                             "torch_threads": torch.get_num_threads(),
                             "eval_run_id": mlflow.active_run().info.run_id})
