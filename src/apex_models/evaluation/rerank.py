@@ -89,7 +89,7 @@ class CrossEncoder:
         with torch.inference_mode():
             for start in range(0, len(docs), self.batch_size):
                 part = docs[start:start + self.batch_size]
-                batch = self.tokenizer([query] * len(part), part, padding=True, truncation="only_second",
+                batch = self.tokenizer([query] * len(part), part, padding=True, truncation="longest_first",
                                        max_length=self.max_length, return_tensors="pt")
                 out.append(self.model(**batch).logits.float().view(-1).numpy())
         return np.concatenate(out) if out else np.zeros(0)

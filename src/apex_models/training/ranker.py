@@ -157,7 +157,7 @@ def train_ranker(params: Params, train_path: Path, out_dir: Path, mlflow=None,
             for j in [i, *negs]:
                 queries.append(pairs[i][0])
                 docs.append(pairs[j][1])
-        batch = tokenizer(queries, docs, padding=True, truncation="only_second", max_length=train.max_length,
+        batch = tokenizer(queries, docs, padding=True, truncation="longest_first", max_length=train.max_length,
                           return_tensors="pt").to(accelerator.device)
         with accelerator.accumulate(model):
             scores = model(**batch).logits.float().view(len(idx), group)
