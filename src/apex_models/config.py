@@ -180,6 +180,88 @@ class EvaluateConfig(_Strict):
     promotion: PromotionConfig
 
 
+class IntentLabel(_Strict):
+    name: str
+    definition: str
+
+
+class IntentWeakConfig(_Strict):
+    benchmarks: list[Literal["cosqa", "conala", "intent", "qa"]]
+    near_ngram_jaccard: float = Field(gt=0, le=1)
+    near_word_jaccard: float = Field(gt=0, le=1)
+    cap_per_class: int = Field(gt=0)
+    min_per_class: int = Field(ge=1)
+    tldr_max_pages: int = Field(gt=0)
+
+
+class IntentBaselineConfig(_Strict):
+    C: float = Field(gt=0)
+    max_iter: int = Field(gt=0)
+
+
+class IntentTrainConfig(_Strict):
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    batch_size: int = Field(ge=2)
+    grad_accum: int = Field(ge=1)
+    max_steps: int = Field(gt=0)
+    eval_every: int = Field(gt=0)
+    patience: int = Field(ge=1)
+    save_every: int = Field(gt=0)
+    log_every: int = Field(gt=0)
+    label_smoothing: float = Field(ge=0, lt=1)
+
+
+class IntentConfig(_Strict):
+    base: str
+    max_length: int = Field(gt=0, le=512)
+    oos_label: str
+    labels: list[IntentLabel] = Field(min_length=2)
+    weak: IntentWeakConfig
+    lora: LoraConfig
+    baseline: IntentBaselineConfig
+    train: IntentTrainConfig
+
+    @property
+    def label_names(self) -> list[str]:
+        return [label.name for label in self.labels]
+
+
+class RankerTrainConfig(_Strict):
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    batch_size: int = Field(ge=1)
+    grad_accum: int = Field(ge=1)
+    negatives: int = Field(ge=1)
+    mine_top_k: int = Field(gt=1)
+    embedder_negatives: bool
+    loss: Literal["listwise", "bce"]
+    max_length: int = Field(gt=0, le=512)
+    max_steps: int = Field(gt=0)
+    max_train_pairs: int = Field(gt=0)
+    save_every: int = Field(gt=0)
+    log_every: int = Field(gt=0)
+
+
+class RankerEvalConfig(_Strict):
+    top_k: int = Field(gt=1)
+    cosqa_queries: int | None = None
+    cosqa_corpus_limit: int | None = None
+    qa_queries: int | None = None
+    batch_size: int = Field(gt=0)
+    latency_queries: int = Field(gt=0)
+
+
+class RankerConfig(_Strict):
+    base: str
+    max_length: int = Field(gt=0, le=512)
+    lora: LoraConfig
+    train: RankerTrainConfig
+    eval: RankerEvalConfig
+
+
 class Int8Config(_Strict):
     per_channel: bool
     reduce_range: bool
@@ -217,6 +299,8 @@ class Params(_Strict):
     embedder: EmbedderConfig
     trainer: TrainerConfig
     evaluate: EvaluateConfig
+    intent: IntentConfig | None = None  # optional: a params.yaml from before these models still loads
+    ranker: RankerConfig | None = None
     export: ExportConfig
     runtime: RuntimeConfig
 

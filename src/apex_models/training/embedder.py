@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,31 +33,9 @@ from apex_models.config import Params
 from apex_models.evaluation.retrieval import BeirDataset, dense_run, evaluate_run, load_beir
 from apex_models.models.base import resolve_base_model
 from apex_models.models.embedder import TorchEncoder, embed_batch
+from apex_models.training.common import (CHECKPOINTS, TrainState, fingerprint, latest_checkpoint,
+                                         load_checkpoint, make_accelerator, save_checkpoint, warmup_linear)
 from apex_models.training.seed import set_seed
-
-CHECKPOINTS = "checkpoints"
-KEEP_CHECKPOINTS = 2
-
-
-@dataclass
-class TrainState:
-    """What a checkpoint must carry besides the tensors."""
-
-    step: int = 0
-    losses: list[tuple[int, float]] = field(default_factory=list)
-    dev: list[tuple[int, float]] = field(default_factory=list)
-    best_step: int = -1
-    best_metric: float = -1.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"step": self.step, "losses": self.losses, "dev": self.dev,
-                "best_step": self.best_step, "best_metric": self.best_metric}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "TrainState":
-        return cls(step=data["step"], losses=[tuple(x) for x in data["losses"]],
-                   dev=[tuple(x) for x in data["dev"]], best_step=data["best_step"],
-                   best_metric=data["best_metric"])
 
 
 def read_pairs(path: Path, limit: int, seed: int) -> list[tuple[str, str]]:
@@ -117,31 +93,6 @@ def batch_for_step(pairs: list[tuple[str, str]], batch_size: int, seed: int, ste
     return batches[step]
 
 
-def _single_process_env() -> None:
-    """DeepSpeed's init wants a launcher's env; set a one-process world when absent."""
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}.items():
-        os.environ.setdefault(key, value)
-
-
-def _accelerator(params: Params):
-    from accelerate import Accelerator
-    from accelerate.utils import DeepSpeedPlugin
-
-    trainer, train = params.trainer, params.embedder.train
-    plugin = None
-    if trainer.deepspeed is not None:
-        _single_process_env()
-        ds = trainer.deepspeed
-        plugin = DeepSpeedPlugin(zero_stage=ds.zero_stage, gradient_accumulation_steps=train.grad_accum,
-                                 gradient_clipping=ds.gradient_clipping,
-                                 offload_optimizer_device=ds.offload_optimizer_device,
-                                 offload_param_device=ds.offload_param_device)
-        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = train.batch_size
-    return Accelerator(mixed_precision=trainer.mixed_precision, cpu=trainer.device == "cpu",
-                       gradient_accumulation_steps=train.grad_accum, deepspeed_plugin=plugin)
-
-
 def _lora_model(params: Params):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModel, AutoTokenizer
@@ -169,40 +120,8 @@ def _dev_metric(encoder: TorchEncoder, dev: BeirDataset, limit_queries: int, bat
 
 def run_fingerprint(params: Params, train_path: Path) -> str:
     """What a checkpoint must match to be resumed: the recipe's config and its data."""
-    from apex_models.hashing import sha256_bytes, sha256_file
-
-    config = {"seed": params.seed, "embedder": params.embedder.model_dump(mode="json"),
-              "trainer": params.trainer.model_dump(mode="json"), "data": sha256_file(train_path)}
-    return sha256_bytes(json.dumps(config, sort_keys=True).encode())
-
-
-def _latest_checkpoint(out_dir: Path, fingerprint: str) -> Path | None:
-    """The newest complete checkpoint of this same run; stale ones (other config) are removed."""
-    root = out_dir / CHECKPOINTS
-    marker = root / "fingerprint.txt"
-    if root.exists() and (not marker.is_file() or marker.read_text() != fingerprint):
-        shutil.rmtree(root)
-        shutil.rmtree(out_dir / "best_adapter", ignore_errors=True)
-    root.mkdir(parents=True, exist_ok=True)
-    marker.write_text(fingerprint)
-    done = sorted((p for p in root.glob("step-*") if (p / "train_state.json").is_file()),
-                  key=lambda p: int(p.name.split("-")[1]))
-    return done[-1] if done else None
-
-
-def _save_checkpoint(accelerator, out_dir: Path, state: TrainState) -> None:
-    """Write to a temp folder and rename, so a crash never leaves a half checkpoint."""
-    root = out_dir / CHECKPOINTS
-    final = root / f"step-{state.step}"
-    tmp = root / f".tmp-step-{state.step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.save_state(str(tmp))
-    (tmp / "train_state.json").write_text(json.dumps(state.to_json()))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    older = sorted((p for p in root.glob("step-*") if p != final), key=lambda p: int(p.name.split("-")[1]))
-    for stale in older[:-(KEEP_CHECKPOINTS - 1) or None]:
-        shutil.rmtree(stale, ignore_errors=True)
+    return fingerprint({"seed": params.seed, "embedder": params.embedder.model_dump(mode="json"),
+                        "trainer": params.trainer.model_dump(mode="json")}, [train_path])
 
 
 def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_dir: Path,
@@ -229,24 +148,16 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
     total = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.lr,
                                   weight_decay=train.weight_decay)
-    warmup = int(train.warmup_ratio * train.max_steps)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (train.max_steps - step) / max(1, train.max_steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    accelerator = _accelerator(params)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(train.max_steps, train.warmup_ratio))
+    accelerator = make_accelerator(params.trainer, train.grad_accum, train.batch_size)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     encoder = TorchEncoder(model, tokenizer, cfg.pooling, cfg.normalize, cfg.query_max_length, cfg.doc_max_length)
 
     # 3. resume, or score the baseline
     state = TrainState()
-    latest = _latest_checkpoint(out_dir, run_fingerprint(params, train_path))
+    latest = latest_checkpoint(out_dir, run_fingerprint(params, train_path))
     if latest is not None:
-        accelerator.load_state(str(latest))
-        state = TrainState.from_json(json.loads((latest / "train_state.json").read_text()))
+        state, _ = load_checkpoint(accelerator, latest)
         accelerator.print(f"[train] resumed from {latest.name}")
     base_dev = None
     if dev is not None and latest is None:
@@ -304,7 +215,7 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
                 state.best_metric, state.best_step = metric, state.step
                 accelerator.unwrap_model(model).save_pretrained(out_dir / "best_adapter")
         if state.step % train.save_every == 0 or state.step == last:
-            _save_checkpoint(accelerator, out_dir, state)
+            save_checkpoint(accelerator, out_dir, state)
     bar.close()
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["losses"] = state.losses

@@ -1,0 +1,146 @@
+"""What every recipe shares: accelerator set-up, the LR schedule, and checkpoints that resume exactly.
+
+Each recipe (embedder, intent classifier, ranker) keeps its own loop; only the logic that
+is truly the same lives here, so a fix to checkpointing reaches every model at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from apex_models.config import TrainerConfig
+
+CHECKPOINTS = "checkpoints"
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint must carry besides the tensors."""
+
+    step: int = 0
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    dev: list[tuple[int, float]] = field(default_factory=list)
+    best_step: int = -1
+    best_metric: float = -1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "losses": self.losses, "dev": self.dev,
+                "best_step": self.best_step, "best_metric": self.best_metric}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TrainState":
+        return cls(step=data["step"], losses=[tuple(x) for x in data["losses"]],
+                   dev=[tuple(x) for x in data["dev"]], best_step=data["best_step"],
+                   best_metric=data["best_metric"])
+
+
+def batch_for_step(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Indices of a global step: each epoch a seeded permutation of `n`, cut into full batches.
+
+    A pure function of (seed, step), so a resumed run sees the batches an uninterrupted one would.
+    """
+    import numpy as np
+
+    per_epoch = n // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{n} examples cannot fill one batch of {batch_size}")
+    epoch, k = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return order[k * batch_size:(k + 1) * batch_size].tolist()
+
+
+def single_process_env() -> None:
+    """DeepSpeed's init wants a launcher's env; set a one-process world when absent."""
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}.items():
+        os.environ.setdefault(key, value)
+
+
+def make_accelerator(trainer: TrainerConfig, grad_accum: int, micro_batch_size: int):
+    """An Accelerator for the trainer config (CPU/CUDA, precision, optional DeepSpeed ZeRO)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin
+
+    plugin = None
+    if trainer.deepspeed is not None:
+        single_process_env()
+        ds = trainer.deepspeed
+        plugin = DeepSpeedPlugin(zero_stage=ds.zero_stage, gradient_accumulation_steps=grad_accum,
+                                 gradient_clipping=ds.gradient_clipping,
+                                 offload_optimizer_device=ds.offload_optimizer_device,
+                                 offload_param_device=ds.offload_param_device)
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch_size
+    return Accelerator(mixed_precision=trainer.mixed_precision, cpu=trainer.device == "cpu",
+                       gradient_accumulation_steps=grad_accum, deepspeed_plugin=plugin)
+
+
+def warmup_linear(max_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up over `warmup_ratio` of the steps, then linear decay to 0."""
+    warmup = int(warmup_ratio * max_steps)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (max_steps - step) / max(1, max_steps - warmup))
+
+    return schedule
+
+
+def fingerprint(config: dict[str, Any], data_files: list[Path]) -> str:
+    """What a checkpoint must match to be resumed: the recipe's config and its data."""
+    from apex_models.hashing import sha256_bytes, sha256_file
+
+    doc = {**config, "data": [sha256_file(p) for p in data_files]}
+    if len(data_files) == 1:  # the embedder's historical form, kept so its fingerprints stay stable
+        doc["data"] = doc["data"][0]
+    return sha256_bytes(json.dumps(doc, sort_keys=True).encode())
+
+
+def latest_checkpoint(out_dir: Path, run_fingerprint: str, best_dir: str = "best_adapter") -> Path | None:
+    """The newest complete checkpoint of this same run; stale ones (other config) are removed."""
+    root = out_dir / CHECKPOINTS
+    marker = root / "fingerprint.txt"
+    if root.exists() and (not marker.is_file() or marker.read_text() != run_fingerprint):
+        shutil.rmtree(root)
+        shutil.rmtree(out_dir / best_dir, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    marker.write_text(run_fingerprint)
+    done = sorted((p for p in root.glob("step-*") if (p / "train_state.json").is_file()),
+                  key=lambda p: int(p.name.split("-")[1]))
+    return done[-1] if done else None
+
+
+def save_checkpoint(accelerator, out_dir: Path, state: TrainState, extra: dict[str, Any] | None = None) -> None:
+    """Write to a temp folder and rename, so a crash never leaves a half checkpoint.
+
+    `extra` is recipe state that is not a tensor (e.g. early-stopping counters), stored
+    beside the train state and returned by :func:`load_checkpoint`.
+    """
+    root = out_dir / CHECKPOINTS
+    final = root / f"step-{state.step}"
+    tmp = root / f".tmp-step-{state.step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.save_state(str(tmp))
+    (tmp / "train_state.json").write_text(json.dumps(state.to_json()))
+    if extra is not None:
+        (tmp / "extra.json").write_text(json.dumps(extra))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    older = sorted((p for p in root.glob("step-*") if p != final), key=lambda p: int(p.name.split("-")[1]))
+    for stale in older[:-(KEEP_CHECKPOINTS - 1) or None]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def load_checkpoint(accelerator, checkpoint: Path) -> tuple[TrainState, dict[str, Any]]:
+    """Restore model/optimizer/scheduler/RNG and return the train state and recipe extras."""
+    accelerator.load_state(str(checkpoint))
+    state = TrainState.from_json(json.loads((checkpoint / "train_state.json").read_text()))
+    extra_file = checkpoint / "extra.json"
+    extra = json.loads(extra_file.read_text()) if extra_file.is_file() else {}
+    return state, extra

@@ -1,0 +1,294 @@
+"""Recipe: the cross-encoder ranker (query, candidate) -> relevance, from the packaged MiniLM.
+
+The steps, in order (state is set up in one place, the top of `train_ranker`):
+  1. seed; read the embedder's (query, code) training pairs and cut them to `max_train_pairs`;
+  2. mine hard negatives per query with BM25 over the pairs' code (optionally also with
+     the base embedder): a cross-encoder learns little from random negatives, which the
+     first stage already ranks low;
+  3. AutoModelForSequenceClassification (num_labels=1) with LoRA on the encoder, the
+     pooler and the scoring head trained in full;
+  4. each step: `batch_size` queries, each with its positive and `negatives` negatives;
+     listwise softmax cross-entropy over each group (or BCE per pair);
+  5. resumable checkpoints every `save_every` steps; at the end merge and save.
+
+Batches and negative choices are pure functions of (seed, step), so a resumed run sees
+what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import shutil
+import textwrap
+import time
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from apex_models.config import Params, RankerConfig
+from apex_models.evaluation.retrieval import BeirDataset, bm25_run, dense_run
+from apex_models.models.base import resolve_base_model
+from apex_models.training.common import (CHECKPOINTS, TrainState, batch_for_step, fingerprint,
+                                         latest_checkpoint, load_checkpoint, make_accelerator, save_checkpoint,
+                                         warmup_linear)
+from apex_models.training.embedder import read_pairs
+from apex_models.training.seed import set_seed
+
+log = logging.getLogger(__name__)
+
+
+def mine_negatives(pairs: list[tuple[str, str]], top_k: int, embedder=None) -> list[list[int]]:
+    """Per pair, indices (into `pairs`) of other pairs' code ranked high for its query.
+
+    Candidates are BM25's top-`top_k` (plus the embedder's, interleaved, when given);
+    a candidate whose code equals the positive's is skipped (not a negative).
+    """
+    codes = {f"d{i}": code for i, (_, code) in enumerate(pairs)}
+    queries = {f"q{i}": query for i, (query, _) in enumerate(pairs)}
+    ds = BeirDataset(codes, queries, {f"q{i}": {f"d{i}": 1} for i in range(len(pairs))})
+    runs = [bm25_run(ds, k=top_k + 1)]
+    if embedder is not None:
+        runs.append(dense_run(ds, embedder.encode_queries, embedder.encode_documents, k=top_k + 1))
+    out = []
+    for i, (_, code) in enumerate(pairs):
+        ranked = [d for tier in zip_longest(*(run.get(f"q{i}", []) for run in runs)) for d in tier if d]
+        seen, picked = set(), []
+        for did in ranked:
+            j = int(did[1:])
+            if j != i and j not in seen and pairs[j][1] != code:
+                seen.add(j)
+                picked.append(j)
+        out.append(picked[:top_k])
+    return out
+
+
+def negatives_for(step: int, query_index: int, mined: list[int], n: int, n_pairs: int, seed: int) -> list[int]:
+    """`n` negatives for a query at a step: a seeded draw from its mined list, random pairs to fill."""
+    rng = np.random.default_rng([seed, step, query_index])
+    chosen = [mined[k] for k in rng.permutation(len(mined))[:n]] if mined else []
+    while len(chosen) < n:
+        j = int(rng.integers(n_pairs))
+        if j != query_index and j not in chosen:
+            chosen.append(j)
+    return chosen
+
+
+def _model(cfg: RankerConfig, trainer_cfg):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_base_model(cfg.base)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.target_modules), bias="none",
+                      modules_to_save=["classifier", "pooler"])
+    model = get_peft_model(model, lora)
+    if trainer_cfg.gradient_checkpointing:
+        model.enable_input_require_grads()
+        model.gradient_checkpointing_enable()
+    return model, tokenizer
+
+
+def train_ranker(params: Params, train_path: Path, out_dir: Path, mlflow=None,
+                 stop_after: int | None = None) -> dict[str, Any]:
+    """Run the recipe; resume from the newest checkpoint in `out_dir` if there is one.
+
+    `stop_after` ends the loop after that many total steps (as a crash would), leaving
+    the checkpoints; the tests use it to prove resume is exact.
+    """
+    cfg, train = params.ranker, params.ranker.train
+    if params.trainer.num_threads:
+        torch.set_num_threads(params.trainer.num_threads)
+    set_seed(params.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # 1-2. data and hard negatives
+    pairs = read_pairs(train_path, train.max_train_pairs, params.seed)
+    started = time.perf_counter()
+    embedder = None
+    if train.embedder_negatives:
+        from apex_models.models.embedder import TorchEncoder
+
+        embedder = TorchEncoder.from_base(cfg.base)
+    mined = mine_negatives(pairs, train.mine_top_k, embedder)
+    mining_seconds = round(time.perf_counter() - started, 1)
+
+    # 3. model, optimizer, schedule
+    model, tokenizer = _model(cfg, params.trainer)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.lr,
+                                  weight_decay=train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(train.max_steps, train.warmup_ratio))
+    accelerator = make_accelerator(params.trainer, train.grad_accum, train.batch_size * (train.negatives + 1))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    state = TrainState()
+    run_fp = fingerprint({"seed": params.seed, "ranker": cfg.model_dump(mode="json"),
+                          "trainer": params.trainer.model_dump(mode="json")}, [train_path])
+    latest = latest_checkpoint(out_dir, run_fp)
+    if latest is not None:
+        state, _ = load_checkpoint(accelerator, latest)
+        accelerator.print(f"[train] resumed from {latest.name}")
+    summary: dict[str, Any] = {"trainable_params": trainable, "total_params": total, "pairs": len(pairs),
+                               "mining_seconds": mining_seconds,
+                               "mined_per_query": round(float(np.mean([len(m) for m in mined])), 2)}
+
+    # 4-5. train
+    group = train.negatives + 1
+    last = min(train.max_steps, stop_after) if stop_after else train.max_steps
+    bar = tqdm(total=train.max_steps, initial=state.step, desc="train ranker", unit="step",
+               disable=not accelerator.is_local_main_process)
+    started = time.perf_counter()
+    model.train()
+    while state.step < last:
+        idx = batch_for_step(len(pairs), train.batch_size, params.seed, state.step)
+        queries, docs = [], []
+        for i in idx:
+            negs = negatives_for(state.step, i, mined[i], train.negatives, len(pairs), params.seed)
+            for j in [i, *negs]:
+                queries.append(pairs[i][0])
+                docs.append(pairs[j][1])
+        batch = tokenizer(queries, docs, padding=True, truncation="longest_first", max_length=train.max_length,
+                          return_tensors="pt").to(accelerator.device)
+        with accelerator.accumulate(model):
+            scores = model(**batch).logits.float().view(len(idx), group)
+            if train.loss == "listwise":
+                loss = torch.nn.functional.cross_entropy(scores, torch.zeros(len(idx), dtype=torch.long,
+                                                                             device=scores.device))
+            else:
+                target = torch.zeros_like(scores)
+                target[:, 0] = 1.0
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(scores, target)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        state.step += 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at step {state.step}; lower the learning rate")
+        state.losses.append((state.step, round(value, 6)))
+        bar.update(1)
+        bar.set_postfix(loss=f"{value:.4f}")
+        if mlflow and state.step % train.log_every == 0:
+            mlflow.log_metric("train/loss", value, step=state.step)
+            mlflow.log_metric("train/lr", scheduler.get_last_lr()[0], step=state.step)
+        if state.step % train.save_every == 0 or state.step == last:
+            save_checkpoint(accelerator, out_dir, state)
+    bar.close()
+    summary.update(seconds=round(time.perf_counter() - started, 1), losses=state.losses)
+    if state.step < train.max_steps:
+        summary["stopped_at"] = state.step
+        return summary
+
+    final = accelerator.unwrap_model(model)
+    final.save_pretrained(out_dir / "adapter")
+    merged = final.merge_and_unload()
+    merged.save_pretrained(out_dir / "merged")
+    tokenizer.save_pretrained(out_dir / "merged")
+    shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
+    return summary
+
+
+_PAIR_MODULES = tuple(
+    "posixpath shlex textwrap difflib calendar urllib.parse string base64 csv email.utils fnmatch glob gzip heapq "
+    "ipaddress mimetypes ntpath os platform pprint shutil statistics tarfile tempfile uuid zipfile inspect json "
+    "random bisect functools collections dataclasses typing enum fractions decimal datetime http.cookiejar "
+    "http.server logging logging.handlers argparse configparser gettext locale subprocess threading queue "
+    "asyncio.tasks asyncio.streams email.message email.header html.parser xml.dom.minidom xml.etree.ElementTree "
+    "urllib.request ftplib smtplib imaplib poplib mailbox wave colorsys quopri netrc plistlib "
+    "tokenize ast dis pickletools trace tracemalloc timeit cProfile pstats pdb doctest unittest.case "
+    "importlib.util importlib.metadata pkgutil sysconfig zipimport compileall py_compile filecmp linecache "
+    "codecs encodings.idna stringprep textwrap reprlib copy weakref contextlib abc numbers operator".split())
+
+
+def stdlib_pairs(limit: int = 2000) -> list[dict]:
+    """(docstring first line -> function source) pairs from the standard library.
+
+    Real code with real descriptions, available on any machine: the stand-in training
+    set when the embedder's dataset (which needs the ingest stage) has not been built.
+    """
+    import importlib
+
+    pairs, seen = [], set()
+    for name in _PAIR_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # noqa: BLE001 (platform-specific modules fail to import)
+            continue
+        for fname, fn in sorted(inspect.getmembers(module, inspect.isfunction)):
+            doc = inspect.getdoc(fn)
+            if fname.startswith("_") or not doc or fn.__module__ != module.__name__:
+                continue
+            summary = doc.strip().splitlines()[0].rstrip(".")
+            if len(summary.split()) < 3 or summary in seen:
+                continue
+            try:
+                code = textwrap.dedent(inspect.getsource(fn))
+            except (OSError, TypeError):
+                continue
+            seen.add(summary)
+            pairs.append({"query": summary, "code": code, "source": f"stdlib:{name}"})
+            if len(pairs) >= limit:
+                return pairs
+    return pairs
+
+
+def write_fallback_pairs(shared_dir: Path, out_path: Path) -> Path:
+    """CoNaLa train + standard-library pairs, decontaminated against every benchmark."""
+    from apex_models.data.conala import load_conala_pairs
+    from apex_models.data.decontam import Decontaminator, load_benchmark_texts
+
+    rows = [{"query": p["query"], "code": p["code"], "source": "conala"} for p in load_conala_pairs(shared_dir)]
+    rows += stdlib_pairs()
+    decon = Decontaminator(load_benchmark_texts(shared_dir, ["cosqa", "conala", "intent", "qa"]))
+    clean = [r for r in rows if decon.is_contaminated(r["query"], r["code"]) is None]
+    log.info("fallback ranker pairs: %d of %d kept after decontamination", len(clean), len(rows))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "w", encoding="utf-8") as fh:
+        for row in clean:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return out_path
+
+
+def ranker_paths(params: Params) -> dict[str, Path]:
+    data = Path(params.paths.data)
+    return {"pairs": data / "datasets" / "embedder" / "train.jsonl",
+            "fallback_pairs": data / "datasets" / "ranker" / "train.jsonl",
+            "model": Path(params.paths.models) / "ranker", "embedder": Path(params.paths.models) / "embedder" / "merged",
+            "results": Path(params.paths.results), "benchmarks": data / "benchmarks"}
+
+
+def run_train_ranker(params: Params) -> dict[str, Any]:
+    """The train_ranker stage: the embedder's training pairs (or the fallback), one MLflow run."""
+    from apex_models.tracking import stage_run
+
+    if params.ranker is None:
+        raise ValueError("params has no `ranker` section: re-run pipelines/compose.py")
+    paths = ranker_paths(params)
+    train_path = paths["pairs"]
+    if not train_path.is_file():
+        log.warning("%s not built: training on CoNaLa + standard-library pairs instead", train_path)
+        train_path = write_fallback_pairs(Path(params.paths.shared), paths["fallback_pairs"])
+    out = paths["model"]
+    with stage_run("train_ranker", params, ["ranker", "trainer"], data={"pairs": train_path}) as mlflow:
+        summary = train_ranker(params, train_path, out, mlflow=mlflow)
+        summary["train_file"] = str(train_path)
+        summary["mlflow_run_id"] = mlflow.active_run().info.run_id
+        for key in ("trainable_params", "pairs", "seconds", "mining_seconds"):
+            mlflow.log_metric(f"summary/{key}", float(summary[key]))
+        mlflow.log_artifacts(str(out / "adapter"), "adapter")
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    metrics = {k: summary[k] for k in ("pairs", "trainable_params", "seconds", "mining_seconds")}
+    metrics["final_loss"] = summary["losses"][-1][1]
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return summary

