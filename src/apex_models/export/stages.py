@@ -55,7 +55,7 @@ def run_export(params: Params) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
     with stage_run("export", params, ["embedder", "export"]) as mlflow:
         # The registry's champion ships, whichever run produced it (maybe the base model).
-        merged = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion["source"]))
+        merged = Path(mlflow.artifacts.download_artifacts(champion["source"]))
         mlflow.set_tags({"champion_version": champion["version"], "champion_run_id": champion["run_id"]})
         gates = ex.gates.model_dump()
         spec = export_embedder_artifacts(

@@ -84,8 +84,10 @@ def run_promote(params: Params) -> dict[str, Any]:
         decisions.append(decide(client, promo.registered_model, candidate, metric, promo.margin))
         champion = current_champion(client, promo.registered_model)
         summary = {"decisions": [d.to_json() for d in decisions],
+                   # A registry URI, not the artifact path: results files name no machine's folders.
                    "champion": {"version": str(champion.version), "run_id": champion.run_id,
-                                "source": champion.source, "kind": champion.tags.get("kind"),
+                                "source": f"models:/{promo.registered_model}/{champion.version}",
+                                "kind": champion.tags.get("kind"),
                                 metric: float(champion.tags[metric])}}
         mlflow.log_dict(summary, "promotion.json")
         mlflow.set_tag("champion_version", str(champion.version))
