@@ -126,7 +126,9 @@ def run_bundle(params: Params) -> Path:
                                                "export_dev_mrr@10": export_report["dev_mrr@10"],
                                                "sizes_bytes": export_report["sizes_bytes"]}})
     card = model_card(spec, params.profile, training=_training_lines(params, train, champion),
-                      data=_data_lines(data_report), evaluation=markdown_table(evaluation))
+                      data=("The shipped weights are the base model's own; the rejected candidate was trained on "
+                            if champion.get("kind") == "base" else "") + _data_lines(data_report),
+                      evaluation=markdown_table(evaluation))
     notice = lay.embedder_data / "NOTICE"
     commit = git_commit()
     with stage_run("bundle", params, ["paths"], data={"export/embedder": src}) as mlflow:
