@@ -6,9 +6,7 @@ the data is fixed for a given Python and needs nothing downloaded.
 
 from __future__ import annotations
 
-import inspect
 import json
-import textwrap
 
 import pytest
 
@@ -20,28 +18,11 @@ GOLDEN = (0.179899, 0.092213)
 
 
 def _stdlib_pairs(limit: int = 96) -> list[dict]:
-    import importlib
+    from apex_models.training.ranker import stdlib_pairs
 
-    names = ("posixpath shlex textwrap difflib calendar urllib.parse string base64 csv email.utils fnmatch glob "
-             "gzip heapq ipaddress mimetypes ntpath os platform pprint shutil statistics tarfile tempfile uuid "
-             "zipfile inspect").split()
-    pairs, seen = [], set()
-    for module in map(importlib.import_module, names):
-        for name, fn in sorted(inspect.getmembers(module, inspect.isfunction)):
-            doc = inspect.getdoc(fn)
-            if name.startswith("_") or not doc or fn.__module__ != module.__name__:
-                continue
-            summary = doc.strip().splitlines()[0].rstrip(".")
-            if len(summary.split()) < 3 or summary in seen:
-                continue
-            try:
-                code = textwrap.dedent(inspect.getsource(fn))
-            except OSError:  # no source on disk (frozen or built-in)
-                continue
-            seen.add(summary)
-            pairs.append({"query": summary, "code": code})
-    assert len(pairs) >= limit // 2, "the standard library should give plenty of pairs"
-    return pairs[:limit]
+    pairs = stdlib_pairs(limit)
+    assert len(pairs) == limit, "the standard library should give plenty of pairs"
+    return pairs
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,8 @@ is truly the same lives here, so a fix to checkpointing reaches every model at o
 
 from __future__ import annotations
 
+import math
+
 import json
 import os
 import shutil
@@ -144,3 +146,30 @@ def load_checkpoint(accelerator, checkpoint: Path) -> tuple[TrainState, dict[str
     extra_file = checkpoint / "extra.json"
     extra = json.loads(extra_file.read_text()) if extra_file.is_file() else {}
     return state, extra
+
+
+def optimizer_step(accelerator, loss, optimizer, scheduler) -> None:
+    """Backward, step the optimizer and the schedule, clear gradients (inside `accumulate`)."""
+    accelerator.backward(loss)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+
+
+def record_step(state: TrainState, loss, bar, scheduler, mlflow=None, log_every: int = 1) -> float:
+    """Count the step, refuse a non-finite loss, keep it for the curve, show and log it.
+
+    Every recipe ends a step the same way; a NaN must stop the run at once, not after
+    hours of training on garbage.
+    """
+    state.step += 1
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss became {value} at step {state.step}; lower the learning rate")
+    state.losses.append((state.step, round(value, 6)))
+    bar.update(1)
+    bar.set_postfix(loss=f"{value:.4f}")
+    if mlflow and state.step % log_every == 0:
+        mlflow.log_metric("train/loss", value, step=state.step)
+        mlflow.log_metric("train/lr", scheduler.get_last_lr()[0], step=state.step)
+    return value

@@ -18,7 +18,6 @@ the losses match.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections import deque
@@ -34,7 +33,8 @@ from apex_models.evaluation.retrieval import BeirDataset, dense_run, evaluate_ru
 from apex_models.models.base import resolve_base_model
 from apex_models.models.embedder import TorchEncoder, embed_batch
 from apex_models.training.common import (CHECKPOINTS, TrainState, fingerprint, latest_checkpoint,
-                                         load_checkpoint, make_accelerator, save_checkpoint, warmup_linear)
+                                         load_checkpoint, make_accelerator, optimizer_step, record_step,
+                                         save_checkpoint, warmup_linear)
 from apex_models.training.seed import set_seed
 
 
@@ -190,20 +190,8 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
                              cfg.pooling, cfg.normalize)
             logits = (qv @ dv.T).float() * scale
             loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(idx), device=logits.device))
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-        state.step += 1
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {state.step}; lower the learning rate")
-        state.losses.append((state.step, round(value, 6)))
-        bar.update(1)
-        bar.set_postfix(loss=f"{value:.4f}")
-        if mlflow and state.step % train.log_every == 0:
-            mlflow.log_metric("train/loss", value, step=state.step)
-            mlflow.log_metric("train/lr", scheduler.get_last_lr()[0], step=state.step)
+            optimizer_step(accelerator, loss, optimizer, scheduler)
+        record_step(state, loss, bar, scheduler, mlflow, train.log_every)
         if dev is not None and (state.step % train.eval_every == 0 or state.step == train.max_steps):
             metric = _dev_metric(encoder, dev, train.eval_dev_queries, params.evaluate.batch_size)
             model.train()

@@ -19,7 +19,6 @@ of an uninterrupted one: the resume test checks the losses match.
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import shutil
 import time
@@ -34,8 +33,8 @@ from tqdm.auto import tqdm
 from apex_models.config import IntentConfig, Params
 from apex_models.models.base import resolve_base_model
 from apex_models.training.common import (CHECKPOINTS, TrainState, batch_for_step, fingerprint,
-                                         latest_checkpoint, load_checkpoint, make_accelerator, save_checkpoint,
-                                         warmup_linear)
+                                         latest_checkpoint, load_checkpoint, make_accelerator, optimizer_step,
+                                         record_step, save_checkpoint, warmup_linear)
 from apex_models.training.seed import set_seed
 
 
@@ -174,20 +173,8 @@ def train_intent(params: Params, train_path: Path, dev: list[dict] | None, out_d
         target = torch.tensor([ys[i] for i in idx], device=accelerator.device)
         with accelerator.accumulate(model):
             loss = loss_fn(model(**batch).logits.float(), target)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-        state.step += 1
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {state.step}; lower the learning rate")
-        state.losses.append((state.step, round(value, 6)))
-        bar.update(1)
-        bar.set_postfix(loss=f"{value:.4f}")
-        if mlflow and state.step % train.log_every == 0:
-            mlflow.log_metric("train/loss", value, step=state.step)
-            mlflow.log_metric("train/lr", scheduler.get_last_lr()[0], step=state.step)
+            optimizer_step(accelerator, loss, optimizer, scheduler)
+        record_step(state, loss, bar, scheduler, mlflow, train.log_every)
         if dev and (state.step % train.eval_every == 0 or state.step == train.max_steps):
             metric = _dev_macro_f1(accelerator.unwrap_model(model), tokenizer, dev, cfg)
             model.train()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import math
 import shutil
 import textwrap
 import time
@@ -36,8 +35,8 @@ from apex_models.config import Params, RankerConfig
 from apex_models.evaluation.retrieval import BeirDataset, bm25_run, dense_run
 from apex_models.models.base import resolve_base_model
 from apex_models.training.common import (CHECKPOINTS, TrainState, batch_for_step, fingerprint,
-                                         latest_checkpoint, load_checkpoint, make_accelerator, save_checkpoint,
-                                         warmup_linear)
+                                         latest_checkpoint, load_checkpoint, make_accelerator, optimizer_step,
+                                         record_step, save_checkpoint, warmup_linear)
 from apex_models.training.embedder import read_pairs
 from apex_models.training.seed import set_seed
 
@@ -168,20 +167,8 @@ def train_ranker(params: Params, train_path: Path, out_dir: Path, mlflow=None,
                 target = torch.zeros_like(scores)
                 target[:, 0] = 1.0
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(scores, target)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-        state.step += 1
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {state.step}; lower the learning rate")
-        state.losses.append((state.step, round(value, 6)))
-        bar.update(1)
-        bar.set_postfix(loss=f"{value:.4f}")
-        if mlflow and state.step % train.log_every == 0:
-            mlflow.log_metric("train/loss", value, step=state.step)
-            mlflow.log_metric("train/lr", scheduler.get_last_lr()[0], step=state.step)
+            optimizer_step(accelerator, loss, optimizer, scheduler)
+        record_step(state, loss, bar, scheduler, mlflow, train.log_every)
         if state.step % train.save_every == 0 or state.step == last:
             save_checkpoint(accelerator, out_dir, state)
     bar.close()
