@@ -52,7 +52,6 @@ def test_epoch_batches_never_repeat_a_text_in_a_batch() -> None:
 
 
 def test_loss_falls_and_only_lora_weights_change(tmp_path, train_file) -> None:
-    from peft import get_peft_model_state_dict  # noqa: F401  (the recipe's dependency)
     from safetensors.torch import load_file
     from transformers import AutoModel
 

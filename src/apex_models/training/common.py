@@ -173,3 +173,34 @@ def record_step(state: TrainState, loss, bar, scheduler, mlflow=None, log_every:
         mlflow.log_metric("train/loss", value, step=state.step)
         mlflow.log_metric("train/lr", scheduler.get_last_lr()[0], step=state.step)
     return value
+
+
+def prepare_training(model, train, trainer: TrainerConfig, micro_batch_size: int):
+    """AdamW on the trainable (LoRA and head) parameters, warm-up then linear decay, all
+    wrapped by accelerate. Returns (model, optimizer, scheduler, accelerator, counts)."""
+    import torch
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    counts = {"trainable_params": sum(p.numel() for p in trainable),
+              "total_params": sum(p.numel() for p in model.parameters())}
+    optimizer = torch.optim.AdamW(trainable, lr=train.lr, weight_decay=train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(train.max_steps, train.warmup_ratio))
+    accelerator = make_accelerator(trainer, train.grad_accum, micro_batch_size)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    return model, optimizer, scheduler, accelerator, counts
+
+
+def save_selected(accelerator, model, tokenizer, out_dir: Path, state: TrainState, best_dir: str = "best_adapter"):
+    """Load the adapter of the best dev step (if not the last), save it, and save the
+    merged plain model with its tokenizer. Returns the merged model."""
+    final = accelerator.unwrap_model(model)
+    if state.best_step >= 0 and state.best_step != state.step:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(final, load_file(str(out_dir / best_dir / "adapter_model.safetensors")))
+    final.save_pretrained(out_dir / "adapter")
+    merged = final.merge_and_unload()
+    merged.save_pretrained(out_dir / "merged")
+    tokenizer.save_pretrained(out_dir / "merged")
+    return merged

@@ -33,8 +33,8 @@ from apex_models.evaluation.retrieval import BeirDataset, dense_run, evaluate_ru
 from apex_models.models.base import resolve_base_model
 from apex_models.models.embedder import TorchEncoder, embed_batch
 from apex_models.training.common import (CHECKPOINTS, TrainState, fingerprint, latest_checkpoint,
-                                         load_checkpoint, make_accelerator, optimizer_step, record_step,
-                                         save_checkpoint, warmup_linear)
+                                         load_checkpoint, optimizer_step, prepare_training, record_step,
+                                         save_checkpoint, save_selected)
 from apex_models.training.seed import set_seed
 
 
@@ -144,13 +144,8 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
 
     # 2. model, optimizer, schedule
     model, tokenizer = _lora_model(params)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.lr,
-                                  weight_decay=train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(train.max_steps, train.warmup_ratio))
-    accelerator = make_accelerator(params.trainer, train.grad_accum, train.batch_size)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler, accelerator, counts = prepare_training(
+        model, train, params.trainer, train.batch_size)
     encoder = TorchEncoder(model, tokenizer, cfg.pooling, cfg.normalize, cfg.query_max_length, cfg.doc_max_length)
 
     # 3. resume, or score the baseline
@@ -166,7 +161,7 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
         accelerator.print(f"[train] base dev mrr@10 {base_dev:.4f}")
         if mlflow:
             mlflow.log_metric("dev/mrr_at_10", base_dev, step=0)
-    summary = {"trainable_params": trainable, "total_params": total, "pairs": len(pairs),
+    summary = {**counts, "pairs": len(pairs),
                "base_dev_mrr@10": base_dev}
 
     # 4-5. train
@@ -215,16 +210,7 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
         return summary
 
     # 6. merge the selected adapter and save a plain model
-    final = accelerator.unwrap_model(model)
-    if state.best_step >= 0 and state.best_step != state.step:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(final, load_file(str(out_dir / "best_adapter" / "adapter_model.safetensors")))
-    final.save_pretrained(out_dir / "adapter")
-    merged = final.merge_and_unload()
-    merged.save_pretrained(out_dir / "merged")
-    tokenizer.save_pretrained(out_dir / "merged")
+    save_selected(accelerator, model, tokenizer, out_dir, state)
     shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # finished: nothing left to resume
     shutil.rmtree(out_dir / "best_adapter", ignore_errors=True)
     return summary

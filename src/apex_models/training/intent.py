@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 from apex_models.config import IntentConfig, Params
 from apex_models.models.base import resolve_base_model
 from apex_models.training.common import (CHECKPOINTS, TrainState, batch_for_step, fingerprint,
-                                         latest_checkpoint, load_checkpoint, make_accelerator, optimizer_step,
-                                         record_step, save_checkpoint, warmup_linear)
+                                         latest_checkpoint, load_checkpoint, optimizer_step, prepare_training,
+                                         record_step, save_checkpoint, save_selected)
 from apex_models.training.seed import set_seed
 
 
@@ -140,13 +140,8 @@ def train_intent(params: Params, train_path: Path, dev: list[dict] | None, out_d
 
     # 3. model, optimizer, schedule, accelerator
     model, tokenizer = _model(cfg, params.trainer)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.lr,
-                                  weight_decay=train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(train.max_steps, train.warmup_ratio))
-    accelerator = make_accelerator(params.trainer, train.grad_accum, train.batch_size)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler, accelerator, counts = prepare_training(
+        model, train, params.trainer, train.batch_size)
 
     state, extra = TrainState(), {"bad_evals": 0}
     run_fp = fingerprint({"seed": params.seed, "intent": cfg.model_dump(mode="json"),
@@ -155,7 +150,7 @@ def train_intent(params: Params, train_path: Path, dev: list[dict] | None, out_d
     if latest is not None:
         state, extra = load_checkpoint(accelerator, latest)
         accelerator.print(f"[train] resumed from {latest.name}")
-    summary: dict[str, Any] = {"trainable_params": trainable, "total_params": total, "examples": len(texts),
+    summary: dict[str, Any] = {**counts, "examples": len(texts),
                                "baseline_seconds": baseline_seconds}
 
     # 4. train
@@ -200,16 +195,7 @@ def train_intent(params: Params, train_path: Path, dev: list[dict] | None, out_d
         return summary
 
     # 5. the selected adapter, merged; thresholds on dev
-    final = accelerator.unwrap_model(model)
-    if state.best_step >= 0 and state.best_step != state.step:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(final, load_file(str(out_dir / "best_adapter" / "adapter_model.safetensors")))
-    final.save_pretrained(out_dir / "adapter")
-    merged = final.merge_and_unload()
-    merged.save_pretrained(out_dir / "merged")
-    tokenizer.save_pretrained(out_dir / "merged")
+    merged = save_selected(accelerator, model, tokenizer, out_dir, state)
     with open(out_dir / "baseline.pkl", "wb") as fh:
         pickle.dump(baseline, fh)
     thresholds = {"model": 0.0, "baseline": 0.0}

@@ -35,8 +35,8 @@ from apex_models.config import Params, RankerConfig
 from apex_models.evaluation.retrieval import BeirDataset, bm25_run, dense_run
 from apex_models.models.base import resolve_base_model
 from apex_models.training.common import (CHECKPOINTS, TrainState, batch_for_step, fingerprint,
-                                         latest_checkpoint, load_checkpoint, make_accelerator, optimizer_step,
-                                         record_step, save_checkpoint, warmup_linear)
+                                         latest_checkpoint, load_checkpoint, optimizer_step, prepare_training,
+                                         record_step, save_checkpoint, save_selected)
 from apex_models.training.embedder import read_pairs
 from apex_models.training.seed import set_seed
 
@@ -122,13 +122,8 @@ def train_ranker(params: Params, train_path: Path, out_dir: Path, mlflow=None,
 
     # 3. model, optimizer, schedule
     model, tokenizer = _model(cfg, params.trainer)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.lr,
-                                  weight_decay=train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(train.max_steps, train.warmup_ratio))
-    accelerator = make_accelerator(params.trainer, train.grad_accum, train.batch_size * (train.negatives + 1))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler, accelerator, counts = prepare_training(
+        model, train, params.trainer, train.batch_size * (train.negatives + 1))
 
     state = TrainState()
     run_fp = fingerprint({"seed": params.seed, "ranker": cfg.model_dump(mode="json"),
@@ -137,7 +132,7 @@ def train_ranker(params: Params, train_path: Path, out_dir: Path, mlflow=None,
     if latest is not None:
         state, _ = load_checkpoint(accelerator, latest)
         accelerator.print(f"[train] resumed from {latest.name}")
-    summary: dict[str, Any] = {"trainable_params": trainable, "total_params": total, "pairs": len(pairs),
+    summary: dict[str, Any] = {**counts, "pairs": len(pairs),
                                "mining_seconds": mining_seconds,
                                "mined_per_query": round(float(np.mean([len(m) for m in mined])), 2)}
 
@@ -177,11 +172,7 @@ def train_ranker(params: Params, train_path: Path, out_dir: Path, mlflow=None,
         summary["stopped_at"] = state.step
         return summary
 
-    final = accelerator.unwrap_model(model)
-    final.save_pretrained(out_dir / "adapter")
-    merged = final.merge_and_unload()
-    merged.save_pretrained(out_dir / "merged")
-    tokenizer.save_pretrained(out_dir / "merged")
+    save_selected(accelerator, model, tokenizer, out_dir, state)  # no dev selection: the last step
     shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
     return summary
 
