@@ -204,3 +204,19 @@ def save_selected(accelerator, model, tokenizer, out_dir: Path, state: TrainStat
     merged.save_pretrained(out_dir / "merged")
     tokenizer.save_pretrained(out_dir / "merged")
     return merged
+
+
+def with_lora(model, lora, trainer: TrainerConfig, modules_to_save: tuple[str, ...] = ()):
+    """Wrap a transformers model with a PEFT LoRA adapter (config section `lora`), and turn
+    on gradient checkpointing when the trainer asks. `modules_to_save` are trained fully
+    (a fresh classification head must be)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules), bias="none",
+                        modules_to_save=list(modules_to_save) or None)
+    model = get_peft_model(model, config)
+    if trainer.gradient_checkpointing:
+        model.enable_input_require_grads()
+        model.gradient_checkpointing_enable()
+    return model

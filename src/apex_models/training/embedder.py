@@ -34,7 +34,7 @@ from apex_models.models.base import resolve_base_model
 from apex_models.models.embedder import TorchEncoder, embed_batch
 from apex_models.training.common import (CHECKPOINTS, TrainState, fingerprint, latest_checkpoint,
                                          load_checkpoint, optimizer_step, prepare_training, record_step,
-                                         save_checkpoint, save_selected)
+                                         save_checkpoint, save_selected, with_lora)
 from apex_models.training.seed import set_seed
 
 
@@ -94,19 +94,13 @@ def batch_for_step(pairs: list[tuple[str, str]], batch_size: int, seed: int, ste
 
 
 def _lora_model(params: Params):
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModel, AutoTokenizer
 
     cfg = params.embedder
     path = resolve_base_model(cfg.base)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path)
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules), bias="none")
-    model = get_peft_model(model, lora)
-    if params.trainer.gradient_checkpointing:
-        model.enable_input_require_grads()
-        model.gradient_checkpointing_enable()
+    model = with_lora(model, cfg.lora, params.trainer)
     return model, tokenizer
 
 

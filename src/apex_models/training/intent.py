@@ -34,7 +34,7 @@ from apex_models.config import IntentConfig, Params
 from apex_models.models.base import resolve_base_model
 from apex_models.training.common import (CHECKPOINTS, TrainState, batch_for_step, fingerprint,
                                          latest_checkpoint, load_checkpoint, optimizer_step, prepare_training,
-                                         record_step, save_checkpoint, save_selected)
+                                         record_step, save_checkpoint, save_selected, with_lora)
 from apex_models.training.seed import set_seed
 
 
@@ -76,7 +76,6 @@ def train_baseline(texts: list[str], labels: list[str], cfg: IntentConfig, seed:
 
 
 def _model(cfg: IntentConfig, trainer_cfg):
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     path = resolve_base_model(cfg.base)
@@ -84,13 +83,7 @@ def _model(cfg: IntentConfig, trainer_cfg):
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={k: i for i, k in enumerate(labels)})
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules), bias="none",
-                      modules_to_save=["classifier", "pooler"])
-    model = get_peft_model(model, lora)
-    if trainer_cfg.gradient_checkpointing:
-        model.enable_input_require_grads()
-        model.gradient_checkpointing_enable()
+    model = with_lora(model, cfg.lora, trainer_cfg, modules_to_save=("classifier", "pooler"))
     return model, tokenizer
 
 

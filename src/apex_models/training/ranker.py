@@ -36,7 +36,7 @@ from apex_models.evaluation.retrieval import BeirDataset, bm25_run, dense_run
 from apex_models.models.base import resolve_base_model
 from apex_models.training.common import (CHECKPOINTS, TrainState, batch_for_step, fingerprint,
                                          latest_checkpoint, load_checkpoint, optimizer_step, prepare_training,
-                                         record_step, save_checkpoint, save_selected)
+                                         record_step, save_checkpoint, save_selected, with_lora)
 from apex_models.training.embedder import read_pairs
 from apex_models.training.seed import set_seed
 
@@ -80,19 +80,12 @@ def negatives_for(step: int, query_index: int, mined: list[int], n: int, n_pairs
 
 
 def _model(cfg: RankerConfig, trainer_cfg):
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     path = resolve_base_model(cfg.base)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules), bias="none",
-                      modules_to_save=["classifier", "pooler"])
-    model = get_peft_model(model, lora)
-    if trainer_cfg.gradient_checkpointing:
-        model.enable_input_require_grads()
-        model.gradient_checkpointing_enable()
+    model = with_lora(model, cfg.lora, trainer_cfg, modules_to_save=("classifier", "pooler"))
     return model, tokenizer
 
 
