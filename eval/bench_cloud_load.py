@@ -67,23 +67,32 @@ def start_server(bundle: Path, folder: Path, port: int) -> tuple[subprocess.Pope
     raise SystemExit("server did not become healthy in 180 s")
 
 
+def _shown(path: Path) -> str:
+    """The bundle path as given relative to the repository (results name no machine paths)."""
+    try:
+        return str(path.absolute().relative_to(ROOT))
+    except ValueError:
+        return path.name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", type=Path, default=ROOT / "export" / "bundles" / "default")
+    parser.add_argument("--bundle", type=Path, default=Path("export/bundles/default"))
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (half write, half search)")
     parser.add_argument("--requests", type=int, default=2000, help="total request budget")
     parser.add_argument("--seconds", type=float, default=60.0, help="time budget")
     parser.add_argument("--seed-memories", type=int, default=500)
-    parser.add_argument("--out", type=Path, default=ROOT / "eval" / "results" / "cloud-load.json")
+    parser.add_argument("--out", type=Path, default=Path("eval/results/cloud-load.json"))
     args = parser.parse_args()
     if not (args.bundle / "manifest.json").is_file():
         raise SystemExit(f"no bundle at {args.bundle}: run the pipeline or pass --bundle")
 
+    load_at_start = [round(x, 2) for x in os.getloadavg()]  # other work on the machine skews the figures
     folder = Path(tempfile.mkdtemp(prefix="apex-load-"))
     folder.chmod(0o755)  # as root the private PostgreSQL runs as `postgres`
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc, operator = start_server(args.bundle, folder, port)
+    proc, operator = start_server(args.bundle.absolute(), folder, port)
     try:
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {operator}"}, timeout=60) as http:
             team = http.post("/v1/teams", json={"name": "load"}).json()["id"]
@@ -143,7 +152,8 @@ def main() -> None:
                "all": {"requests": total, "errors": errors["add"] + errors["search"],
                        "throughput_rps": round(total / wall, 2), "wall_s": round(wall, 2)}}
     config = {"clients": args.clients, "request_budget": args.requests, "time_budget_s": args.seconds,
-              "seed_memories": args.seed_memories, "bundle": str(args.bundle), "address": "127.0.0.1",
+              "seed_memories": args.seed_memories, "bundle": _shown(args.bundle), "address": "127.0.0.1",
+              "load_average_at_start": load_at_start,
               "server": "apex serve, one uvicorn process, private PostgreSQL 15 on a Unix socket"}
     write_result(args.out, "cloud-load", results, extra={"config": config})
     print(__import__("json").dumps(results, indent=2))
