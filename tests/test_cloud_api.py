@@ -260,6 +260,20 @@ def test_export_and_erase_one_user(http, team) -> None:
                             (str(user_id),)).fetchone()[0] == 1
 
 
+def test_erasing_the_only_owner_hands_the_team_on(http) -> None:
+    carol_id, carol = new_user(http, "carol")
+    dave_id, dave = new_user(http, "dave")
+    erin_id, erin = new_user(http, "erin")
+    shared, alone = carol.create_team("shared"), carol.create_team("alone")
+    carol.set_member(shared.id, dave_id, "reader")
+    carol.set_member(shared.id, erin_id, "admin")
+    carol.erase_user(carol_id)
+    assert {(m.user_id, m.role) for m in erin.members(shared.id)} == {(dave_id, "reader"), (erin_id, "owner")}
+    assert dave.search(shared.id, "anything") == []   # dave keeps his access
+    with psycopg.connect(http.database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM teams WHERE id = %s", (alone.id,)).fetchone()[0] == 0
+
+
 def test_bad_input_is_4xx(http, team) -> None:
     team_id, alice, _ = team
     headers = alice._headers

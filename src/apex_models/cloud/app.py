@@ -237,11 +237,14 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one flat list of endpoints re
     def erase_user(user_id: uuid.UUID, state: StateDep, caller: CallerDep) -> EraseOut:
         """Erase one user: the memories they created become tombstones (content and vectors gone,
         devices learn of it on their next pull), their tokens, memberships and profile are deleted.
-        Audit records stay, naming only the random user id."""
+        Audit records stay, naming only the random user id. Where they were the only owner, the
+        next member by rank (admin, writer, reader; earliest first) becomes owner; a team with no
+        other member is deleted."""
         _operator_or_self(state, caller, user_id, "user.erase")
         with state.pool.connection() as conn:
             if conn.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user_id,)).fetchone() is None:
                 raise HTTPException(404, "no such user")
+            _hand_over_ownership(conn, caller, user_id)
             erased = memories.erase_authored(conn, user_id)
             tokens = conn.execute("DELETE FROM tokens WHERE user_id = %s", (user_id,)).rowcount
             members = conn.execute("DELETE FROM members WHERE user_id = %s", (user_id,)).rowcount
@@ -487,3 +490,23 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one flat list of endpoints re
 def _owners(conn: psycopg.Connection, team_id: uuid.UUID) -> int:
     return conn.execute("SELECT count(*) AS n FROM members WHERE team_id = %s AND role = 'owner'",
                         (team_id,)).fetchone()["n"]
+
+
+def _hand_over_ownership(conn: psycopg.Connection, caller: Caller, user_id: uuid.UUID) -> None:
+    """Before erasing a user: no team may be left without an owner (erasure is never refused)."""
+    sole = conn.execute("SELECT m.team_id FROM members m WHERE m.user_id = %s AND m.role = 'owner' AND NOT EXISTS"
+                        " (SELECT 1 FROM members o WHERE o.team_id = m.team_id AND o.role = 'owner'"
+                        " AND o.user_id <> %s)", (user_id, user_id)).fetchall()
+    for row in sole:
+        team_id = row["team_id"]
+        heir = conn.execute("SELECT user_id FROM members WHERE team_id = %s AND user_id <> %s"
+                            " ORDER BY array_position(ARRAY['admin', 'writer', 'reader'], role), added_at LIMIT 1",
+                            (team_id, user_id)).fetchone()
+        if heir is None:
+            conn.execute("DELETE FROM teams WHERE id = %s", (team_id,))
+            audit.record(conn, caller, "team.delete", team_id=team_id, detail={"reason": "only member erased"})
+            continue
+        conn.execute("UPDATE members SET role = 'owner' WHERE team_id = %s AND user_id = %s",
+                     (team_id, heir["user_id"]))
+        audit.record(conn, caller, "member.set", team_id=team_id, target=heir["user_id"],
+                     detail={"role": "owner", "reason": "the only owner was erased"})
