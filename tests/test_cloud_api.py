@@ -209,6 +209,28 @@ def test_sync_push_is_idempotent_and_pull_follows_the_feed(http, team) -> None:
     assert seqs == sorted(set(seqs)) and len(seqs) == 2
 
 
+def test_concurrent_pushes_of_the_same_ids_all_succeed(http, team) -> None:
+    """Pushes that touch the same memories in opposite orders serialise on the team, never deadlock."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from apex_models.cloud.schemas import ChangeIn
+
+    team_id, alice, _ = team
+    ids = [uuid.uuid4() for _ in range(6)]
+    t0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
+
+    def push(worker: int) -> list[str]:
+        order = ids if worker % 2 == 0 else ids[::-1]
+        changes = [ChangeIn(id=i, updated_at=t0 + timedelta(seconds=worker), text=f"version {worker} of {n}")
+                   for n, i in enumerate(order)]
+        return [r.status for r in alice.push(team_id, changes).results]
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(push, range(8)))
+    assert all(len(o) == len(ids) for o in outcomes)
+    assert {alice.get(team_id, i).text.split()[1] for i in ids} == {"7"}   # the newest change won everywhere
+
+
 def test_audit_records_reads_writes_and_refusals_without_content(http, team) -> None:
     team_id, alice, ids = team
     alice.search(team_id, "secret query text", k=3)

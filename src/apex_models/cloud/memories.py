@@ -38,9 +38,14 @@ def keyword_document(text: str) -> str:
     return " ".join(tokens(text))
 
 
+def lock_team(conn: psycopg.Connection, team_id: uuid.UUID) -> None:
+    """Hold the team's feed lock until this transaction ends (re-entrant within it)."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s::text, 0))", (team_id,))
+
+
 def next_seq(conn: psycopg.Connection, team_id: uuid.UUID) -> int:
     """Lock the team's feed for this transaction, then take the next sequence number."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s::text, 0))", (team_id,))
+    lock_team(conn, team_id)
     return conn.execute("SELECT nextval('change_seq') AS s").fetchone()["s"]
 
 
@@ -120,6 +125,7 @@ def push(conn: psycopg.Connection, team_id: uuid.UUID, user_id: uuid.UUID, chang
     `vectors` holds the embedding of every non-delete change's text. The whole push is one
     transaction holding the team's lock, so it is applied all or nothing.
     """
+    lock_team(conn, team_id)  # before any row lock: two pushes never wait on each other's rows
     results = []
     for change in changes:
         current = conn.execute(f"SELECT {CHANGE_COLUMNS} FROM memories WHERE team_id = %s AND id = %s FOR UPDATE",
