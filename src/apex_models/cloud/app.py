@@ -64,6 +64,7 @@ class State:
 
 
 def _load_embedder(settings: Settings) -> Any:
+    """The bundle's embedder (verified), or the Ray Serve deployment's handle."""
     if settings.ray_embedder:
         from apex_models.cloud.replicas import RayEmbedder
 

@@ -52,9 +52,10 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8765, log_lev
     """Start uvicorn; with no database URL, a private PostgreSQL runs for as long as the server."""
     import uvicorn
 
-    from apex_models.cloud.app import create_app
+    from apex_models.cloud.app import _load_embedder, create_app
     from apex_models.cloud.postgres import LocalPostgres
 
+    embedder = _load_embedder(settings)  # a bad bundle fails here, before any database starts
     local = None
     if settings.database_url is None:
         local = LocalPostgres(settings.data_dir)
@@ -65,7 +66,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8765, log_lev
         if made:
             print(f"[apex serve] first start: an operator token was written to {made} (mode 600)", file=sys.stderr)
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+        uvicorn.run(create_app(settings, embedder=embedder), host=host, port=port, log_level=log_level)
     finally:
         if local is not None:
             local.stop()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,3 +32,9 @@ class Settings(BaseSettings):
     embedder_threads: int = Field(1, ge=1)
     ray_embedder: bool = Field(False, description="embed through the Ray Serve deployment instead of in-process")
     ray_app_name: str = "apex-embedder"
+
+    @field_validator("database_url", "bundle", "precision", "bootstrap_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`APEX_BUNDLE=` in a shell means "not set", not "the current folder"."""
+        return None if value == "" else value
