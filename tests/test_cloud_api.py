@@ -20,7 +20,7 @@ NOTES = [
     ("Use ruff format instead of black; CI checks formatting with ruff", "decision", ["lint"], ".ci/lint.sh"),
     ("def parse_duration(text): converts '1h30m' strings into seconds", "code", ["time"], "src/util/time.py"),
     ("The staging database is reset every Sunday night at 02:00 UTC", "note", ["db", "ops"], "docs/ops.md"),
-    ("Redis cache keys expire after 15 minutes; raise TTL for the session store", "note", ["cache"], "docs/cache.md"),
+    ("Redis cache keys expire after 15 minutes; raise TTL for the login store", "note", ["cache"], "docs/cache.md"),
     ("Flaky test test_upload_retry fails when the S3 mock starts slowly", "error", ["tests"], "tests/test_upload.py"),
     ("Kubernetes liveness probe hits /healthz every 10 seconds", "note", ["ops"], "deploy/k8s.yaml"),
 ]
