@@ -172,6 +172,26 @@ def test_search_matches_the_local_runtime(http, minilm_embedder, tmp_path) -> No
     assert len(alice.search(team_id, "database", k=50, until=future)) >= len(NOTES) - 1
 
 
+def test_search_rerank_hook_reorders_the_head(http, team, minilm_embedder) -> None:
+    """A ranker (when the server has one) reorders the fused head and its score is reported."""
+    from psycopg.rows import dict_row
+
+    from apex_models.cloud.schemas import SearchIn
+    from apex_models.cloud.search import SearchEngine
+
+    team_id, _, _ = team
+    by_length = SearchEngine(minilm_embedder, rerank=lambda query, texts: [float(len(t)) for t in texts])
+    plain = SearchEngine(minilm_embedder)
+    request = SearchIn(query="database cache", k=4)
+    with psycopg.connect(http.database_url, row_factory=dict_row) as conn:
+        reranked = by_length.search(conn, team_id, request)
+        fused = plain.search(conn, team_id, request)
+    assert [h["score"] for h in reranked] == sorted((h["score"] for h in reranked), reverse=True)
+    assert all(h["why"]["rerank_score"] == float(len(h["text"])) for h in reranked)
+    assert all(h["why"]["rerank_score"] is None for h in fused)
+    assert [h["text"] for h in reranked] != [h["text"] for h in fused]
+
+
 def test_sync_push_is_idempotent_and_pull_follows_the_feed(http, team) -> None:
     team_id, alice, _ = team
     start = alice.pull(team_id, cursor=0, limit=1000).cursor

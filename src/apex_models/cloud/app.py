@@ -23,7 +23,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from apex_models.cloud import audit, auth, memories
 from apex_models.cloud.auth import Caller
@@ -109,6 +109,11 @@ def create_app(settings: Settings, embedder: Any = None) -> FastAPI:
     async def _data_error(request: Request, exc: psycopg.errors.DataError) -> JSONResponse:
         return JSONResponse({"detail": f"invalid value: {exc.diag.message_primary or 'out of range'}"},
                             status_code=422)
+
+    @app.exception_handler(PoolTimeout)
+    async def _busy(request: Request, exc: PoolTimeout) -> JSONResponse:
+        return JSONResponse({"detail": "the server is busy; retry shortly"}, status_code=503,
+                            headers={"Retry-After": "1"})
 
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused) -> JSONResponse:
