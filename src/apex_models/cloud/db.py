@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -10,6 +11,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_IN_PROCESS = threading.Lock()  # Alembic loads env.py as a module: not safe from two threads at once
 
 
 def alembic_config(url: str) -> Config:
@@ -21,8 +23,12 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(url: str, revision: str = "head") -> None:
-    """Bring the database at `url` to `revision` (idempotent: a current schema is left alone)."""
-    command.upgrade(alembic_config(url), revision)
+    """Bring the database at `url` to `revision` (idempotent: a current schema is left alone).
+
+    Safe from several processes at once (env.py takes an advisory lock) and threads (a lock here).
+    """
+    with _IN_PROCESS:
+        command.upgrade(alembic_config(url), revision)
 
 
 def open_pool(url: str, size: int) -> ConnectionPool:
