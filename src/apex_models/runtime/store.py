@@ -314,19 +314,25 @@ class MemoryStore:
     # -- opening -----------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path, embedder: Embedder, *, passphrase: str | None = None,
-             key: bytes | None = None, create: bool = True, config: StoreConfig | None = None,
-             reranker: Reranker | None = None, intent: IntentClassifier | None = None) -> "MemoryStore":
+             key: bytes | None = None, keyring_service: str | None = None, create: bool = True,
+             config: StoreConfig | None = None, reranker: Reranker | None = None, intent: IntentClassifier | None = None) -> "MemoryStore":
         """Open (or, with `create`, make) the store in folder `path`.
 
-        Exactly one of `passphrase` (scrypt-derived key) or `key` (32 raw bytes) is needed.
+        Exactly one key source is needed: `passphrase` (scrypt-derived key), `key` (32 raw
+        bytes) or `keyring_service` (e.g. "apex-memory": a random key kept in the OS keyring
+        under that service and the store's path, made when the store is created).
         Fails with StoreError on a wrong key, another embedder, or a tampered row.
         `reranker` (e.g. `bundle.ranker()`) enables `search(rerank=True)`; `intent` (e.g.
         `bundle.intent()`) lets each query's intent shape its search. Neither is stored:
         they change how this process ranks, never what is on disk.
         """
-        if (passphrase is None) == (key is None):
-            raise StoreError("give exactly one of passphrase or key to open a memory store")
+        if sum(x is not None for x in (passphrase, key, keyring_service)) != 1:
+            raise StoreError("give exactly one of passphrase, key or keyring_service to open a memory store")
         path = Path(path).expanduser()
+        if keyring_service is not None:
+            from apex_models.runtime.keys import keyring_key
+
+            key = keyring_key(path, keyring_service, create=create)
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path} exists and is not a folder")
         if not (path / DB_NAME).is_file():
