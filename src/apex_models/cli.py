@@ -226,7 +226,7 @@ def memory_index(
         from apex_models.runtime.indexer import index_repository
 
         with _open_store(store, bundle, precision, passphrase_env, keyring, create=True) as memories:
-            report = index_repository(memories, repository)
+            report = index_repository(memories, repository, progress=True)
         print_json({"repository": str(repository), **report.as_dict()})
 
 

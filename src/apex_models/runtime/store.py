@@ -638,6 +638,19 @@ class MemoryStore:
             self._insert_relation(src, dst, relation)
 
     @_serialised
+    def link_many(self, edges: Iterable[tuple[str, str, str]]) -> int:
+        """Record many (src, dst, relation) edges in one transaction (all or nothing); returns how many."""
+        edges = list(edges)
+        if any(not relation for _, _, relation in edges):
+            raise ValueError("relation must be a non-empty string")
+        if not edges:
+            return 0
+        with self._write():
+            for src, dst, relation in edges:
+                self._insert_relation(src, dst, relation)
+        return len(edges)
+
+    @_serialised
     def unlink(self, src: str, dst: str) -> bool:
         with self._write():
             cur = self._conn.execute("DELETE FROM relations WHERE src = ? AND dst = ?", (src, dst))
