@@ -153,3 +153,20 @@ def test_relations_from_imports_and_calls_survive_a_reindex(tmp_path: Path, embe
         by_source = {m.source: m.id for m in store.memories()}
         for source, edges in expected.items():  # the edges point at the new chunks of vat.py
             assert _edges(store, by_source[source]) == edges
+
+
+def test_markdown_and_rst_are_cut_at_their_headings() -> None:
+    from apex_models.runtime.indexer import section_chunks
+
+    md = "# Shop\n\nIntro.\n\n```bash\n# not a heading\nmake dev\n```\n\n## Invoices\n\nNumbered per tenant.\n"
+    chunks = section_chunks(md, ".md")
+    assert [(c.start, c.end) for c in chunks] == [(1, 8), (10, 12)]
+    assert chunks[0].text.startswith("# Shop") and "# not a heading" in chunks[0].text
+    assert chunks[1].text == "## Invoices\nNumbered per tenant."
+    rst = "=====\nGuide\n=====\n\nIntro text.\n\nInstall\n-------\n\npip install shop\n"
+    chunks = section_chunks(rst, ".rst")
+    assert [(c.start, c.end) for c in chunks] == [(1, 5), (7, 10)]
+    assert chunks[1].text.startswith("Install\n-------")
+    long = "# Big\n\n" + "\n\n".join(f"paragraph {i} " + "x" * 400 for i in range(8))
+    pieces = section_chunks(long, ".md", limit=1000)
+    assert len(pieces) > 2 and all(p.text.startswith("# Big") for p in pieces)

@@ -1,8 +1,9 @@
 """Index a repository into a memory store: code-aware chunks, re-indexed only where files changed.
 
 Python files are cut along the syntax tree (each top-level function, each class header
-with its docstring, each method), so a hit points at one definition; other text files
-are cut into paragraph groups of about `CHUNK_CHARS`. Every chunk is a memory of kind
+with its docstring, each method), so a hit points at one definition; Markdown and
+reStructuredText files at their headings (one chunk per section); other text files into
+paragraph groups of about `CHUNK_CHARS`. Every chunk is a memory of kind
 "code" (source files) or "note" (documentation) whose source is `path:first-last` line,
 tagged "indexed" and `sha:<file hash>`: a later run skips files whose hash is unchanged,
 replaces the chunks of changed files and removes those of deleted ones. `.gitignore` is
@@ -35,6 +36,7 @@ from apex_models.runtime.store import MemoryStore
 CODE_SUFFIXES = {".py", ".js", ".ts", ".tsx", ".jsx", ".go", ".rs", ".java", ".c", ".h", ".cpp", ".rb", ".sh",
                  ".sql", ".toml", ".yaml", ".yml", ".json", ".cfg", ".ini"}
 DOC_SUFFIXES = {".md", ".rst", ".txt"}
+SECTION_SUFFIXES = {".md", ".markdown", ".rst"}
 ALWAYS_SKIP = [".git/", ".venv/", "venv/", "node_modules/", "__pycache__/", ".cache/", ".mypy_cache/",
                ".pytest_cache/", "*.egg-info/"]
 CHUNK_CHARS = 1500
@@ -154,6 +156,46 @@ def text_chunks(text: str, limit: int = CHUNK_CHARS) -> list[Chunk]:
     close_paragraph()
     if block:
         flush_block()
+    return chunks
+
+
+_RST_UNDERLINE = set("=-~^\"'`#*+:._")
+
+
+def _heading_lines(lines: list[str], suffix: str) -> list[int]:
+    """0-based indexes of the lines that start a section: Markdown `#` headings outside code
+    fences, or reStructuredText titles (a text line underlined, and maybe overlined, by one
+    repeated punctuation character at least as long as the title)."""
+    starts: list[int] = []
+    fenced = False
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if suffix == ".rst":
+            under = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            if (stripped and not set(stripped) <= _RST_UNDERLINE and len(under) >= len(stripped)
+                    and len(set(under)) == 1 and under[0] in _RST_UNDERLINE):
+                over = lines[i - 1].strip() if i else ""
+                starts.append(i - 1 if over and over == under else i)
+        else:
+            if stripped.startswith(("```", "~~~")):
+                fenced = not fenced
+            elif not fenced and stripped.startswith("#") and stripped.lstrip("#").startswith(" "):
+                starts.append(i)
+    return starts
+
+
+def section_chunks(text: str, suffix: str, limit: int = CHUNK_CHARS) -> list[Chunk]:
+    """Markdown / reStructuredText cut at headings: one chunk per section, a long section in
+    paragraph groups of about `limit` characters that each start with the section's title."""
+    lines = text.splitlines()
+    bounds = sorted({0, *_heading_lines(lines, suffix)}) + [len(lines)]
+    chunks: list[Chunk] = []
+    for start, end in zip(bounds, bounds[1:]):
+        body = "\n".join(lines[start:end])
+        title = next((line.strip() for line in lines[start:end] if line.strip()), "")
+        for i, piece in enumerate(text_chunks(body, limit)):
+            prefix = "" if i == 0 or piece.text.startswith(title) else title + "\n"
+            chunks.append(Chunk(prefix + piece.text, start + piece.start, start + piece.end))
     return chunks
 
 
@@ -295,7 +337,10 @@ def index_repository(store: MemoryStore, root: str | Path, batch_size: int = 64,
             continue
         report.chunks_removed += store.delete_many(old_ids)
         text = data.decode("utf-8", errors="replace")
-        chunks = python_chunks(text) if path.suffix == ".py" else text_chunks(text)
+        suffix = path.suffix.lower()
+        chunks = (python_chunks(text) if suffix == ".py"
+                  else section_chunks(text, ".rst" if suffix == ".rst" else ".md") if suffix in SECTION_SUFFIXES
+                  else text_chunks(text))
         kind = "note" if path.suffix.lower() in DOC_SUFFIXES else "code"
         tags = [INDEXED_TAG, sha, path.suffix.lstrip(".").lower() or "text"]
         pending += [{"text": f"{rel}\n{c.text}", "kind": kind, "tags": tags, "source": f"{rel}:{c.start}-{c.end}"}
