@@ -128,7 +128,7 @@ class StoreConfig:
     hnsw_threshold: int = 20_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 64
+    hnsw_ef_search: int = 128          # recall@10 vs exact at 100k real-text vectors: 0.93 at 64, 0.97 at 128 (+0.2 ms)
     candidates: int = 50               # per-retriever depth fed into rank fusion
     rrf_k: int = 60
     duplicate_cosine: float = 0.97     # hits closer than this to a better hit are dropped
