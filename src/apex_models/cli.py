@@ -115,9 +115,23 @@ def _passphrase(variable: str) -> str:
     return value
 
 
+def _bundle_model(loaded: Any, name: str) -> Any:
+    """The bundle's ranker or intent model, or a clear error when this bundle has none."""
+    from apex_models.runtime.store import StoreError
+
+    factory = getattr(loaded, name, None)
+    if not callable(factory):
+        raise StoreError(f"this runtime's bundles have no {name}() yet; search without --{name.replace('ranker', 'rerank')}")
+    try:
+        return factory()
+    except Exception as exc:  # e.g. a bundle built without that model
+        raise StoreError(f"the bundle has no usable {name}: {exc}") from None
+
+
 def _open_store(store: Path, bundle: Path, precision: str | None, passphrase_env: str, keyring: bool,
-                create: bool = False):
-    """The store with its key from the OS keyring (--keyring) or the passphrase variable."""
+                create: bool = False, rerank: bool = False, intent: bool = False):
+    """The store with its key from the OS keyring (--keyring) or the passphrase variable, and
+    the bundle's ranker / intent model when a search asks for them."""
     from apex_models.runtime import MemoryStore, load_bundle
     from apex_models.runtime.keys import DEFAULT_SERVICE
     from apex_models.runtime.store import DB_NAME, StoreError
@@ -125,8 +139,11 @@ def _open_store(store: Path, bundle: Path, precision: str | None, passphrase_env
     passphrase = None if keyring else _passphrase(passphrase_env)
     if not create and not (store / DB_NAME).is_file():
         raise StoreError(f"no memory store at {store}")
-    return MemoryStore.open(store, load_bundle(bundle).embedder(precision=precision), passphrase=passphrase,
-                            keyring_service=DEFAULT_SERVICE if keyring else None, create=create)
+    loaded = load_bundle(bundle)
+    return MemoryStore.open(store, loaded.embedder(precision=precision), passphrase=passphrase,
+                            keyring_service=DEFAULT_SERVICE if keyring else None, create=create,
+                            reranker=_bundle_model(loaded, "ranker") if rerank else None,
+                            intent=_bundle_model(loaded, "intent") if intent else None)
 
 
 def _memory_json(memory: Any) -> dict[str, Any]:
@@ -176,16 +193,24 @@ def memory_search(
     until: Annotated[str | None, typer.Option(help="Only memories created before this ISO time.")] = None,
     source_prefix: Annotated[str | None, typer.Option(help="Only memories whose source starts with this.")] = None,
     mode: Annotated[str, typer.Option(help="hybrid (dense + keyword), dense or keyword.")] = "hybrid",
+    rerank: Annotated[int, typer.Option(
+        "--rerank", min=0, help="Re-score the fused top N with the bundle's ranker (0: off; 20 is typical).")] = 0,
+    intent: Annotated[bool, typer.Option(
+        "--intent", help="Classify the query with the bundle's intent model and favour the kinds it suggests "
+                         "(debug_error: error memories, code_search: code...).")] = False,
     passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV, keyring: KeyringOpt = False,
     precision: PrecisionOpt = None,
 ) -> None:
-    """Print the k best memories as a JSON list (best first), each with why it matched."""
+    """Print the k best memories as a JSON list (best first), each with why it matched
+    (retriever ranks, matched terms, intent and boost, reranker rank and score)."""
     import dataclasses
 
     with user_errors():
-        with _open_store(store, bundle, precision, passphrase_env, keyring) as memories:
+        with _open_store(store, bundle, precision, passphrase_env, keyring, rerank=rerank > 0,
+                         intent=intent) as memories:
             hits = memories.search(query, k=k, kind=kind or None, tags=tag, since=since, until=until,
-                                   source_prefix=source_prefix, mode=mode)
+                                   source_prefix=source_prefix, mode=mode, rerank=rerank or False,
+                                   intent=None if intent else False)
         print_json([{"id": h.id, "score": round(h.score, 6), "text": h.text, "kind": h.kind, "tags": h.tags,
                      "source": h.source, "created_at": h.created_at,
                      "why": {**dataclasses.asdict(h.why), "retrievers": h.why.retrievers}} for h in hits])
