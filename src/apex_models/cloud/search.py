@@ -112,7 +112,7 @@ class SearchEngine:
         rerank_depth = self.config.candidates if self.rerank else 0
         rows = _rows(conn, team_id, [n for n, _ in fused])
         fused = [(n, s) for n, s in fused if n in rows]  # deleted since the index last looked
-        fused = collapse_near_duplicates(fused, dense_index, max(k, rerank_depth), self.config.duplicate_cosine)
+        fused, _ = collapse_near_duplicates(fused, dense_index, max(k, rerank_depth), self.config.duplicate_cosine)
         rerank_scores: dict[int, float] = {}
         if self.rerank is not None:
             head = fused[:rerank_depth]

@@ -19,14 +19,14 @@ from apex_models.runtime.bundle import BundleError, ModelSpec
 _PAD_TOKENS = ("[PAD]", "<pad>", "<|padding|>")
 
 
-def _progress(items: list, enabled: bool, desc: str) -> Iterable:
+def _progress(items: list, enabled: bool, desc: str, unit: str = "batch") -> Iterable:
     """tqdm when installed (the train extra has it), else rich (always in the runtime)."""
     if not enabled:
         return items
     try:
         from tqdm.auto import tqdm
 
-        return tqdm(items, desc=desc, unit="batch")
+        return tqdm(items, desc=desc, unit=unit)
     except ImportError:
         from rich.progress import track
 

@@ -1,12 +1,22 @@
 """Index a repository into a memory store: code-aware chunks, re-indexed only where files changed.
 
 Python files are cut along the syntax tree (each top-level function, each class header
-with its docstring, each method), so a hit points at one definition; other text files
-are cut into paragraph groups of about `CHUNK_CHARS`. Every chunk is a memory of kind
+with its docstring, each method), so a hit points at one definition; Markdown and
+reStructuredText files at their headings (one chunk per section); other text files into
+paragraph groups of about `CHUNK_CHARS`. Every chunk is a memory of kind
 "code" (source files) or "note" (documentation) whose source is `path:first-last` line,
 tagged "indexed" and `sha:<file hash>`: a later run skips files whose hash is unchanged,
 replaces the chunks of changed files and removes those of deleted ones. `.gitignore` is
 honoured (pathspec), and `.git`, virtual environments and caches are always skipped.
+
+Relations: after every run the Python chunks are linked by what their code references,
+read from the syntax tree: `imports` (a chunk with `import pkg.mod` or `from pkg.mod import
+name` -> the chunk defining `name` in that repository module, else the module's first
+chunk) and `calls` (a chunk calling `name(...)` or `obj.name(...)` -> the chunk defining
+`name`: in the same file when it has one, else in every repository file that defines it
+once). Edges into re-indexed files disappear with their old chunks, so every run
+recomputes all edges (parsing is cheap; only changed files are re-embedded) and writes
+them in one transaction. `store.related(id)` walks them.
 """
 
 from __future__ import annotations
@@ -20,11 +30,13 @@ from typing import Any
 
 import pathspec
 
+from apex_models.runtime.embedder import _progress
 from apex_models.runtime.store import MemoryStore
 
 CODE_SUFFIXES = {".py", ".js", ".ts", ".tsx", ".jsx", ".go", ".rs", ".java", ".c", ".h", ".cpp", ".rb", ".sh",
                  ".sql", ".toml", ".yaml", ".yml", ".json", ".cfg", ".ini"}
 DOC_SUFFIXES = {".md", ".rst", ".txt"}
+SECTION_SUFFIXES = {".md", ".markdown", ".rst"}
 ALWAYS_SKIP = [".git/", ".venv/", "venv/", "node_modules/", "__pycache__/", ".cache/", ".mypy_cache/",
                ".pytest_cache/", "*.egg-info/"]
 CHUNK_CHARS = 1500
@@ -40,6 +52,7 @@ class IndexReport:
     files_removed: int = 0
     chunks_added: int = 0
     chunks_removed: int = 0
+    relations: int = 0
     skipped: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -146,6 +159,143 @@ def text_chunks(text: str, limit: int = CHUNK_CHARS) -> list[Chunk]:
     return chunks
 
 
+_RST_UNDERLINE = set("=-~^\"'`#*+:._")
+
+
+def _heading_lines(lines: list[str], suffix: str) -> list[int]:
+    """0-based indexes of the lines that start a section: Markdown `#` headings outside code
+    fences, or reStructuredText titles (a text line underlined, and maybe overlined, by one
+    repeated punctuation character at least as long as the title)."""
+    starts: list[int] = []
+    fenced = False
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if suffix == ".rst":
+            under = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            if (stripped and not set(stripped) <= _RST_UNDERLINE and len(under) >= len(stripped)
+                    and len(set(under)) == 1 and under[0] in _RST_UNDERLINE):
+                over = lines[i - 1].strip() if i else ""
+                starts.append(i - 1 if over and over == under else i)
+        else:
+            if stripped.startswith(("```", "~~~")):
+                fenced = not fenced
+            elif not fenced and stripped.startswith("#") and stripped.lstrip("#").startswith(" "):
+                starts.append(i)
+    return starts
+
+
+def section_chunks(text: str, suffix: str, limit: int = CHUNK_CHARS) -> list[Chunk]:
+    """Markdown / reStructuredText cut at headings: one chunk per section, a long section in
+    paragraph groups of about `limit` characters that each start with the section's title."""
+    lines = text.splitlines()
+    bounds = sorted({0, *_heading_lines(lines, suffix)}) + [len(lines)]
+    chunks: list[Chunk] = []
+    for start, end in zip(bounds, bounds[1:]):
+        body = "\n".join(lines[start:end])
+        title = next((line.strip() for line in lines[start:end] if line.strip()), "")
+        for i, piece in enumerate(text_chunks(body, limit)):
+            prefix = "" if i == 0 or piece.text.startswith(title) else title + "\n"
+            chunks.append(Chunk(prefix + piece.text, start + piece.start, start + piece.end))
+    return chunks
+
+
+@dataclass
+class PythonRefs:
+    """What a Python file defines and references, by line, for the relation pass."""
+
+    defs: list[tuple[str, int]] = field(default_factory=list)           # (name, line of def)
+    calls: list[tuple[str, int]] = field(default_factory=list)          # (called name, line)
+    imports: list[tuple[str, str | None, int]] = field(default_factory=list)  # (module, name, line)
+
+
+def python_refs(source: str, module: str) -> PythonRefs:
+    """Definitions, calls and imports of one file (`module` dotted, for relative imports)."""
+    refs = PythonRefs()
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return refs
+    package = module.rsplit(".", 1)[0] if "." in module else ""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            refs.defs.append((node.name, node.lineno))
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+            if name:
+                refs.calls.append((name, node.lineno))
+        elif isinstance(node, ast.Import):
+            refs.imports += [(alias.name, None, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".") if package else []
+                parts = parts[:len(parts) - (node.level - 1)] if node.level > 1 else parts
+                base = ".".join(p for p in [*parts, base] if p)
+            for alias in node.names:
+                refs.imports.append((f"{base}.{alias.name}" if base else alias.name, None, node.lineno))
+                refs.imports.append((base, alias.name, node.lineno))
+    return refs
+
+
+def _module_name(rel: str) -> str:
+    """billing/vat.py -> billing.vat; pkg/__init__.py -> pkg; src/ layouts keep their prefix off."""
+    parts = rel[:-3].split("/")
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    if parts and parts[0] == "src":
+        parts = parts[1:]
+    return ".".join(parts)
+
+
+def _chunk_at(chunks: list[tuple[int, int, str]], line: int) -> str | None:
+    """The id of the (narrowest) chunk covering `line`."""
+    covering = [(end - start, memory_id) for start, end, memory_id in chunks if start <= line <= end]
+    return min(covering)[1] if covering else None
+
+
+def code_relations(store: MemoryStore, root: Path) -> list[tuple[str, str, str]]:
+    """(src id, dst id, "imports" | "calls") edges between the indexed Python chunks of `root`."""
+    chunks: dict[str, list[tuple[int, int, str]]] = {}
+    for memory in store.memories():
+        if INDEXED_TAG not in memory.tags or not memory.source or not memory.source.split(":")[0].endswith(".py"):
+            continue
+        path, lines = memory.source.rsplit(":", 1)
+        start, end = (int(x) for x in lines.split("-"))
+        chunks.setdefault(path, []).append((start, end, memory.id))
+    refs = {rel: python_refs((root / rel).read_text(encoding="utf-8", errors="replace"), _module_name(rel))
+            for rel in chunks if (root / rel).is_file()}
+    modules = {_module_name(rel): rel for rel in refs}
+    defined: dict[str, list[tuple[str, str]]] = {}  # name -> [(file, chunk id)]
+    for rel, r in refs.items():
+        for name, line in r.defs:
+            target = _chunk_at(chunks[rel], line)
+            if target:
+                defined.setdefault(name, []).append((rel, target))
+    edges: dict[tuple[str, str], str] = {}
+    for rel, r in refs.items():
+        for module, name, line in r.imports:
+            target_file = modules.get(module)
+            src = _chunk_at(chunks[rel], line)
+            if target_file is None or src is None or target_file == rel:
+                continue
+            named = [cid for f, cid in defined.get(name or "", []) if f == target_file]
+            dst = named[0] if named else min(chunks[target_file])[2]
+            edges.setdefault((src, dst), "imports")
+        for name, line in r.calls:
+            src = _chunk_at(chunks[rel], line)
+            candidates = defined.get(name, [])
+            local = [cid for f, cid in candidates if f == rel]
+            per_file: dict[str, list[str]] = {}
+            for f, cid in candidates:
+                per_file.setdefault(f, []).append(cid)
+            targets = local or [ids[0] for ids in per_file.values() if len(ids) == 1]
+            for dst in targets:
+                if src and dst != src:
+                    edges.setdefault((src, dst), "calls")
+    return [(src, dst, relation) for (src, dst), relation in sorted(edges.items())]
+
+
 def _existing(store: MemoryStore) -> dict[str, tuple[str, list[str]]]:
     """path -> (sha tag, memory ids) for chunks an earlier run indexed."""
     out: dict[str, tuple[str, list[str]]] = {}
@@ -158,8 +308,12 @@ def _existing(store: MemoryStore) -> dict[str, tuple[str, list[str]]]:
     return out
 
 
-def index_repository(store: MemoryStore, root: str | Path, batch_size: int = 64) -> IndexReport:
-    """Bring the store's chunks of `root` up to date with the files on disk."""
+def index_repository(store: MemoryStore, root: str | Path, batch_size: int = 64, progress: bool = False
+                     ) -> IndexReport:
+    """Bring the store's chunks of `root` up to date with the files on disk, then relink them.
+
+    `progress` shows a bar over the files on stderr (the CLI turns it on).
+    """
     root = Path(root).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"no folder {root} to index")
@@ -167,7 +321,8 @@ def index_repository(store: MemoryStore, root: str | Path, batch_size: int = 64)
     existing = _existing(store)
     seen = set()
     pending: list[dict[str, Any]] = []
-    for path in repository_files(root):
+    files = repository_files(root)
+    for path in _progress(files, progress, "index", unit="file"):
         rel = path.relative_to(root).as_posix()
         seen.add(rel)
         report.files_seen += 1
@@ -182,7 +337,10 @@ def index_repository(store: MemoryStore, root: str | Path, batch_size: int = 64)
             continue
         report.chunks_removed += store.delete_many(old_ids)
         text = data.decode("utf-8", errors="replace")
-        chunks = python_chunks(text) if path.suffix == ".py" else text_chunks(text)
+        suffix = path.suffix.lower()
+        chunks = (python_chunks(text) if suffix == ".py"
+                  else section_chunks(text, ".rst" if suffix == ".rst" else ".md") if suffix in SECTION_SUFFIXES
+                  else text_chunks(text))
         kind = "note" if path.suffix.lower() in DOC_SUFFIXES else "code"
         tags = [INDEXED_TAG, sha, path.suffix.lstrip(".").lower() or "text"]
         pending += [{"text": f"{rel}\n{c.text}", "kind": kind, "tags": tags, "source": f"{rel}:{c.start}-{c.end}"}
@@ -197,4 +355,5 @@ def index_repository(store: MemoryStore, root: str | Path, batch_size: int = 64)
         if rel not in seen:
             report.files_removed += 1
             report.chunks_removed += store.delete_many(old_ids)
+    report.relations = store.link_many(code_relations(store, root))
     return report
