@@ -60,7 +60,8 @@ def test_newest_operation_supersedes_and_a_new_secret_withdraws_the_share(hybrid
     assert len(due) == 1 and due[0].payload["text"] == "retry budget is 5 attempts"
     route = hybrid.update(memory_id, text=f"retry budget is 5 attempts; key {AWS}")
     assert route.destination == "local"
-    assert [(d.memory_id, d.op, d.payload) for d in hybrid.outbox.due()] == [(memory_id, "delete", None)]
+    [due] = hybrid.outbox.due()
+    assert (due.memory_id, due.op, list(due.payload)) == (memory_id, "delete", ["updated_at"])
 
 
 def test_delete_of_a_local_only_memory_tells_the_cloud_nothing(hybrid):
@@ -122,3 +123,25 @@ def test_policy_redact_queues_a_redacted_copy(tmp_path: Path, embedder):
         assert payload["text"] == "CI uses key <SECRET:aws_access_key> for the artifacts bucket"
         assert payload["redacted"] is True
         assert memory.store.get(memory_id).text.endswith("artifacts bucket") and AWS in memory.store.get(memory_id).text
+
+
+def test_sync_status_command_needs_no_key(tmp_path: Path, embedder):
+    import json
+
+    from typer.testing import CliRunner
+
+    from apex_models.cli import app
+
+    with HybridMemory.open(tmp_path / "m", embedder, None, key=KEY) as memory:
+        memory.add("a shared fact")
+        memory.add(f"a secret {AWS}")
+        memory.outbox.retry_later([memory.outbox.due()[0].seq], "ConnectError: connection refused")
+    result = CliRunner().invoke(app, ["sync", "status", "--store", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.stdout)
+    assert status["pending"] == 1 and status["pending_by_op"] == {"upsert": 1}
+    assert status["routed"] == {"local": 1, "shared": 1}
+    assert status["last_errors"][0]["error"] == "ConnectError: connection refused"
+    assert AWS not in result.stdout
+    missing = CliRunner().invoke(app, ["sync", "status", "--store", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and "no hybrid sync state" in missing.output

@@ -176,7 +176,7 @@ class HybridMemory:
         memory = self.store.get(memory_id)
         if memory is None:
             return
-        payload = None
+        payload: dict[str, Any] | None = None
         op = "upsert"
         if route.shared:
             text = memory.text
@@ -186,6 +186,7 @@ class HybridMemory:
                        "source": memory.source, "updated_at": memory.updated_at, "redacted": route.sharing == "redacted"}
         elif was_shared:
             op = "delete"   # it was shared before and must not stay shared now
+            payload = {"updated_at": memory.updated_at}
         self.outbox.record(memory_id, memory.updated_at, route.to_json(), payload, op=op)
 
     def decision(self, memory_id: str) -> Route | None:
@@ -212,7 +213,7 @@ class HybridMemory:
     # -- sync --------------------------------------------------------------------------------
     def _final_gate(self, item: Pending) -> str | None:
         """The last look before bytes leave: any secret the detectors see blocks the send."""
-        if item.payload is None:
+        if item.op != "upsert":
             return None
         found = [f.kind for f in find_sensitive(item.payload["text"]) if f.kind not in PII_KINDS]
         return f"final check found {', '.join(sorted(set(found)))}: not sent" if found else None
@@ -238,8 +239,8 @@ class HybridMemory:
                 send.append(item)
             if not send:
                 return SyncReport(blocked=blocked)
-            changes = [{"id": i.memory_id, "op": i.op, **({k: v for k, v in i.payload.items() if k != "id"}
-                                                          if i.payload else {})} for i in send]
+            changes = [{**{k: v for k, v in i.payload.items() if k != "id"}, "id": i.memory_id, "op": i.op}
+                       for i in send]
             try:
                 applied = set(self.cloud.push(changes))
             except Exception as exc:  # any transport or server failure: back off and keep it

@@ -21,6 +21,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -50,6 +51,14 @@ CREATE TABLE IF NOT EXISTS sync_state (key TEXT PRIMARY KEY, value TEXT NOT NULL
 """
 
 
+def _needs_key(*_: object) -> bytes:
+    raise PermissionError("this outbox was opened without the store's key: only its status can be read")
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
 @dataclass(frozen=True)
 class Pending:
     """One queued operation, decrypted for sending."""
@@ -65,11 +74,13 @@ class Outbox:
     """The sync database of one store. `seal(bytes, context)` / `unseal(blob, context)` are the
     store's own (so the outbox is only readable with the store's key)."""
 
-    def __init__(self, folder: Path, seal: Callable[[bytes, str], bytes],
-                 unseal: Callable[[bytes, str], bytes], *, base_backoff_s: float = 1.0,
+    def __init__(self, folder: Path, seal: Callable[[bytes, str], bytes] | None,
+                 unseal: Callable[[bytes, str], bytes] | None, *, base_backoff_s: float = 1.0,
                  max_backoff_s: float = 300.0) -> None:
+        """Without `seal`/`unseal` (no key) only `status` and the counters can be read."""
         self.path = Path(folder) / SYNC_DB
-        self._seal, self._unseal = seal, unseal
+        self._seal = seal or _needs_key
+        self._unseal = unseal or _needs_key
         self.base_backoff_s, self.max_backoff_s = base_backoff_s, max_backoff_s
         self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=60,
                                      check_same_thread=False)
@@ -94,13 +105,13 @@ class Outbox:
     # -- writes ------------------------------------------------------------------------------
     def record(self, memory_id: str, version: str, route: dict[str, Any], payload: dict[str, Any] | None,
                op: str = "upsert") -> None:
-        """Remember the route of one memory version and, when it is shared, queue its operation,
-        in one transaction (both or neither)."""
+        """Remember the route of one memory version and queue `op` with `payload` when there is
+        one (None: nothing for the cloud), in one transaction (both or neither)."""
         detail = self._seal(json.dumps(route).encode(), f"route|{memory_id}")
         with self._tx() as conn:
             conn.execute("INSERT OR REPLACE INTO routes (memory_id, destination, version, detail) "
                          "VALUES (?, ?, ?, ?)", (memory_id, route["destination"], version, detail))
-            if op == "delete" or payload is not None:
+            if payload is not None:
                 self._queue(conn, memory_id, op, payload)
 
     def record_delete(self, memory_id: str) -> bool:
@@ -112,11 +123,13 @@ class Outbox:
                 # never shared: drop anything still queued for it, nothing to tell the cloud
                 conn.execute("DELETE FROM outbox WHERE memory_id = ?", (memory_id,))
                 return False
-            self._queue(conn, memory_id, "delete", None)
+            self._queue(conn, memory_id, "delete", {"updated_at": _utc_now()})
             return True
 
-    def _queue(self, conn: sqlite3.Connection, memory_id: str, op: str, payload: dict[str, Any] | None) -> None:
-        blob = None if payload is None else self._seal(json.dumps(payload).encode(), f"outbox|{memory_id}")
+    def _queue(self, conn: sqlite3.Connection, memory_id: str, op: str, payload: dict[str, Any]) -> None:
+        """`payload`: the memory's fields for an upsert; {"updated_at"} for a delete (the
+        server's conflict rule orders changes by it)."""
+        blob = self._seal(json.dumps(payload).encode(), f"outbox|{memory_id}")
         # the newest operation supersedes what is still queued for this memory
         conn.execute("DELETE FROM outbox WHERE memory_id = ? AND state = 'pending'", (memory_id,))
         conn.execute("INSERT INTO outbox (memory_id, op, payload, created_at) VALUES (?, ?, ?, ?)",
