@@ -27,6 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
@@ -81,6 +82,10 @@ class SyncReport:
     failed: int = 0
     pulled: int = 0
     error: str | None = None
+
+
+def _timestamp(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
 
 
 def _content_key(text: str) -> str:
@@ -277,20 +282,47 @@ class HybridMemory:
             return SyncReport(pulled=total)
 
     def _apply(self, changes: list[dict[str, Any]]) -> None:
-        """Upserts and tombstones into the cache; our own memories are already local."""
+        """The team's changes, in server order: into the cache, or onto this device's own memory.
+
+        A memory this device wrote and shared in full takes a newer team change (an edit or a
+        delete by a teammate); one it shared redacted never does: the local original holds
+        what the redacted copy hides, so a team delete only withdraws the share.
+        """
         for change in changes:
-            memory_id = change["id"]
-            if change.get("op") == "delete" or change.get("deleted"):
+            memory_id, deleting = change["id"], change.get("op") == "delete"
+            own = self.store.get(memory_id)
+            if own is not None:
+                self._apply_to_own(own, change, deleting)
+                continue
+            if deleting:
                 self.cache.delete(memory_id)
-                continue
-            if self.store.get(memory_id) is not None:
-                continue
-            if self.cache.get(memory_id) is None:
+            elif self.cache.get(memory_id) is None:
                 self.cache.add_many([{"id": memory_id, "text": change["text"], "kind": change.get("kind") or "note",
                                       "tags": change.get("tags") or [], "source": change.get("source")}])
             else:
                 self.cache.update(memory_id, text=change["text"], kind=change.get("kind"),
                                   tags=change.get("tags"), source=change.get("source"))
+
+    def _apply_to_own(self, own: Any, change: dict[str, Any], deleting: bool) -> None:
+        route = self.outbox.route(own.id)
+        if route is None or route["destination"] != "shared":
+            return
+        if route["sharing"] != "full":
+            if deleting:
+                withdrawn = {**route, "destination": "local", "sharing": None,
+                             "reason": "the team deleted its redacted copy; the original stays local"}
+                self.outbox.record(own.id, own.updated_at, withdrawn, None)
+            return
+        if _timestamp(change["updated_at"]) <= _timestamp(own.updated_at):
+            return   # ours is newer: our queued change wins at the server too
+        if deleting:
+            self.store.delete(own.id)
+            self.outbox.forget(own.id)
+            return
+        updated = self.store.update(own.id, text=change["text"], kind=change.get("kind"),
+                                    tags=change.get("tags"), source=change.get("source"))
+        if updated is not None:   # a new version, already in the cloud: record it, queue nothing
+            self.outbox.record(own.id, updated.updated_at, route, None)
 
     def sync(self) -> SyncReport:
         a, b = self.push(), self.pull()

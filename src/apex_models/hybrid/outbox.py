@@ -126,6 +126,12 @@ class Outbox:
             self._queue(conn, memory_id, "delete", {"updated_at": _utc_now()})
             return True
 
+    def forget(self, memory_id: str) -> None:
+        """Drop the route and anything queued (the memory is gone here and in the cloud)."""
+        with self._tx() as conn:
+            conn.execute("DELETE FROM routes WHERE memory_id = ?", (memory_id,))
+            conn.execute("DELETE FROM outbox WHERE memory_id = ?", (memory_id,))
+
     def _queue(self, conn: sqlite3.Connection, memory_id: str, op: str, payload: dict[str, Any]) -> None:
         """`payload`: the memory's fields for an upsert; {"updated_at"} for a delete (the
         server's conflict rule orders changes by it)."""
