@@ -382,8 +382,9 @@ class HybridMemory:
                 cloud_state = "ok"
             except FutureTimeout:
                 cloud_state = "timeout"
-            except Exception as exc:
-                cloud_state = f"error: {type(exc).__name__}: {exc}"[:200]
+            except Exception as exc:  # the client's own deadline (httpx ReadTimeout ...) is a timeout too
+                timed_out = isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__
+                cloud_state = "timeout" if timed_out else f"error: {type(exc).__name__}: {exc}"[:200]
         hits = _fuse(lists, 60)
         if rerank and self.reranker is not None and hits:
             head = hits[:max(k, 20)]
