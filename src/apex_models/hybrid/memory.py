@@ -151,8 +151,7 @@ class HybridMemory:
         routes = [decide(self.policy, self.classifier.classify(i["text"]), i.get("source"), i.get("share"))
                   for i in items]
         ids = self.store.add_many([{k: v for k, v in i.items() if k != "share"} for i in items])
-        for memory_id, route in zip(ids, routes):
-            self._record(memory_id, route)
+        self.outbox.record_many([self._entry(memory_id, route) for memory_id, route in zip(ids, routes)])
         return ids
 
     def update(self, memory_id: str, text: str | None = None, kind: str | None = None,
@@ -178,9 +177,13 @@ class HybridMemory:
         return found
 
     def _record(self, memory_id: str, route: Route, was_shared: bool = False) -> None:
+        self.outbox.record_many([self._entry(memory_id, route, was_shared)])
+
+    def _entry(self, memory_id: str, route: Route, was_shared: bool = False) -> tuple:
+        """(id, version, route, payload, op) for the outbox: what the cloud gets, if anything."""
         memory = self.store.get(memory_id)
         if memory is None:
-            return
+            raise StoreError(f"memory {memory_id} vanished while being routed")
         payload: dict[str, Any] | None = None
         op = "upsert"
         if route.shared:
@@ -192,7 +195,7 @@ class HybridMemory:
         elif was_shared:
             op = "delete"   # it was shared before and must not stay shared now
             payload = {"updated_at": memory.updated_at}
-        self.outbox.record(memory_id, memory.updated_at, route.to_json(), payload, op=op)
+        return (memory_id, memory.updated_at, route.to_json(), payload, op)
 
     def decision(self, memory_id: str) -> Route | None:
         """Where this memory was routed and why (None for an unknown id)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ class Outbox:
         self.base_backoff_s, self.max_backoff_s = base_backoff_s, max_backoff_s
         self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=60,
                                      check_same_thread=False)
+        self._lock = threading.RLock()   # one connection, shared by the writer and the sync thread
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA secure_delete=ON")
@@ -94,25 +96,35 @@ class Outbox:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
 
     # -- writes ------------------------------------------------------------------------------
     def record(self, memory_id: str, version: str, route: dict[str, Any], payload: dict[str, Any] | None,
                op: str = "upsert") -> None:
         """Remember the route of one memory version and queue `op` with `payload` when there is
         one (None: nothing for the cloud), in one transaction (both or neither)."""
-        detail = self._seal(json.dumps(route).encode(), f"route|{memory_id}")
+        self.record_many([(memory_id, version, route, payload, op)])
+
+    def record_many(self, entries: list[tuple[str, str, dict[str, Any], dict[str, Any] | None, str]]) -> None:
+        """`record` for a batch, in one transaction (one fsync for a bulk add)."""
+        sealed = [(m, v, r, p, op, self._seal(json.dumps(r).encode(), f"route|{m}")) for m, v, r, p, op in entries]
         with self._tx() as conn:
-            conn.execute("INSERT OR REPLACE INTO routes (memory_id, destination, version, detail) "
-                         "VALUES (?, ?, ?, ?)", (memory_id, route["destination"], version, detail))
-            if payload is not None:
-                self._queue(conn, memory_id, op, payload)
+            for memory_id, version, route, payload, op, detail in sealed:
+                conn.execute("INSERT OR REPLACE INTO routes (memory_id, destination, version, detail) "
+                             "VALUES (?, ?, ?, ?)", (memory_id, route["destination"], version, detail))
+                if payload is not None:
+                    self._queue(conn, memory_id, op, payload)
 
     def record_delete(self, memory_id: str) -> bool:
         """Forget the route; queue a tombstone if the memory had been shared. True if queued."""
@@ -143,19 +155,19 @@ class Outbox:
 
     # -- reads -------------------------------------------------------------------------------
     def route(self, memory_id: str) -> dict[str, Any] | None:
-        row = self._conn.execute("SELECT detail FROM routes WHERE memory_id = ?", (memory_id,)).fetchone()
-        return None if row is None else json.loads(self._unseal(row[0], f"route|{memory_id}"))
+        rows = self._query("SELECT detail FROM routes WHERE memory_id = ?", (memory_id,))
+        return None if not rows else json.loads(self._unseal(rows[0][0], f"route|{memory_id}"))
 
     def versions(self) -> dict[str, tuple[str, str]]:
         """memory id -> (destination, version) for every routed memory (reconciliation)."""
-        return {m: (d, v) for m, d, v in self._conn.execute("SELECT memory_id, destination, version FROM routes")}
+        return {m: (d, v) for m, d, v in self._query("SELECT memory_id, destination, version FROM routes")}
 
     def due(self, limit: int = 256, now: float | None = None) -> list[Pending]:
         """Pending operations whose retry time has come, oldest first."""
         now = time.time() if now is None else now
-        rows = self._conn.execute(
+        rows = self._query(
             "SELECT seq, memory_id, op, payload, attempts FROM outbox WHERE state = 'pending' AND next_at <= ? "
-            "ORDER BY seq LIMIT ?", (now, limit)).fetchall()
+            "ORDER BY seq LIMIT ?", (now, limit))
         return [Pending(seq, mid, op, None if blob is None else json.loads(self._unseal(blob, f"outbox|{mid}")),
                         attempts) for seq, mid, op, blob, attempts in rows]
 
@@ -192,8 +204,8 @@ class Outbox:
 
     # -- cursor and status -------------------------------------------------------------------
     def get_state(self, key: str, default: str | None = None) -> str | None:
-        row = self._conn.execute("SELECT value FROM sync_state WHERE key = ?", (key,)).fetchone()
-        return default if row is None else row[0]
+        rows = self._query("SELECT value FROM sync_state WHERE key = ?", (key,))
+        return default if not rows else rows[0][0]
 
     def set_state(self, key: str, value: str) -> None:
         with self._tx() as conn:
@@ -202,6 +214,10 @@ class Outbox:
     def status(self, now: float | None = None) -> dict[str, Any]:
         """What `apex sync status` shows: counts, the oldest wait, the next retry, the last errors."""
         now = time.time() if now is None else now
+        with self._lock:
+            return self._status(now)
+
+    def _status(self, now: float) -> dict[str, Any]:
         q = self._conn.execute
         pending, oldest, next_at = q("SELECT COUNT(*), MIN(created_at), MIN(next_at) FROM outbox "
                                      "WHERE state = 'pending'").fetchone()
