@@ -30,6 +30,9 @@ memory_app = typer.Typer(help="A local, encrypted memory store (SQLite + FAISS +
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(memory_app, name="memory")
 app.add_typer(eval_app, name="eval")
+sync_app = typer.Typer(help="The hybrid runtime's sync with a team's cloud: what is queued, blocked or failing.",
+                       no_args_is_help=True)
+app.add_typer(sync_app, name="sync")
 
 StoreOpt = Annotated[Path, typer.Option("--store", help="Store folder.", file_okay=False)]
 BundleOpt = Annotated[Path, typer.Option("--bundle", help="Bundle folder (has manifest.json).")]
@@ -287,6 +290,24 @@ def memory_export(
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         print_json({"exported": len(data), "out": str(out)})
+
+
+@sync_app.command("status")
+def sync_status(store: StoreOpt) -> None:
+    """Print, as JSON, what waits to be pushed (by operation), what the last check before sending
+    blocked, when the next retry is due, the last errors, and how many memories are routed local
+    or shared. Needs no passphrase: the outbox keeps counts and times in clear, never memory text."""
+    from apex_models.hybrid.outbox import SYNC_DB, Outbox
+    from apex_models.runtime.store import StoreError
+
+    with user_errors():
+        if not (store / SYNC_DB).is_file():
+            raise StoreError(f"no hybrid sync state at {store} (a store opened with HybridMemory has {SYNC_DB})")
+        outbox = Outbox(store, None, None)
+        try:
+            print_json({"store": str(store), **outbox.status()})
+        finally:
+            outbox.close()
 
 
 @app.command("serve")

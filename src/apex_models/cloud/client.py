@@ -62,9 +62,11 @@ class CloudClient:
         other = CloudClient(token=token, http=self._http)
         return other
 
-    def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None) -> Any:
+    def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
+              timeout: float | None = None) -> Any:
         params = {k: v for k, v in (params or {}).items() if v is not None}
-        response = self._http.request(method, path, json=json, params=params or None, headers=self._headers)
+        extra = {} if timeout is None else {"timeout": timeout}
+        response = self._http.request(method, path, json=json, params=params or None, headers=self._headers, **extra)
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail")
@@ -160,12 +162,13 @@ class CloudClient:
     def search(self, team: TeamId, query: str, k: int = 10, *, kind: str | Sequence[str] | None = None,
                tags: Sequence[str] | None = None, since: datetime | str | None = None,
                until: datetime | str | None = None, source_prefix: str | None = None,
-               mode: str = "hybrid") -> list[HitOut]:
-        """The runtime's MemoryStore.search, in one team."""
+               mode: str = "hybrid", timeout: float | None = None) -> list[HitOut]:
+        """The runtime's MemoryStore.search, in one team (`timeout` in seconds for this call only)."""
         body = {"query": query, "k": k, "kind": [kind] if isinstance(kind, str) else (list(kind) if kind else None),
                 "tags": list(tags) if tags else None, "since": _iso(since), "until": _iso(until),
                 "source_prefix": source_prefix, "mode": mode}
-        return [HitOut.model_validate(h) for h in self._call("POST", f"/v1/teams/{team}/search", json=body)]
+        return [HitOut.model_validate(h) for h in self._call("POST", f"/v1/teams/{team}/search", json=body,
+                                                             timeout=timeout)]
 
     # sync
     def push(self, team: TeamId, changes: Sequence[ChangeIn]) -> PushOut:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -262,7 +263,15 @@ def _clean_item(i: int, item: dict[str, Any]) -> dict[str, Any]:
     if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
         raise ValueError(f"item {i}: 'tags' must be a list of strings")
     relations = [(str(rel), str(target)) for rel, target in item.get("relations") or []]
-    return {"text": text, "kind": kind, "tags": list(tags), "source": item.get("source"), "relations": relations}
+    memory_id = item.get("id")
+    if memory_id is not None and (not isinstance(memory_id, str) or not _ID.fullmatch(memory_id)):
+        raise ValueError(f"item {i}: 'id' must be 8-64 characters of [A-Za-z0-9_-] (or left out)")
+    return {"id": memory_id, "text": text, "kind": kind, "tags": list(tags), "source": item.get("source"),
+            "relations": relations}
+
+
+# Caller-chosen ids (a synced memory keeps the id its first device gave it everywhere).
+_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 
 def _record_aad(memory_id: str) -> bytes:
@@ -396,6 +405,21 @@ class MemoryStore:
             raise StoreError(f"vector of memory {memory_id} in {self.path} failed authentication") from None
         return np.frombuffer(raw, dtype=np.float32)
 
+    def seal_blob(self, plaintext: bytes, context: str) -> bytes:
+        """Encrypt bytes with this store's key for a companion file (a sync outbox, a cache).
+
+        `context` binds the blob to where it is kept (it becomes the associated data, in a
+        namespace no memory row uses), so a blob moved elsewhere fails to open.
+        """
+        return self._sealer.seal(plaintext, f"ext|{context}".encode())
+
+    def open_blob(self, blob: bytes, context: str) -> bytes:
+        """Decrypt what `seal_blob` sealed under the same context; StoreError if tampered."""
+        try:
+            return self._sealer.open(blob, f"ext|{context}".encode())
+        except DecryptionError:
+            raise StoreError(f"a sealed blob ({context}) failed authentication") from None
+
     # -- transactions and freshness ------------------------------------------------------------
     @contextmanager
     def _read(self) -> Iterator[None]:
@@ -522,7 +546,8 @@ class MemoryStore:
     def add_many(self, items: list[dict[str, Any]], vectors: np.ndarray | None = None) -> list[str]:
         """Embed all texts in one batch and insert them in one transaction (all or nothing).
 
-        Each item: text (required), kind, tags, source, relations [(relation, id)].
+        Each item: text (required), kind, tags, source, relations [(relation, id)], and
+        optionally id (else a random one; an id already in the store fails the whole batch).
         `vectors` (unit float32, one per item, from this store's embedder) skips embedding,
         e.g. when importing or benchmarking.
         """
@@ -535,12 +560,18 @@ class MemoryStore:
         if vectors.shape != (len(clean), self.embedder.dimension):
             raise ValueError(f"vectors must have shape ({len(clean)}, {self.embedder.dimension})")
         now = _now()
-        memories = [Memory(id=uuid.uuid4().hex, text=c["text"], kind=c["kind"], tags=c["tags"],
+        memories = [Memory(id=c["id"] or uuid.uuid4().hex, text=c["text"], kind=c["kind"], tags=c["tags"],
                            source=c["source"], created_at=now, updated_at=now) for c in clean]
         sealed = [(m.id, self._seal_memory(m), self._sealer.seal(v.tobytes(), _vector_aad(m.id)))
                   for m, v in zip(memories, vectors)]
+        ids = [m.id for m in memories]
+        if len(set(ids)) != len(ids):
+            raise ValueError("two items in one batch have the same id")
         nums = []
         with self._write() as seq:
+            taken = [i for i in ids if self._conn.execute("SELECT 1 FROM memories WHERE id = ?", (i,)).fetchone()]
+            if taken:
+                raise StoreError(f"memory id {taken[0]} is already in the store")
             for memory_id, record, vector in sealed:
                 cur = self._conn.execute("INSERT INTO memories (id, seq, record, vector) VALUES (?, ?, ?, ?)",
                                          (memory_id, seq, record, vector))
