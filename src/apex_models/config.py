@@ -303,6 +303,8 @@ class PlannerConfig(_Strict):
     arch: Literal["encoder_decoder", "causal_lm"]
     base: str                                 # encoder (and decoder when decoder_base is null) or the causal LM
     decoder_base: str | None = None
+    decoder_layers: int | None = Field(default=None, gt=0)   # encoder_decoder: keep the first N decoder layers
+    freeze_encoder: bool = False                              # encoder_decoder: train decoder + cross-attention only
     finetune: Literal["full", "lora"]
     max_source_length: int = Field(gt=0, le=2048)
     max_target_length: int = Field(gt=0, le=2048)

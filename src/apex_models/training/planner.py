@@ -55,7 +55,9 @@ def build_model(cfg: PlannerConfig, trainer: TrainerConfig, layers: int | None =
     if cfg.arch == "encoder_decoder":
         from transformers import EncoderDecoderModel
 
-        depth = {"encoder_num_hidden_layers": layers, "decoder_num_hidden_layers": layers} if layers else {}
+        depth = {"encoder_num_hidden_layers": layers} if layers else {}
+        if layers or cfg.decoder_layers:
+            depth["decoder_num_hidden_layers"] = layers or cfg.decoder_layers
         model = EncoderDecoderModel.from_encoder_decoder_pretrained(
             base, resolve_base_model(cfg.decoder_base or cfg.base), **depth)
         model.config.decoder_start_token_id = tokenizer.cls_token_id
@@ -65,6 +67,8 @@ def build_model(cfg: PlannerConfig, trainer: TrainerConfig, layers: int | None =
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.sep_token_id
         fresh = ("crossattention",)      # new layers: train them in full under LoRA
+        if cfg.freeze_encoder:
+            model.encoder.requires_grad_(False)
     else:
         from transformers import AutoModelForCausalLM
 
