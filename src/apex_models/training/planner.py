@@ -124,6 +124,7 @@ def generate_plans(model, tokenizer, cfg: PlannerConfig, inputs: list[str], max_
         if cfg.arch == "causal_lm":
             chunk = [c + PROMPT_SUFFIX for c in chunk]
         enc = tokenizer(chunk, max_length=cfg.max_source_length, truncation=True, padding=True,
+                        add_special_tokens=cfg.arch == "encoder_decoder",   # as in encode_batch
                         return_tensors="pt").to(model.device)
         ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
         if cfg.arch == "causal_lm":
