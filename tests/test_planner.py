@@ -257,3 +257,14 @@ def test_causal_lm_with_lora_trains_only_the_adapter_and_plans(tmp_path, planner
     assert any(not torch.equal(params_now[n], v) for n, v in lora.items() if "lora_B" in n)
     plans = generate_plans(model, tok, params.planner, [r["input"] for r in rows], max_new_tokens=8)
     assert len(plans) == 2 and all(isinstance(p, list) for p in plans)
+
+
+def test_default_model_freezes_the_packaged_encoder_and_keeps_three_decoder_layers() -> None:
+    from apex_models.training.planner import build_model
+
+    params = validate(compose("default"))
+    model, tok = build_model(params.planner, params.trainer)
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert len(model.decoder.bert.encoder.layer) == 3 and model.decoder.config.add_cross_attention
+    assert all(p.requires_grad for n, p in model.decoder.named_parameters() if "crossattention" in n)
+    assert model.generation_config.decoder_start_token_id == tok.cls_token_id
