@@ -268,3 +268,15 @@ def test_default_model_freezes_the_packaged_encoder_and_keeps_three_decoder_laye
     assert len(model.decoder.bert.encoder.layer) == 3 and model.decoder.config.add_cross_attention
     assert all(p.requires_grad for n, p in model.decoder.named_parameters() if "crossattention" in n)
     assert model.generation_config.decoder_start_token_id == tok.cls_token_id
+
+
+def test_capped_sample_still_fills_every_split(tmp_path) -> None:
+    """A per-source cap must not pick units by the split's own hash (that keeps only test)."""
+    from datasets import load_from_disk
+
+    sources, shared = _write_sources(tmp_path, n_pages=80)
+    cfg = _tiny_params(**{"planner.data.max_plans_per_source": 60}).planner.data
+    build_planner_dataset(sources, shared, tmp_path / "ds", cfg, benchmarks=[])
+    ds = load_from_disk(str(tmp_path / "ds"))
+    tldr = {s: sum(1 for r in ds[s] if r["source"] == "tldr") for s in ("train", "dev", "test")}
+    assert sum(tldr.values()) == 60 and tldr["train"] > tldr["test"] > 0

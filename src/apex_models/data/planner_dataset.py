@@ -243,8 +243,10 @@ def build_planner_dataset(sources_dir: Path, shared_dir: Path, out_dir: Path, cf
         by_source: dict[str, list] = defaultdict(list)
         for p in plans:
             by_source[p["source"]].append(p)
+        # A sample keyed by another hash than split_of's: the same key would keep only the
+        # lowest buckets, which are all test.
         plans = [p for rows in by_source.values()
-                 for p in sorted(rows, key=lambda r: hashlib.sha256(r["unit"].encode()).hexdigest())
+                 for p in sorted(rows, key=lambda r: hashlib.sha256(f"sample:{r['unit']}".encode()).hexdigest())
                  [:cfg.max_plans_per_source]]
     rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for p in sorted(plans, key=lambda r: (r["source"], r["unit"], r["goal"])):
