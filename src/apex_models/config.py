@@ -262,6 +262,59 @@ class RankerConfig(_Strict):
     eval: RankerEvalConfig
 
 
+class PlannerDataConfig(_Strict):
+    stackexchange: bool
+    tldr: bool
+    min_steps: int = Field(ge=2)
+    max_steps: int = Field(ge=2)
+    max_plans_per_source: int | None = Field(default=None, gt=0)
+    split_fractions: dict[Literal["train", "dev", "test"], float]
+    benchmarks: list[Literal["cosqa", "conala", "intent", "qa"]]
+
+
+class PlannerTrainConfig(_Strict):
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    batch_size: int = Field(ge=1)
+    grad_accum: int = Field(ge=1)
+    max_steps: int = Field(gt=0)
+    eval_every: int = Field(gt=0)
+    patience: int = Field(ge=1)
+    dev_plans: int = Field(gt=0)
+    save_every: int = Field(gt=0)
+    log_every: int = Field(gt=0)
+
+
+class PlannerEvalConfig(_Strict):
+    test_plans: int | None = Field(default=None, gt=0)   # None: the whole test split
+    max_new_tokens: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    step_match: float = Field(gt=0, le=1)                 # ROUGE-L F1 at which a reference step counts as recalled
+
+
+class PlannerPromotionConfig(_Strict):
+    registered_model: str
+    metric: Literal["rouge_l", "step_recall"]
+    margin: float = Field(ge=0)
+
+
+class PlannerConfig(_Strict):
+    arch: Literal["encoder_decoder", "causal_lm"]
+    base: str                                 # encoder (and decoder when decoder_base is null) or the causal LM
+    decoder_base: str | None = None
+    decoder_layers: int | None = Field(default=None, gt=0)   # encoder_decoder: keep the first N decoder layers
+    freeze_encoder: bool = False                              # encoder_decoder: train decoder + cross-attention only
+    finetune: Literal["full", "lora"]
+    max_source_length: int = Field(gt=0, le=2048)
+    max_target_length: int = Field(gt=0, le=2048)
+    lora: LoraConfig
+    data: PlannerDataConfig
+    train: PlannerTrainConfig
+    eval: PlannerEvalConfig
+    promotion: PlannerPromotionConfig
+
+
 class Int8Config(_Strict):
     per_channel: bool
     reduce_range: bool
@@ -301,6 +354,7 @@ class Params(_Strict):
     evaluate: EvaluateConfig
     intent: IntentConfig | None = None  # optional: a params.yaml from before these models still loads
     ranker: RankerConfig | None = None
+    planner: PlannerConfig | None = None
     export: ExportConfig
     runtime: RuntimeConfig
 
