@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 
 def main() -> None:
-    from apex_models.data.detectors import PII_KINDS, find_sensitive
+    from apex_models.sensitivity.detectors import PII_KINDS, find_sensitive
     from apex_models.evaluation.results import write_result
 
     shared = Path(os.environ.get("APEX_SHARED", REPO.parent / "shared"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from apex_models.data.detectors import find_sensitive, shannon_entropy
+from apex_models.sensitivity.detectors import find_sensitive, shannon_entropy
 from apex_models.data.scrub import scrub_record, scrub_text
 
 AWS_ID = "AKIA" + "Q3EGRTXZ7NLPW4KM"

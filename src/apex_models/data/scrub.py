@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Iterable
 
-from apex_models.data.detectors import Finding, find_sensitive
+from apex_models.sensitivity.detectors import Finding, find_sensitive
 from apex_models.data.records import refresh_sha256
 
 
