@@ -112,6 +112,9 @@ class LoraConfig(_Strict):
     alpha: int = Field(gt=0)
     dropout: float = Field(ge=0, lt=1)
     target_modules: list[str] = Field(min_length=1)
+    # Only these encoder layers get adapters (None: all). Adapting only the top layers
+    # stops the backward pass there: on a shared CPU that is most of a step's cost.
+    layers: list[int] | None = None
 
 
 class EmbedderTrainConfig(_Strict):

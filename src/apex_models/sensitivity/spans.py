@@ -148,3 +148,13 @@ def span_prf(pred: Sequence[Sequence[tuple[int, int]]], gold: Sequence[Sequence[
     r = tp_r / n_g if n_g else 0.0
     return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0,
             "predicted": n_p, "gold": n_g}
+
+
+def span_scores(rows: list[dict], predicted: list[list[SensitiveSpan]]) -> dict[str, dict]:
+    """Value-level P/R/F1 per span type and over both (a span counts when types match)."""
+    out = {}
+    for kind in ("SECRET", "PII", None):
+        pred = [[(s.start, s.end) for s in spans if kind is None or s.kind == kind] for spans in predicted]
+        gold = [[(s[0], s[1]) for s in row["spans"] if kind is None or s[2] == kind] for row in rows]
+        out[(kind or "all").lower()] = span_prf(pred, gold)
+    return out

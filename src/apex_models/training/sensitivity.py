@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 
 from apex_models.config import Params, SensitivityConfig
 from apex_models.models.base import resolve_base_model
-from apex_models.sensitivity.spans import (IGNORE, SensitiveSpan, bio_labels, span_prf, spans_from_probs, union,
-                                           windows)
+from apex_models.sensitivity.spans import (IGNORE, SensitiveSpan, bio_labels, span_scores, spans_from_probs,
+                                           union, windows)
 from apex_models.sensitivity.synth import TOKEN_LABELS
 from apex_models.training.common import (CHECKPOINTS, TrainState, batch_for_step, fingerprint, latest_checkpoint,
                                          load_checkpoint, optimizer_step, prepare_training, record_step,
@@ -133,16 +133,6 @@ def system_spans(rows: list[dict], probs, threshold: float, detectors: list[list
     for k, (row, (offsets, p)) in enumerate(zip(rows, probs)):
         spans = spans_from_probs(offsets, p, threshold, row["text"]) if len(offsets) else []
         out.append(union(spans + detectors[k]) if detectors is not None else spans)
-    return out
-
-
-def span_scores(rows: list[dict], predicted: list[list[SensitiveSpan]]) -> dict[str, dict]:
-    """Value-level P/R/F1 per span type and over both (a span counts when types match)."""
-    out = {}
-    for kind in ("SECRET", "PII", None):
-        pred = [[(s.start, s.end) for s in spans if kind is None or s.kind == kind] for spans in predicted]
-        gold = [[(s[0], s[1]) for s in row["spans"] if kind is None or s[2] == kind] for row in rows]
-        out[(kind or "all").lower()] = span_prf(pred, gold)
     return out
 
 
