@@ -54,3 +54,20 @@ def test_line_spans_and_scoring() -> None:
     got = score({"f": spans}, expected, ["f"])
     assert got["line"]["precision"] == 0.5 and got["line"]["recall"] == 0.5
     assert got["value"]["precision"] == round(1 / 3, 4) and got["value"]["recall"] == 0.5
+
+
+@pytest.mark.parametrize("text,value", [
+    ('PASSWORD = os.environ.get("PASSWORD") or "at5G6zi!mQ"', "at5G6zi!mQ"),
+    ("define( 'DB_PASSWORD' , '2Arh5dA1Sn0ywiVY' );", "2Arh5dA1Sn0ywiVY"),
+    ("MYSQL_PASSWORD=2IWJD88FH4Y;", "2IWJD88FH4Y"),
+    ("access key:AIhq5Xyb1Gga9Q26", "AIhq5Xyb1Gga9Q26"),
+])
+def test_secret_fallbacks_call_pairs_and_spelled_out_key_names(text: str, value: str) -> None:
+    assert [f.value for f in find_sensitive(text) if f.category == "SECRET"] == [value]
+
+
+def test_encrypted_or_fake_private_keys_are_not_credentials() -> None:
+    body = "\n".join(["MIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQIhMRbYco41BACAggA"] * 3)
+    for header in ("ENCRYPTED PRIVATE KEY", "OPENSSH FAKE PRIVATE KEY"):
+        assert find_sensitive(f"-----BEGIN {header}-----\n{body}\n-----END {header}-----") == []
+    assert [f.kind for f in find_sensitive(f"-----BEGIN RSA PRIVATE KEY-----\n{body}\n-----END RSA PRIVATE KEY-----")] == ["private_key"]

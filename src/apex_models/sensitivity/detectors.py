@@ -72,7 +72,7 @@ _PLACEHOLDER_VALUES = {
 
 
 # Runs a person types when inventing a fixture; a random token almost never holds one.
-_SEQUENCE = re.compile(r"0123456|1234567|2345678|3456789|9876543|7654321|6543210|abcdefg|bcdefgh")
+_SEQUENCE = re.compile(r"012345|123456|234567|345678|456789|987654|876543|765432|654321|543210|abcdef|bcdefg")
 
 
 def is_placeholder(value: str) -> bool:
@@ -184,11 +184,11 @@ def _varied(value: str) -> bool:
 _URL_PASSWORD = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]{1,20}://[^\s:/@\"'<>]{1,100}:([^\s@/\"'<>]{1,200})@[\w.\-\[\]]+")
 # key = "value" / key: 'value' / "key": "value" with a secret-looking key name.
 _SECRET_KEY_NAME = (r"[A-Za-z0-9_.\-]*(?:password|passwd|passphrase|p(?:a|s)?s{1,2}w(?:o)?r?d|pwd|secret|token|api[_\-]?key|apikey|"
-                    r"access[_\-]?key|auth[_\-]?key|private[_\-]?key|credentials?)[A-Za-z0-9_.\-]*(?: key)?")
+                    r"access[ _\-]?key|auth(?:entication|orization)?[ _\-]?key|private[_\-]?key|credentials?)[A-Za-z0-9_.\-]*(?: key)?")
 # Unquoted values (config files, command lines, prose): key names are the same plus the
 # short `pw`/`pass`, and the value must look random (checked in _contextual).
 _UNQUOTED_ASSIGNMENT = re.compile(
-    r"(?i)(?<![A-Za-z0-9_])(" + _SECRET_KEY_NAME + r"|pw|pass|[A-Za-z0-9_]*_pass)\s*(?:=>|:=|=|:)[ \t]*"
+    r"(?i)(?<![A-Za-z0-9_])(" + _SECRET_KEY_NAME + r"|pw|pass|[A-Za-z0-9_]*pass|[A-Za-z0-9_]*_pw)\s*(?:=>|:=|=|:)[ \t]*"
     r"(?![\"'\s])([^\s\"',;<>()\[\]{}`]{6,200})")
 # SQL: CREATE/ALTER USER ... IDENTIFIED BY 'x', ... WITH [LOGIN] PASSWORD 'x'.
 _SQL_PASSWORD = re.compile(
@@ -210,6 +210,15 @@ _CURLOPT = re.compile(r"CURLOPT_(?:(PROXY)?USERPWD|(?:PROXY)?PASSWORD|KEYPASSWD|
 _DEFINE_OR_COMPARE = re.compile(
     r"(?i)(?:(?:#|%)(?:define|global)\s+|\bset\s+)?(?<![A-Za-z0-9])(" + r"[A-Za-z0-9_]*(?:password|passwd|passwo?rsd|pwd|secret|token)[A-Za-z0-9_]*"
     r")(?:\s*(?:===?|!==?)\s*|(?:\\t|\s)+)(\\?[\"'])([^\"'\s\\]{6,200})\2")
+# A hard-coded fallback for a secret's environment variable: getenv("DB_PASSWORD", "x"),
+# os.environ.get("TOKEN") or "x".
+_ENV_DEFAULT = re.compile(
+    r"(?i)(?:getenv|environ\.get|env)\(\s*[\"'][A-Za-z0-9_.]*(?:pass|pwd|secret|token|key|cred)[A-Za-z0-9_.]*[\"']\s*"
+    r"(?:,\s*|\)\s*(?:or|\|\||\?\?)\s*)([\"'])([^\"'\s]{6,200})\1")
+# A (name, value) pair passed to a call: define('PASSWORD', 'x'), props.set("db.password", "x").
+_CALL_PAIR = re.compile(
+    r"(?i)\(\s*[\"']([A-Za-z0-9_.\-]*(?:password|passwd|pwd|secret|token|api[_\-]?key)[A-Za-z0-9_.\-]*)[\"']\s*,\s*"
+    r"([\"'])([^\"'\s]{6,200})\2")
 # Typed assignments: `passwd: str = "x"`, `val password: String = "x"`.
 _TYPED_ASSIGNMENT = re.compile(
     r"(?i)(?<![A-Za-z0-9_])(" + r"[A-Za-z0-9_]*(?:password|passwd|pwd|secret|token|api_?key)[A-Za-z0-9_]*"
@@ -248,6 +257,8 @@ def _specific(text: str) -> list[Finding]:
                           ("slack_webhook", _SLACK_WEBHOOK), ("slack_token", _SLACK_TOKEN),
                           ("stripe_key", _STRIPE_KEY), ("google_api_key", _GOOGLE_API_KEY)):
         for m in pattern.finditer(text):
+            if kind == "private_key" and re.search(r"ENCRYPTED|\bFAKE\b", m.group(0)[:400]):
+                continue  # an encrypted key is useless without its passphrase; "FAKE" marks a fixture
             if kind == "private_key" or len(set(m.group(0))) >= 10:  # not "ghp_0000...0001"
                 out.append(Finding(kind, m.start(), m.end(), m.group(0)))
     for m in _PROVIDER_TOKENS.finditer(text):
@@ -295,8 +306,9 @@ def _contextual(text: str) -> list[Finding]:
         if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+", value) or value.startswith(("$", "%")):
             continue  # references to settings or variables
         classes = sum(bool(re.search(p, value)) for p in (r"[a-z]", r"[A-Z]", r"\d", r"[^A-Za-z0-9]"))
+        passwordish = re.search(r"pass|pwd|pw$|psw", key) is not None
         if classes >= 3 or (classes == 2 and len(value) >= 16 and shannon_entropy(value) >= 3.5
-                            and re.search(r"\d", value)):
+                            and re.search(r"\d", value)) or (passwordish and len(value) >= 8 and _looks_random(value)):
             kind = "password" if re.search(r"pass|pwd|pw|psword", key) else "generic_secret"
             out.append(Finding(kind, m.start(2), m.end(2), value))
     for m in _SQL_PASSWORD.finditer(text):
@@ -323,7 +335,11 @@ def _contextual(text: str) -> list[Finding]:
             value, start = value[cut:], start + cut
         if value and not is_placeholder(value) and not value.startswith(("$", "%")):
             out.append(Finding("password", start, start + len(value), value))
-    for pattern in (_DEFINE_OR_COMPARE, _TYPED_ASSIGNMENT):
+    for m in _ENV_DEFAULT.finditer(text):
+        value = m.group(2)
+        if not is_placeholder(value) and _looks_random(value):
+            out.append(Finding("password", m.start(2), m.end(2), value))
+    for pattern in (_DEFINE_OR_COMPARE, _TYPED_ASSIGNMENT, _CALL_PAIR):
         for m in pattern.finditer(text):
             value = m.group(3)
             if not is_placeholder(value) and _looks_random(value) and not re.fullmatch(r"[A-Za-z_.]+", value):
