@@ -195,3 +195,12 @@ def test_runtime_classify_returns_spans_without_torch(exported) -> None:
     (out / "tokenizer.json").write_text((out / "tokenizer.json").read_text() + " ")
     with pytest.raises(SensitivityModelError, match="sha256"):
         SensitivityClassifier.load(out)
+
+
+def test_a_secret_span_covers_its_whole_value() -> None:
+    text = "token='ab12CD34ef' # set"
+    offsets = [(0, 5), (5, 6), (6, 7), (7, 11), (11, 15), (15, 17), (17, 18)]
+    probs = np.zeros((7, 5))
+    probs[:, 0] = 1.0
+    probs[4] = [0.1, 0.9, 0, 0, 0]  # only a middle piece passes the threshold
+    assert spans_from_probs(offsets, probs, 0.5, text) == [SensitiveSpan(7, 17, "SECRET", "model")]

@@ -297,7 +297,7 @@ class SensitivityExportConfig(_Strict):
 
 
 class SensitivityEvalConfig(_Strict):
-    precision: Literal["fp32", "int8"]
+    precision: Literal["auto", "fp32", "int8"]   # auto: the export manifest's default
     registered_model: str
     margin: float = Field(ge=0)
 

@@ -127,7 +127,7 @@ def run_evaluate_sensitivity(params) -> dict[str, Any]:
     train = json.loads((paths.model / "train_summary.json").read_text())
     with stage_run("evaluate_sensitivity", params, ["sensitivity"],
                    data={"datasets/sensitivity": paths.data, "onnx/sensitivity": paths.export}) as mlflow:
-        results: dict[str, Any] = {"precision": cfg.eval.precision, "threshold": clf.threshold,
+        results: dict[str, Any] = {"precision": clf.precision, "threshold": clf.threshold,
                                    "synthetic_test": evaluate_synthetic(clf, rows)}
         shared = layout(params).shared_or_none()
         if shared is not None and (shared / "benchmarks" / "secrets").is_dir():

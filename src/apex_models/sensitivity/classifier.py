@@ -56,11 +56,16 @@ class SensitivityClassifier:
     tokenizer: Any
     manifest: dict[str, Any]
     threshold: float
+    precision: str = "int8"
 
     @classmethod
-    def load(cls, folder: str | Path, precision: str = "int8", threads: int = 1,
+    def load(cls, folder: str | Path, precision: str = "auto", threads: int = 1,
              threshold: float | None = None, verify: bool = True) -> "SensitivityClassifier":
-        """Open `folder`; refuse it when the manifest is unknown or a file's sha256 differs."""
+        """Open `folder`; refuse it when the manifest is unknown or a file's sha256 differs.
+
+        `precision` ``auto`` takes the manifest's default: int8 when it passed its export
+        gate, else fp32.
+        """
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -72,6 +77,8 @@ class SensitivityClassifier:
         if manifest.get("format") != FORMAT_VERSION:
             raise SensitivityModelError(f"unknown sensitivity model format {manifest.get('format')!r}")
         files = manifest["files"]
+        if precision == "auto":
+            precision = manifest.get("default_precision", "int8")
         if precision not in files:
             raise SensitivityModelError(f"no {precision} model in {folder} (have {sorted(files)})")
         for key in (precision, "tokenizer"):
@@ -88,7 +95,7 @@ class SensitivityClassifier:
         tokenizer = Tokenizer.from_file(str(folder / files["tokenizer"]["path"]))
         tokenizer.no_truncation()
         tokenizer.no_padding()
-        return cls(session, tokenizer, manifest, manifest["threshold"] if threshold is None else threshold)
+        return cls(session, tokenizer, manifest, manifest["threshold"] if threshold is None else threshold, precision)
 
     def token_probs(self, text: str, batch_size: int = 16) -> tuple[list[tuple[int, int]], np.ndarray]:
         """(char offsets, [n_tokens, n_labels] probabilities) over the whole text.

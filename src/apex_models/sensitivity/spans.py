@@ -103,8 +103,30 @@ def spans_from_probs(offsets: Sequence[tuple[int, int]], probs: np.ndarray, thre
     if current:
         out.append(SensitiveSpan(current[0], current[1], current[2], "model"))
     if text is not None:  # a span never starts or ends inside a run of spaces
-        out = [s for s in out if text[s.start:s.end].strip()]
+        out = [_whole_value(text, s) for s in out if text[s.start:s.end].strip()]
+        out = union(out)
     return out
+
+
+_DELIMITERS = frozenset(" \t\r\n\"'`=:,;()[]{}<>|")
+
+
+def _whole_value(text: str, span: "SensitiveSpan") -> "SensitiveSpan":
+    """Grow a SECRET span to the whole delimited value it lies in.
+
+    A credential is one unbroken run of characters; when a word piece in its middle or
+    at its edge falls under the threshold, the model's span would be cut in two or end
+    early, and half a key would stay unredacted. Quotes, whitespace and assignment
+    punctuation delimit a value.
+    """
+    if span.kind != "SECRET":
+        return span
+    start, end = span.start, span.end
+    while start > 0 and text[start - 1] not in _DELIMITERS:
+        start -= 1
+    while end < len(text) and text[end] not in _DELIMITERS:
+        end += 1
+    return SensitiveSpan(start, end, span.kind, span.source)
 
 
 def _joins(text: str | None, prev_end: int, start: int, kind: str) -> bool:
