@@ -1,4 +1,5 @@
-"""The runtime and the CLI must import without the training stack (runtime-only installs)."""
+"""The runtime, the CLI and the sensitivity classifier must import without the training
+stack (runtime-only installs; the hybrid runtime calls the classifier)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 def test_runtime_and_cli_import_no_training_stack() -> None:
     code = (
-        "import sys, apex_models.runtime, apex_models.cli\n"
+        "import sys, apex_models.runtime, apex_models.cli, apex_models.sensitivity.classifier\n"
         "heavy = ('torch', 'transformers', 'peft', 'deepspeed',\n"
         "         'apex_models.models', 'apex_models.training', 'apex_models.export')\n"
         "print(','.join(m for m in heavy if m in sys.modules))\n"

@@ -112,6 +112,9 @@ class LoraConfig(_Strict):
     alpha: int = Field(gt=0)
     dropout: float = Field(ge=0, lt=1)
     target_modules: list[str] = Field(min_length=1)
+    # Only these encoder layers get adapters (None: all). Adapting only the top layers
+    # stops the backward pass there: on a shared CPU that is most of a step's cost.
+    layers: list[int] | None = None
 
 
 class EmbedderTrainConfig(_Strict):
@@ -315,6 +318,56 @@ class PlannerConfig(_Strict):
     promotion: PlannerPromotionConfig
 
 
+class SensitivityDataConfig(_Strict):
+    sources: list[Literal["code", "stackexchange", "tldr", "conala", "docs"]] = Field(min_length=1)
+    max_records_per_source: int = Field(gt=0)
+    split_fractions: dict[Literal["train", "dev", "test"], float]
+    train_examples: int = Field(gt=0)
+    dev_examples: int = Field(gt=0)
+    test_examples: int = Field(gt=0)
+    max_chars: int = Field(gt=40)
+    mix: dict[Literal["none", "secret", "pii", "lookalike"], float]
+
+
+class SensitivityTrainConfig(_Strict):
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    batch_size: int = Field(ge=2)
+    grad_accum: int = Field(ge=1)
+    max_steps: int = Field(gt=0)
+    eval_every: int = Field(gt=0)
+    patience: int = Field(ge=1)
+    save_every: int = Field(gt=0)
+    log_every: int = Field(gt=0)
+    secret_weight: float = Field(gt=0)   # loss weight of the span classes against O
+
+
+class SensitivityExportConfig(_Strict):
+    probe_texts: int = Field(gt=0)
+    fp32_min_agreement: float = Field(gt=0, le=1)
+    int8_min_agreement: float = Field(gt=0, le=1)
+
+
+class SensitivityEvalConfig(_Strict):
+    precision: Literal["auto", "fp32", "int8"]   # auto: the export manifest's default
+    registered_model: str
+    margin: float = Field(ge=0)
+
+
+class SensitivityConfig(_Strict):
+    base: str
+    max_length: int = Field(gt=8, le=512)
+    stride: int = Field(ge=0)                    # token overlap between windows of a long text
+    doc_labels: dict[Literal["public", "internal", "secret"], str]   # label -> definition
+    threshold_grid: list[float] = Field(min_length=1)
+    data: SensitivityDataConfig
+    lora: LoraConfig
+    train: SensitivityTrainConfig
+    export: SensitivityExportConfig
+    eval: SensitivityEvalConfig
+
+
 class Int8Config(_Strict):
     per_channel: bool
     reduce_range: bool
@@ -355,6 +408,7 @@ class Params(_Strict):
     intent: IntentConfig | None = None  # optional: a params.yaml from before these models still loads
     ranker: RankerConfig | None = None
     planner: PlannerConfig | None = None
+    sensitivity: SensitivityConfig | None = None
     export: ExportConfig
     runtime: RuntimeConfig
 

@@ -214,6 +214,7 @@ def with_lora(model, lora, trainer: TrainerConfig, modules_to_save: tuple[str, .
 
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules), bias="none",
+                        layers_to_transform=list(lora.layers) if getattr(lora, "layers", None) else None,
                         modules_to_save=list(modules_to_save) or None)
     model = get_peft_model(model, config)
     if trainer.gradient_checkpointing:

@@ -77,11 +77,28 @@ def decide(client, name: str, candidate, metric: str, margin: float) -> Decision
                   f"by the margin {margin}")
     decision = Decision(name, metric, str(candidate.version), value,
                         None if champ_version is None else str(champ_version), champ_value, margin, promoted, reason)
-    client.set_model_version_tag(name, candidate.version, "decision", "promoted" if promoted else "rejected")
-    client.set_model_version_tag(name, candidate.version, "decision_reason", reason)
-    if candidate.run_id:
-        client.set_tag(candidate.run_id, "promotion", "promoted" if promoted else "rejected")
-        client.set_tag(candidate.run_id, "promotion_reason", reason)
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, candidate.version)
+    _record(client, name, candidate, decision)
     return decision
+
+
+def reject(client, name: str, candidate, metric: str, margin: float, reason: str) -> Decision:
+    """Reject `candidate` without comparing it to the champion (it failed a gate before that,
+    e.g. it does not beat its own baseline); tagged like any decision, so the run says why."""
+    champion = current_champion(client, name)
+    decision = Decision(name, metric, str(candidate.version), float(candidate.tags[metric]),
+                        None if champion is None else str(champion.version),
+                        float(champion.tags[metric]) if champion is not None and metric in champion.tags else None,
+                        margin, False, reason)
+    _record(client, name, candidate, decision)
+    return decision
+
+
+def _record(client, name: str, candidate, decision: Decision) -> None:
+    verdict = "promoted" if decision.promoted else "rejected"
+    client.set_model_version_tag(name, candidate.version, "decision", verdict)
+    client.set_model_version_tag(name, candidate.version, "decision_reason", decision.reason)
+    if candidate.run_id:
+        client.set_tag(candidate.run_id, "promotion", verdict)
+        client.set_tag(candidate.run_id, "promotion_reason", decision.reason)
+    if decision.promoted:
+        client.set_registered_model_alias(name, CHAMPION, candidate.version)

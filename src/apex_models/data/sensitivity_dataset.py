@@ -1,0 +1,103 @@
+"""The sensitivity dataset: windows of the pipeline's own code and prose with generated
+secrets, personal data and look-alikes injected at known spans (see
+:mod:`apex_models.sensitivity.synth`).
+
+Contexts are split into train/dev/test by source file *before* anything is injected, so
+no window of a test file was seen in training. Every context is scrubbed first (the
+detectors replace anything that looks sensitive by a typed placeholder), so the only
+sensitive spans in the data are the ones injected, and their labels are exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+from apex_models.data.scrub import scrub_text
+from apex_models.sensitivity.synth import build_examples
+
+SPLITS = ("train", "dev", "test")
+
+
+def _split_of(key: str, fractions: dict[str, float]) -> str:
+    x = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    edge = 0.0
+    for split in SPLITS:
+        edge += fractions[split]
+        if x < edge:
+            return split
+    return "train"
+
+
+def read_contexts(code_file: Path | None, sources_dir: Path | None, sources: list[str],
+                  max_records: int) -> Iterator[tuple[str, str]]:
+    """(source id, text) of the ingested code files and the named source corpora, at most
+    `max_records` from each, in file order (deterministic)."""
+    files: list[tuple[str, Path]] = []
+    if "code" in sources and code_file is not None and code_file.is_file():
+        files.append(("code", code_file))
+    for name in sources:
+        if name != "code" and sources_dir is not None and (sources_dir / f"{name}.jsonl").is_file():
+            files.append((name, sources_dir / f"{name}.jsonl"))
+    for name, path in files:
+        with open(path, encoding="utf-8") as fh:
+            for i, line in enumerate(fh):
+                if i >= max_records:
+                    break
+                row = json.loads(line)
+                text = row.get("text") or ""
+                if text.strip():
+                    yield f"{name}:{row.get('path') or row.get('url') or i}", text
+
+
+def build_sensitivity_dataset(code_file: Path | None, sources_dir: Path | None, out_dir: Path, cfg,
+                              seed: int) -> dict[str, Any]:
+    """Write train/dev/test.jsonl (text, spans, label, source) and report.json under `out_dir`."""
+    by_split: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+    for source, text in read_contexts(code_file, sources_dir, cfg.sources, cfg.max_records_per_source):
+        clean, _ = scrub_text(text[: cfg.max_chars * 40])
+        by_split[_split_of(source, cfg.split_fractions)].append((source, clean))
+    if not by_split["train"]:
+        raise ValueError("no training contexts: run the ingest and ingest_sources stages first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sizes = {"train": cfg.train_examples, "dev": cfg.dev_examples, "test": cfg.test_examples}
+    report: dict[str, Any] = {"contexts": {s: len(v) for s, v in by_split.items()}, "splits": {}}
+    for i, split in enumerate(SPLITS):
+        contexts = by_split[split] or by_split["train"]
+        examples = build_examples(contexts, sizes[split], seed * 10 + i, dict(cfg.mix), cfg.max_chars)
+        with open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as fh:
+            for ex in examples:
+                fh.write(json.dumps(ex.to_json(), ensure_ascii=False) + "\n")
+        spans = Counter(t for ex in examples for _, _, t in ex.spans)
+        report["splits"][split] = {"examples": len(examples), "labels": dict(Counter(ex.label for ex in examples)),
+                                   "spans": dict(spans),
+                                   "sources": dict(Counter(ex.source.split(":")[0] for ex in examples))}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "README.md").write_text(
+        "# Sensitivity dataset (synthetic spans in real text)\n\n"
+        "Windows of the pipeline's ingested code and scrubbed Q&A/command corpora, with generated secrets, "
+        "internal personal data and look-alikes injected at known character spans "
+        "(apex_models.sensitivity.synth). Split by source file before injection. No credential in it is real; "
+        "nothing is taken from any benchmark. Counts: report.json.\n")
+    return report
+
+
+def read_examples(path: Path) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{path} holds no examples")
+    return rows
+
+
+def run_sensitivity_dataset(params) -> dict[str, Any]:
+    """The sensitivity_dataset stage: contexts from the ingest and ingest_sources outputs."""
+    from apex_models.layout import layout
+    from apex_models.training.sensitivity import require_config, sensitivity_paths
+
+    cfg = require_config(params)
+    lay = layout(params)
+    return build_sensitivity_dataset(lay.code_files, Path(params.paths.data) / "sources",
+                                     sensitivity_paths(params).data, cfg.data, params.seed)

@@ -1,0 +1,151 @@
+"""The sensitivity classifier at run time: rule detectors + the ONNX token classifier.
+
+``SensitivityClassifier.load(folder).classify(text) -> (label, spans)`` is what the
+hybrid runtime calls before a memory may leave the machine. It imports no torch:
+onnxruntime runs the exported model, ``tokenizers`` supplies the character offsets that
+map token predictions back to spans, and the detectors of
+:mod:`apex_models.sensitivity.detectors` run beside the model. The final spans are the
+union of both (a rule hit is never dropped because the model disagrees), and the label
+follows from them: ``secret`` if any credential span, ``internal`` if any personal or
+internal-infrastructure span, else ``public``.
+
+The folder holds ``sensitivity.json`` (this module's manifest: files and their sha256,
+labels, window size, the dev-tuned threshold), the ONNX files and ``tokenizer.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from apex_models.sensitivity.detectors import PII_KINDS, find_sensitive
+from apex_models.sensitivity.spans import SensitiveSpan, doc_label, spans_from_probs, union, windows
+
+MANIFEST = "sensitivity.json"
+FORMAT_VERSION = 1
+
+
+class SensitivityModelError(RuntimeError):
+    """The model folder is missing, tampered with, or of an unknown format."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def detector_spans(text: str) -> list[SensitiveSpan]:
+    """The rule detectors' findings as spans: secret kinds -> SECRET, personal data -> PII."""
+    return [SensitiveSpan(f.start, f.end, "PII" if f.kind in PII_KINDS else "SECRET", f.kind)
+            for f in find_sensitive(text)]
+
+
+@dataclass
+class SensitivityClassifier:
+    """ONNX token classifier + detectors. Build with :meth:`load`."""
+
+    session: Any
+    tokenizer: Any
+    manifest: dict[str, Any]
+    threshold: float
+    precision: str = "int8"
+
+    @classmethod
+    def load(cls, folder: str | Path, precision: str = "auto", threads: int = 1,
+             threshold: float | None = None, verify: bool = True) -> "SensitivityClassifier":
+        """Open `folder`; refuse it when the manifest is unknown or a file's sha256 differs.
+
+        `precision` ``auto`` takes the manifest's default: int8 when it passed its export
+        gate, else fp32.
+        """
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        manifest_path = folder / MANIFEST
+        if not manifest_path.is_file():
+            raise SensitivityModelError(f"{manifest_path} not found: not a sensitivity model folder")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest.get("format") != FORMAT_VERSION:
+            raise SensitivityModelError(f"unknown sensitivity model format {manifest.get('format')!r}")
+        files = manifest["files"]
+        if precision == "auto":
+            precision = manifest.get("default_precision", "int8")
+        if precision not in files:
+            raise SensitivityModelError(f"no {precision} model in {folder} (have {sorted(files)})")
+        for key in (precision, "tokenizer"):
+            path = folder / files[key]["path"]
+            if not path.is_file():
+                raise SensitivityModelError(f"{path} missing")
+            if verify and _sha256(path) != files[key]["sha256"]:
+                raise SensitivityModelError(f"{path.name}: sha256 does not match the manifest (tampered or stale)")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(folder / files[precision]["path"]), options,
+                                       providers=["CPUExecutionProvider"])
+        tokenizer = Tokenizer.from_file(str(folder / files["tokenizer"]["path"]))
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        return cls(session, tokenizer, manifest, manifest["threshold"] if threshold is None else threshold, precision)
+
+    def token_probs(self, text: str, batch_size: int = 16) -> tuple[list[tuple[int, int]], np.ndarray]:
+        """(char offsets, [n_tokens, n_labels] probabilities) over the whole text.
+
+        The text is cut into windows of ``max_length`` tokens overlapping by ``stride``;
+        a token seen by several windows gets the mean of their probabilities.
+        """
+        m = self.manifest
+        enc = self.tokenizer.encode(text, add_special_tokens=False)
+        ids, offsets = enc.ids, [tuple(o) for o in enc.offsets]
+        n_labels = len(m["labels"])
+        if not ids:
+            return [], np.zeros((0, n_labels))
+        spans = windows(len(ids), m["max_length"] - 2, m["stride"])
+        total = np.zeros((len(ids), n_labels))
+        count = np.zeros((len(ids), 1))
+        cls_id, sep_id, pad_id = m["special"]["cls"], m["special"]["sep"], m["special"]["pad"]
+        for b in range(0, len(spans), batch_size):
+            chunk = spans[b:b + batch_size]
+            width = max(e - s for s, e in chunk) + 2
+            input_ids = np.full((len(chunk), width), pad_id, dtype=np.int64)
+            mask = np.zeros((len(chunk), width), dtype=np.int64)
+            for row, (s, e) in enumerate(chunk):
+                input_ids[row, :e - s + 2] = [cls_id, *ids[s:e], sep_id]
+                mask[row, :e - s + 2] = 1
+            logits = self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+            logits = logits - logits.max(axis=-1, keepdims=True)
+            probs = np.exp(logits)
+            probs /= probs.sum(axis=-1, keepdims=True)
+            for row, (s, e) in enumerate(chunk):
+                total[s:e] += probs[row, 1:e - s + 1]
+                count[s:e] += 1
+        return offsets, total / np.maximum(count, 1)
+
+    def model_spans(self, text: str) -> list[SensitiveSpan]:
+        offsets, probs = self.token_probs(text)
+        return spans_from_probs(offsets, probs, self.threshold, text) if offsets else []
+
+    def classify(self, text: str) -> tuple[str, list[SensitiveSpan]]:
+        """(``public``/``internal``/``secret``, sorted spans): the union of detectors and model."""
+        spans = union(detector_spans(text) + self.model_spans(text))
+        return doc_label(spans), spans
+
+    def redact(self, text: str) -> str:
+        """`text` with every sensitive span replaced by ``<SECRET>`` or ``<PII>``."""
+        _, spans = self.classify(text)
+        out, pos = [], 0
+        for s in spans:
+            out.append(text[pos:s.start])
+            out.append(f"<{s.kind}>")
+            pos = s.end
+        out.append(text[pos:])
+        return "".join(out)

