@@ -176,6 +176,26 @@ def test_argmax_gate_passes_and_fails_on_a_corrupted_model(exported, tmp_path) -
         check_agreement_gate("sensitivity fp32", stats, 1.0)
 
 
+def test_the_hybrid_router_keeps_what_the_model_flags_local(exported, tmp_path) -> None:
+    import shutil
+
+    from apex_models.hybrid import RoutingPolicy, decide
+    from apex_models.hybrid.sensitivity import ModelClassifier
+    from apex_models.sensitivity.classifier import SensitivityClassifier
+
+    folder = shutil.copytree(exported[0], tmp_path / "model")
+    text = "the staging login is opal-harbor-42 and the key AKIAQ3EGRXC7MKD2LBNP"
+    rules_only = ModelClassifier(SensitivityClassifier.load(folder, precision="fp32", threshold=1.01))
+    verdict = rules_only.classify(text)
+    assert [(text[s.start:s.end], s.kind, s.category) for s in verdict.spans] == [
+        ("AKIAQ3EGRXC7MKD2LBNP", "aws_access_key", "SECRET")]
+    eager = ModelClassifier(SensitivityClassifier.load(folder, precision="fp32", threshold=0.0))
+    quiet = "we moved the standup to ten"
+    assert eager.classify(quiet).label == "secret" and rules_only.classify(quiet).label == "public"
+    route = decide(RoutingPolicy(), eager.classify(quiet))
+    assert route.destination == "local" and "secret_model" in route.reason
+
+
 def test_runtime_classify_returns_spans_without_torch(exported) -> None:
     from apex_models.sensitivity.classifier import SensitivityClassifier, SensitivityModelError
 

@@ -2,11 +2,16 @@
 
 `DetectorClassifier` runs the same detectors that scrub training data (known key
 formats, private keys, connection strings, passwords in assignments, entropy, emails,
-IPs). `CombinedClassifier` adds a learned classifier's spans on top: the union of both,
-so the model can only add what the rules miss, never remove what they found.
+IPs). `ModelClassifier` wraps the exported sensitivity classifier (its ONNX token model
+and the same detectors, their spans united), and `CombinedClassifier` adds any other
+classifier's spans on top of the rules: a model can only add what the rules miss, never
+remove what they found.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 from apex_models.hybrid.policy import SensitivityClassifier, Span, Verdict
 from apex_models.sensitivity.detectors import PII_KINDS, find_sensitive
@@ -28,6 +33,28 @@ class DetectorClassifier:
         else:
             label = "public"
         return Verdict(label, spans)
+
+
+class ModelClassifier:
+    """The exported sensitivity classifier (apex_models.sensitivity.classifier) as a router input.
+
+    Its spans carry SECRET/PII and where they came from (a detector kind, or "model"); a
+    model-only span is named `secret_model` / `pii_model` in routing reasons.
+    """
+
+    def __init__(self, classifier: Any) -> None:
+        self.classifier = classifier
+
+    @classmethod
+    def load(cls, folder: str | Path, precision: str = "auto") -> "ModelClassifier":
+        from apex_models.sensitivity.classifier import SensitivityClassifier
+
+        return cls(SensitivityClassifier.load(folder, precision=precision))
+
+    def classify(self, text: str) -> Verdict:
+        label, spans = self.classifier.classify(text)
+        return Verdict(label, [Span(s.source if s.source != "model" else f"{s.kind.lower()}_model", s.start, s.end,
+                                    s.kind) for s in spans])
 
 
 class CombinedClassifier:
