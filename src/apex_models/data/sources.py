@@ -25,18 +25,16 @@ from typing import Any, Callable, Iterable, Iterator
 from apex_models.data.changelogs import debian_changelog_records
 from apex_models.data.conala import load_conala_pairs
 from apex_models.data.decontam import BENCHMARK_NAMES, BenchmarkTexts, Decontaminator, load_benchmark_texts
-from apex_models.data.dedup import Deduplicator, DedupStats
+from apex_models.data.dedup import Deduplicator
 from apex_models.data.docs import doc_records, fetch_debian_doc
 from apex_models.data.records import Skips, make_record, write_records
-from apex_models.data.scrub import scrub_record
 from apex_models.data.stackexchange import qa_records, site_from_path
 from apex_models.data.tldr import tldr_records
+from apex_models.data.transforms import Transforms, contamination, keep_outcomes, local_outcomes, new_stats  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 SOURCE_ORDER = ("stackexchange", "conala", "tldr", "docs")
-_FENCED = re.compile(r"```[^\n]*\n([\s\S]*?)\n```")
-MAX_CODE_BLOCKS_CHECKED = 20
 
 
 def _cfg(cfg: Any) -> dict[str, Any]:
@@ -113,56 +111,10 @@ def _readers(cfg: dict, shared: Path | None, raw_dir: Path, skips: dict[str, Ski
     return readers
 
 
-def _code_blocks(text: str) -> list[str]:
-    return _FENCED.findall(text or "")[:MAX_CODE_BLOCKS_CHECKED]
-
-
-def contamination(record: dict, deco: Decontaminator) -> str | None:
-    """Why a record overlaps a benchmark, or None.
-
-    The record's query-like field (question title, tldr description, CoNaLa intent,
-    section heading) and code field are checked as a pair; then every fenced code block
-    of the text is checked as code, since a benchmark snippet can sit inside an answer.
-    """
-    heading = " ".join(record.get("heading_path") or [])[-300:]
-    query = record.get("title") or record.get("query") or heading
-    reason = deco.is_contaminated(query or "", record.get("code") or "")
-    if reason:
-        return reason
-    for block in _code_blocks(record.get("text", "")):
-        reason = deco.is_contaminated("", block)
-        if reason:
-            return f"{reason}-in-text"
-    return None
-
-
-def _process(name: str, records: Iterable[dict], cfg: dict, deco: Decontaminator, dedup: Deduplicator | None,
-             stats: dict[str, Any], notice_fh) -> Iterator[dict]:
-    """The per-record chain for one source; fills `stats` as records flow through."""
-    from tqdm.auto import tqdm
-
-    scrub_counts: Counter = stats["scrub"]
-    decontaminated: Counter = stats["decontaminated"]
-    licenses: Counter = stats["licenses"]
-    dedup_stats: DedupStats = stats["_dedup"]
+def _with_notice(records: Iterable[dict], notice_fh) -> Iterator[dict]:
+    """Pass records through, writing each new attribution line to the NOTICE file."""
     last_attribution = None
-
-    def after_scrub() -> Iterator[dict]:
-        for record in tqdm(records, desc=f"ingest {name}", unit="rec", mininterval=5):
-            stats["read"] += 1
-            if cfg["scrub"]["enabled"]:
-                scrub_record(record, scrub_counts)
-            reason = contamination(record, deco)
-            if reason:
-                decontaminated[reason] += 1
-                continue
-            yield record
-
-    stream = after_scrub()
-    if dedup is not None:
-        stream = dedup.filter(stream, dedup_stats)
-    for record in stream:
-        licenses[record["license"]] += 1
+    for record in records:
         if record["attribution"] != last_attribution:
             notice_fh.write(record["attribution"] + "\n")
             last_attribution = record["attribution"]
@@ -182,6 +134,8 @@ def ingest_sources(cfg: Any, shared_dir: Path | None, out_dir: Path, raw_dir: Pa
     """
     import time
 
+    from tqdm.auto import tqdm
+
     started = time.perf_counter()
     cfg = _cfg(cfg)
     out_dir = Path(out_dir)
@@ -195,6 +149,14 @@ def ingest_sources(cfg: Any, shared_dir: Path | None, out_dir: Path, raw_dir: Pa
     bench = load_benchmark_texts(shared, names) if shared else BenchmarkTexts(missing=names)
     deco = Decontaminator(bench)
     dedup = Deduplicator(cfg["dedup"]["threshold"], cfg["dedup"]["num_perm"]) if cfg["dedup"]["enabled"] else None
+    transforms = Transforms(deco, scrub=cfg["scrub"]["enabled"], license_allowlist=cfg.get("license_allowlist"),
+                            dedup_num_perm=cfg["dedup"]["num_perm"] if dedup is not None else None)
+    engine = cfg.get("engine", "local")
+    if engine == "ray":
+        from apex_models.data.ray_engine import start_ray
+
+        ray_cfg = cfg.get("ray") or {}
+        start_ray(ray_cfg.get("address"), ray_cfg.get("num_cpus"))
     skips = {name: Skips() for name in SOURCE_ORDER}
     readers = _readers(cfg, shared, raw_dir, skips)
     cap = cfg.get("max_records_per_source")
@@ -210,16 +172,24 @@ def ingest_sources(cfg: Any, shared_dir: Path | None, out_dir: Path, raw_dir: Pa
                 per_source[name] = {"enabled": False}
                 continue
             notice.write(f"\n== {name} ==\n")
-            stats: dict[str, Any] = {"read": 0, "scrub": Counter(), "decontaminated": Counter(),
-                                     "licenses": Counter(), "_dedup": DedupStats()}
+            stats = new_stats()
             source_started = time.perf_counter()
             stream = readers[name]()
             if cap:
                 stream = itertools.islice(stream, cap)
-            written = write_records(_process(name, stream, cfg, deco, dedup, stats, notice), out_dir / f"{name}.jsonl")
+            stream = tqdm(stream, desc=f"ingest {name} ({engine})", unit="rec", mininterval=5)
+            if engine == "ray":
+                from apex_models.data.ray_engine import ray_outcomes
+
+                outcomes = ray_outcomes(stream, transforms, ray_cfg.get("window", 20000), ray_cfg.get("batch_size", 256))
+            else:
+                outcomes = local_outcomes(stream, transforms)
+            kept = _with_notice(keep_outcomes(outcomes, dedup, stats), notice)
+            written = write_records(kept, out_dir / f"{name}.jsonl")
             per_source[name] = {
                 "enabled": True, "written": written, "read": stats["read"],
                 "licenses": dict(sorted(stats["licenses"].items())),
+                "license_excluded": dict(sorted(stats["license_excluded"].items())),
                 "scrub": dict(sorted(stats["scrub"].items())),
                 "decontaminated": dict(sorted(stats["decontaminated"].items())),
                 "dedup": stats["_dedup"].as_dict() if dedup is not None else None,
@@ -241,11 +211,13 @@ def ingest_sources(cfg: Any, shared_dir: Path | None, out_dir: Path, raw_dir: Pa
         "benchmarks_missing": list(bench.missing),
         "shared_found": shared is not None,
         "setup_seconds": round(setup_seconds, 2),
+        "engine": engine,
         "config": cfg,
         "totals": {
             "written": sum(i["written"] for i in enabled.values()),
             "read": sum(i["read"] for i in enabled.values()),
             "decontaminated": sum(sum(i["decontaminated"].values()) for i in enabled.values()),
+            "license_excluded": sum(sum(i["license_excluded"].values()) for i in enabled.values()),
             "duplicates": sum((i["dedup"] or {}).get("exact_duplicates", 0) + (i["dedup"] or {}).get("near_duplicates", 0)
                               for i in enabled.values()),
             "scrub": dict(sorted(scrub_total.items())),
