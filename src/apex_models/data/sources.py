@@ -28,13 +28,14 @@ from apex_models.data.decontam import BENCHMARK_NAMES, BenchmarkTexts, Decontami
 from apex_models.data.dedup import Deduplicator
 from apex_models.data.docs import doc_records, fetch_debian_doc
 from apex_models.data.records import Skips, make_record, write_records
+from apex_models.data.repos import repo_records
 from apex_models.data.stackexchange import qa_records, site_from_path
 from apex_models.data.tldr import tldr_records
 from apex_models.data.transforms import Transforms, contamination, keep_outcomes, local_outcomes, new_stats  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-SOURCE_ORDER = ("stackexchange", "conala", "tldr", "docs")
+SOURCE_ORDER = ("stackexchange", "conala", "tldr", "docs", "repos")
 
 
 def _cfg(cfg: Any) -> dict[str, Any]:
@@ -108,6 +109,15 @@ def _readers(cfg: dict, shared: Path | None, raw_dir: Path, skips: dict[str, Ski
                 yield from debian_changelog_records(root, license, f"{package} Debian changelog, {license}",
                                                     skips=skips["docs"])
         readers["docs"] = do
+    if cfg.get("repos", {}).get("enabled"):
+        def rp() -> Iterator[dict]:
+            repos = cfg["repos"]
+            if not repos["repos"]:
+                skips["repos"].add("no_input", "data.sources.repos.repos is empty")
+            for spec in repos["repos"]:
+                yield from repo_records(spec, raw_dir.parent / "repos", repos["extensions"],
+                                        repos["max_files_per_repo"], repos["max_file_bytes"], skips["repos"])
+        readers["repos"] = rp
     return readers
 
 
@@ -236,6 +246,8 @@ _DESCRIPTIONS = {
     "tldr": "tldr-pages examples: task description -> shell command, placeholders kept (CC BY 4.0)",
     "docs": "Documentation sections with their heading path, and the packages' Debian changelogs as "
             "(version, changes) records (Debian *-doc packages)",
+    "repos": "Source files of local folders, git repositories (cloned --depth 1) or Hugging Face datasets, "
+             ".gitignore honoured, licence from the repository's LICENSE file",
 }
 
 

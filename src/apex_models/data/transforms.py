@@ -43,12 +43,13 @@ def contamination(record: dict, deco: Decontaminator) -> str | None:
     """Why a record overlaps a benchmark, or None.
 
     The record's query-like field (question title, tldr description, CoNaLa intent,
-    section heading) and code field are checked as a pair; then every fenced code block
+    section heading) and code field (the whole text of a ``code`` record) are checked as a pair; then every fenced code block
     of the text is checked as code, since a benchmark snippet can sit inside an answer.
     """
     heading = " ".join(record.get("heading_path") or [])[-300:]
     query = record.get("title") or record.get("query") or heading
-    reason = deco.is_contaminated(query or "", record.get("code") or "")
+    code = record.get("code") or (record.get("text") if record.get("kind") == "code" else "")
+    reason = deco.is_contaminated(query or "", code or "")
     if reason:
         return reason
     for block in _code_blocks(record.get("text", "")):
