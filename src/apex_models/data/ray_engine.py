@@ -35,14 +35,30 @@ _WORKER_CACHE: dict[str, Transforms] = {}
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to `address` (a real cluster) or start a local one; no-op when already up."""
+    """Connect to `address` (a real cluster) or start a local one; no-op when already up.
+
+    The workers must import this very package, not whatever copy their Python finds: a
+    local cluster gets the driver's package folder first on PYTHONPATH; a remote one gets
+    the package uploaded as a ``py_modules`` runtime environment.
+    """
+    import os
+    from pathlib import Path
+
     import ray
+
+    import apex_models
 
     if ray.is_initialized():
         return
+    package = Path(apex_models.__file__).resolve().parent
+    if address:
+        runtime_env = {"py_modules": [str(package)]}
+    else:
+        paths = [str(package.parent)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
     log.info("starting Ray (%s)", address or f"local, num_cpus={num_cpus}")
     ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-             log_to_driver=False, ignore_reinit_error=True)
+             log_to_driver=False, ignore_reinit_error=True, runtime_env=runtime_env)
 
 
 def _transforms(holder: list) -> Transforms:
