@@ -84,7 +84,10 @@ def test_ingest_sources_end_to_end(shared: Path, tmp_path: Path) -> None:
     assert report["sources"]["docs"] == {"enabled": False}
     notice = (out / "NOTICE").read_text()
     assert "dev.stackexchange.com question 1 by user 10" in notice and "tldr-pages, pages/common/tar.md" in notice
-    assert (out / "README.md").read_text().startswith("# Text corpora")
+    card = (out / "README.md").read_text()
+    assert card.startswith("# Text corpora")
+    assert "| stackexchange | 3 | 5 | 0 | 1 | 1 (25.00%) | 0 (0.00%) | 3 |" in card
+    assert "| stackexchange | email 1, github_token 1 | exact-query 1 | malformed_xml 1, unanswered 2 |" in card
     assert json.loads((out / "report.json").read_text())["totals"]["written"] == 6
     for record in se + conala:
         assert {"text", "kind", "source", "url", "path", "license", "attribution", "sha256", "language"} <= set(record)
@@ -126,7 +129,9 @@ def test_record_cap_and_tiny_profile() -> None:
     tiny = validate(compose("tiny")).data.sources
     default = validate(compose("default")).data.sources
     assert tiny.max_records_per_source and default.max_records_per_source is None
-    assert default.docs.enabled is False and default.docs.package_licenses["python3.11-doc"] == "PSF-2.0"
+    assert tiny.docs.enabled is False  # the tiny DAG never reaches apt
+    assert default.docs.enabled is True and default.docs.package_licenses["python3.11-doc"] == "PSF-2.0"
+    assert default.engine == "local" and "CC-BY-SA-*" in default.license_allowlist
 
 
 def test_real_shared_sources_small(shared_dir: Path, tmp_path: Path) -> None:

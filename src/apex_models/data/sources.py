@@ -251,36 +251,68 @@ _DESCRIPTIONS = {
 }
 
 
+def _counts(counter: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counter.items()) or "-"
+
+
 def dataset_card(report: dict) -> str:
-    """The README.md of the ingested text corpora: what, how much, licences, processing."""
+    """The README.md of the ingested text corpora: what, how much, licences, processing.
+
+    Every figure comes from the stage's report, so the card cannot drift from the data.
+    There are no splits here: the task datasets built from these records split them by
+    source unit (package, site, page) and say so in their own cards.
+    """
+    enabled = {k: v for k, v in report["sources"].items() if v.get("enabled")}
     lines = ["# Text corpora (ingest_sources)", "",
              "Normalised records (`text`, `kind`, `source`, `url`, `path`, `license`, `attribution`, "
-             "`sha256`, `language`, plus per-source fields), one JSONL file per source.", "",
-             "| source | records | read | licences | decontaminated | duplicates |",
-             "| --- | ---: | ---: | --- | ---: | ---: |"]
+             "`sha256`, `language`, plus per-source fields), one JSONL file per source. "
+             f"Engine: {report.get('engine', 'local')}. Unsplit: the task datasets built from these "
+             "records split them by source unit.", "",
+             "| source | records | read | licence excluded | decontaminated | exact dup. | near dup. | skipped inputs |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, info in report["sources"].items():
         if not info.get("enabled"):
-            lines.append(f"| {name} | disabled | | | | |")
+            lines.append(f"| {name} | disabled | | | | | | |")
             continue
         dd = info["dedup"] or {}
-        lics = ", ".join(f"{k} ({v})" for k, v in info["licenses"].items()) or "-"
-        lines.append(f"| {name} | {info['written']} | {info['read']} | {lics} | "
-                     f"{sum(info['decontaminated'].values())} | "
-                     f"{dd.get('exact_duplicates', 0) + dd.get('near_duplicates', 0)} |")
+        lines.append(f"| {name} | {info['written']} | {info['read']} | {sum(info.get('license_excluded', {}).values())} | "
+                     f"{sum(info['decontaminated'].values())} | {dd.get('exact_duplicates', 0)} "
+                     f"({dd.get('exact_rate', 0):.2%}) | {dd.get('near_duplicates', 0)} ({dd.get('near_rate', 0):.2%}) | "
+                     f"{sum(info['skipped']['counts'].values())} |")
+    t = report["totals"]
+    lines.append(f"| **total** | {t['written']} | {t['read']} | {t.get('license_excluded', 0)} | {t['decontaminated']} | "
+                 f"{t['duplicates']} (exact + near) | | {sum(t['skipped'].values())} |")
     lines += ["", "## Sources", ""]
-    lines += [f"- **{name}**: {_DESCRIPTIONS[name]}" for name in report["sources"] if report["sources"][name].get("enabled")]
+    lines += [f"- **{name}**: {_DESCRIPTIONS[name]}" for name in enabled]
+    lines += ["", "## Licences (records written)", "", "| source | licence | records |", "| --- | --- | ---: |"]
+    lines += [f"| {name} | {lic} | {n} |" for name, info in enabled.items() for lic, n in info["licenses"].items()]
+    excluded = {(name, lic): n for name, info in enabled.items() for lic, n in info.get("license_excluded", {}).items()}
+    if excluded:
+        lines += ["", "Excluded by the licence allowlist: "
+                  + "; ".join(f"{name}: {lic} ({n})" for (name, lic), n in excluded.items()) + "."]
+    lines += ["", "## Scrubbing, decontamination, skipped inputs per source", "",
+              "| source | scrubbed (by kind) | decontaminated (by reason) | skipped (by reason) |",
+              "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {_counts(info['scrub'])} | {_counts(info['decontaminated'])} | "
+              f"{_counts(info['skipped']['counts'])} |" for name, info in enabled.items()]
     scrub = report["totals"]["scrub"]
+    allow = report["config"].get("license_allowlist")
     lines += ["", "## Processing", "",
-              "1. **Scrubbing**: secrets and personal data replaced by typed placeholders "
+              ("1. **Licence filter**: a record whose SPDX expression is not allowed by "
+               "`data.sources.license_allowlist` (" + ", ".join(allow) + ") is dropped; unknown means dropped."
+               if allow else "1. **Licence filter**: none configured; each reader's licence is kept."),
+              "2. **Scrubbing**: secrets and personal data replaced by typed placeholders "
               "(`<SECRET:kind>`, `<PII:kind>`) before anything is written: "
               + (", ".join(f"{k} {v}" for k, v in scrub.items()) or "none found") + ".",
-              "2. **Decontamination** against the held-out benchmarks ("
+              "3. **Decontamination** against the held-out benchmarks ("
               + ", ".join(report["benchmarks"]) + "): exact and near matches of queries/titles and of code "
               "(including code blocks inside answers) are removed."
               + (f" Missing benchmarks (not checked): {', '.join(report['benchmarks_missing'])}."
                  if report["benchmarks_missing"] else ""),
-              "3. **Deduplication**: exact (normalised-text sha256) then near (MinHash LSH), across sources, "
-              "first occurrence kept.", "",
+              "4. **Deduplication**: exact (normalised-text sha256) then near (MinHash LSH, Jaccard >= "
+              f"{report['config']['dedup']['threshold']} over word 5-shingles), across sources, first occurrence kept.",
+              "",
               "Skipped inputs (malformed, truncated, binary, oversized, links) are counted with reasons "
-              "in `report.json`. Attribution for every record is in `NOTICE` and in the record itself.", ""]
+              "and examples in `report.json`. Attribution for every record is in `NOTICE` and in the record itself.",
+              ""]
     return "\n".join(lines)
