@@ -43,13 +43,34 @@ def _cfg(cfg: Any) -> dict[str, Any]:
     return cfg.model_dump() if hasattr(cfg, "model_dump") else dict(cfg)
 
 
-def stackexchange_inputs(folder: Path) -> list[Path]:
-    """Site dumps in a folder: ``*.xml`` files, ``*.7z`` archives, sub-folders holding Posts.xml."""
+def stackexchange_inputs(folder: Path, skips: Skips | None = None) -> list[Path]:
+    """Site dumps in a folder: ``*.xml`` files, ``*.7z`` archives, sub-folders holding Posts.xml.
+
+    A link is followed when it resolves; a link loop or a dangling link, and a sub-folder
+    without a readable Posts.xml, are skipped and counted in `skips` instead of raising.
+    """
+    skips = skips if skips is not None else Skips()
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir()
-             if (p.is_file() and p.suffix in (".xml", ".7z")) or (p.is_dir() and (p / "Posts.xml").is_file())]
-    return sorted(found)
+    found = []
+    for p in sorted(folder.iterdir()):
+        try:
+            p.resolve(strict=True)
+            if p.is_dir():
+                (p / "Posts.xml").resolve(strict=True)
+        except RuntimeError as exc:  # pathlib reports a symlink loop this way
+            skips.add("symlink_loop", p.name, str(exc))
+            continue
+        except OSError as exc:
+            reason = "symlink_loop" if "loop" in str(exc).lower() or getattr(exc, "errno", 0) == 40 else (
+                "no_posts_xml" if p.is_dir() else "broken_link")
+            skips.add(reason, p.name, str(exc))
+            continue
+        if (p.is_file() and p.suffix in (".xml", ".7z")) or (p.is_dir() and (p / "Posts.xml").is_file()):
+            found.append(p)
+        elif p.is_dir():
+            skips.add("no_posts_xml", p.name)
+    return found
 
 
 def conala_records(shared_dir: Path) -> Iterator[dict[str, Any]]:
@@ -68,7 +89,7 @@ def _readers(cfg: dict, shared: Path | None, raw_dir: Path, skips: dict[str, Ski
     readers: dict[str, Callable[[], Iterator[dict]]] = {}
     if cfg["stackexchange"]["enabled"]:
         def se() -> Iterator[dict]:
-            inputs = stackexchange_inputs(shared / "corpora" / "stackexchange") if shared else []
+            inputs = stackexchange_inputs(shared / "corpora" / "stackexchange", skips["stackexchange"]) if shared else []
             if not inputs:
                 skips["stackexchange"].add("no_input", "corpora/stackexchange")
             for path in inputs:
