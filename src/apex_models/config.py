@@ -77,6 +77,7 @@ class DocsSourceConfig(_Strict):
     enabled: bool
     debian_packages: list[str] = Field(default_factory=list)
     package_licenses: dict[str, str] = Field(default_factory=dict)   # a package without one is skipped
+    sdist_packages: list[str] = Field(default_factory=list)         # pinned specs: README, docs/, CHANGES of each sdist
     max_file_bytes: int = Field(gt=0)
     min_section_chars: int = Field(ge=0)
 

@@ -29,6 +29,7 @@ from apex_models.data.dedup import Deduplicator
 from apex_models.data.docs import doc_records, fetch_debian_doc
 from apex_models.data.records import Skips, make_record, write_records
 from apex_models.data.repos import repo_records
+from apex_models.data.sdist_docs import download_sdist, sdist_doc_records
 from apex_models.data.stackexchange import qa_records, site_from_path
 from apex_models.data.tldr import tldr_records
 from apex_models.data.transforms import Transforms, contamination, keep_outcomes, local_outcomes, new_stats  # noqa: F401
@@ -129,6 +130,13 @@ def _readers(cfg: dict, shared: Path | None, raw_dir: Path, skips: dict[str, Ski
                 # The package's changelog.Debian.gz: (version, changes) records beside the docs.
                 yield from debian_changelog_records(root, license, f"{package} Debian changelog, {license}",
                                                     skips=skips["docs"])
+            for spec in docs.get("sdist_packages") or []:
+                archive = download_sdist(spec, raw_dir.parent / "sdist")
+                if archive is None:
+                    skips["docs"].add("fetch_failed", spec, "pip download --no-binary failed; see the log")
+                    continue
+                yield from sdist_doc_records(archive, docs["max_file_bytes"], docs["min_section_chars"],
+                                             skips=skips["docs"])
         readers["docs"] = do
     if cfg.get("repos", {}).get("enabled"):
         def rp() -> Iterator[dict]:
@@ -265,8 +273,9 @@ _DESCRIPTIONS = {
                      "(data dump Posts.xml; per-row CC BY-SA licence)",
     "conala": "CoNaLa curated training pairs: Stack Overflow question intents -> Python snippets (CC BY-SA)",
     "tldr": "tldr-pages examples: task description -> shell command, placeholders kept (CC BY 4.0)",
-    "docs": "Documentation sections with their heading path, and the packages' Debian changelogs as "
-            "(version, changes) records (Debian *-doc packages)",
+    "docs": "Documentation sections with their heading path, and changelogs as (version, changes) records: "
+            "Debian *-doc packages (with changelog.Debian.gz) and the README, docs/ and CHANGES files of "
+            "pinned sdists",
     "repos": "Source files of local folders, git repositories (cloned --depth 1) or Hugging Face datasets, "
              ".gitignore honoured, licence from the repository's LICENSE file",
 }
