@@ -1,10 +1,13 @@
-"""Ingest the text corpora: read every enabled source, scrub, decontaminate, dedup, write.
+"""Ingest the text corpora: read every enabled source, licence-filter, scrub, decontaminate, dedup, write.
 
-One pass per source, streamed end to end (reader -> scrub -> decontaminate -> dedup ->
-JSONL), so the size of a source never decides the memory of the stage. The order is
-deliberate: scrubbing comes first so that nothing downstream, not even a log line or
-the report's examples, holds a secret; decontamination comes before dedup so that a
-benchmark copy is reported as contamination rather than as a duplicate.
+One pass per source, streamed end to end (reader -> licence filter -> scrub ->
+decontaminate -> dedup -> JSONL), so the size of a source never decides the memory of
+the stage. The order is deliberate: scrubbing comes before anything is kept so that
+nothing downstream, not even a log line or the report's examples, holds a secret;
+decontamination comes before dedup so that a benchmark copy is reported as
+contamination rather than as a duplicate. The per-record chain lives in
+:mod:`apex_models.data.transforms`; ``engine: ray`` runs it on Ray Data
+(:mod:`apex_models.data.ray_engine`) with the same result.
 
 Outputs in ``out_dir``: ``<source>.jsonl`` per enabled source (records, see
 :mod:`apex_models.data.records`), ``report.json``, ``NOTICE`` (every attribution line)
@@ -17,7 +20,6 @@ import itertools
 import json
 import logging
 import os
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -32,7 +34,7 @@ from apex_models.data.repos import repo_records
 from apex_models.data.sdist_docs import download_sdist, sdist_doc_records
 from apex_models.data.stackexchange import qa_records, site_from_path
 from apex_models.data.tldr import tldr_records
-from apex_models.data.transforms import Transforms, contamination, keep_outcomes, local_outcomes, new_stats  # noqa: F401
+from apex_models.data.transforms import Transforms, keep_outcomes, local_outcomes, new_stats
 
 log = logging.getLogger(__name__)
 
