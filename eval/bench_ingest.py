@@ -1,14 +1,18 @@
-"""Benchmark (not a test): ingest throughput per source and peak memory on a large dump.
+"""Benchmark (not a test): ingest records/s per source, engine local vs engine ray, one run.
 
-A synthetic Stack Exchange ``Posts.xml`` of ``--mb`` megabytes (default 200) is streamed
-to a temporary folder, then each measurement runs in a fresh process so its peak RSS
-(``resource.getrusage``) is its own: parsing the dump alone, the whole
-``ingest_sources`` chain (join, HTML to text, scrub, decontaminate, dedup, write) on it,
-and the same chain on the real tldr and CoNaLa corpora when the shared folder is there.
-Bounded memory shows as a peak RSS far below the dump's size.
+A synthetic Stack Exchange ``Posts.xml`` of ``--mb`` megabytes (default 20) is written
+to a temporary folder; then for each source (that dump, and the real tldr and CoNaLa
+corpora when the shared folder is there; Debian docs with ``--docs``, fetched once
+with apt) and each engine in ``--engines``, the whole ``ingest_sources`` chain (reader,
+licence filter, scrub, decontaminate, dedup, write) runs in a fresh process, so its
+peak RSS (``resource.getrusage``) and start-up are its own. ``records_per_s`` counts the
+source's own pass (benchmark loading and Ray start-up excluded; both are reported);
+``ray_over_local`` is the speed ratio measured in the same run. A parse-only pass over
+the dump gives the reader's ceiling. Peak memory against input size is
+eval/bench_ingest_memory.py.
 
-    python eval/bench_ingest.py                 # 200 MB synthetic dump
-    python eval/bench_ingest.py --mb 20         # quicker
+    python eval/bench_ingest.py                          # 20 MB dump, local and ray
+    python eval/bench_ingest.py --engines local --mb 5   # quicker
 
 Writes eval/results/ingest-throughput.json.
 """
@@ -55,7 +59,8 @@ def _parse(path: str) -> dict:
             "mb_per_s": round(Path(path).stat().st_size / 2**20 / seconds, 2), "peak_rss_mb": _peak_rss_mb()}
 
 
-def _ingest(source: str, shared: str, out: str, benchmarks: list[str]) -> dict:
+def _ingest(source: str, shared: str, out: str, benchmarks: list[str], engine: str = "local",
+            raw_dir: str | None = None) -> dict:
     import logging
 
     from apex_models.config import compose, validate
@@ -63,13 +68,23 @@ def _ingest(source: str, shared: str, out: str, benchmarks: list[str]) -> dict:
 
     logging.basicConfig(level=logging.WARNING)
     cfg = validate(compose("default")).data.sources.model_dump()
-    for name in ("stackexchange", "tldr", "conala", "docs"):
+    for name in ("stackexchange", "tldr", "conala", "docs", "repos"):
         cfg[name]["enabled"] = name == source
+    cfg["engine"] = engine
+    ray_seconds = None
+    if engine == "ray":
+        from apex_models.data.ray_engine import start_ray
+
+        started = time.perf_counter()
+        start_ray(cfg["ray"]["address"], cfg["ray"]["num_cpus"])
+        ray_seconds = round(time.perf_counter() - started, 2)
     started = time.perf_counter()
-    report = ingest_sources(cfg, Path(shared), Path(out), benchmarks=benchmarks)
+    report = ingest_sources(cfg, Path(shared), Path(out), raw_dir=Path(raw_dir) if raw_dir else None,
+                            benchmarks=benchmarks)
     seconds = time.perf_counter() - started
     info = report["sources"][source]
-    return {"read": info["read"], "written": info["written"], "seconds": round(seconds, 2),
+    return {"engine": engine, "read": info["read"], "written": info["written"], "seconds": round(seconds, 2),
+            "ray_start_seconds": ray_seconds,
             "setup_seconds": report["setup_seconds"], "source_seconds": info["seconds"],
             # records read per second of the source's own pass (benchmark loading excluded)
             "records_per_s": round(info["read"] / max(info["seconds"], 1e-9), 1),
@@ -88,15 +103,18 @@ def main() -> None:
     from apex_models.evaluation.results import write_result
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mb", type=float, default=200.0, help="size of the synthetic Posts.xml (MB)")
+    parser.add_argument("--mb", type=float, default=20.0, help="size of the synthetic Posts.xml (MB)")
+    parser.add_argument("--engines", default="local,ray", help="engines to compare, comma-separated")
+    parser.add_argument("--docs", action="store_true", help="also the Debian docs source (apt-get download once)")
     parser.add_argument("--out", type=Path, default=REPO / "eval" / "results" / "ingest-throughput.json")
     args = parser.parse_args()
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     real_shared = Path(os.environ.get("APEX_SHARED", REPO.parent / "shared"))
     benchmarks = ["cosqa", "conala", "intent", "qa"]
 
     from apex_models.data.stackexchange import write_synthetic_dump
 
-    results: dict = {}
+    results: dict = {"sources": {}}
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         shared = Path(tmp) / "shared"
         se = shared / "corpora" / "stackexchange"
@@ -112,19 +130,29 @@ def main() -> None:
         results["baseline_imports"] = _in_child(_baseline)
         results["stackexchange_parse_only"] = _in_child(_parse, str(dump))
         print("parse", json.dumps(results["stackexchange_parse_only"]), file=sys.stderr)
-        results["stackexchange_ingest"] = _in_child(_ingest, "stackexchange", str(shared), str(Path(tmp) / "out"),
-                                                    benchmarks)
-        se_run = results["stackexchange_ingest"]
-        se_run["input_mb_per_s"] = round(size / 2**20 / se_run["source_seconds"], 2)
-        print("ingest stackexchange", json.dumps(se_run), file=sys.stderr)
+        runs = [("stackexchange", shared)]
         if real_shared.is_dir():
-            for source in ("tldr", "conala"):
-                results[f"{source}_ingest"] = _in_child(_ingest, source, str(real_shared),
-                                                        str(Path(tmp) / f"out-{source}"), benchmarks)
-                print(f"ingest {source}", json.dumps(results[f"{source}_ingest"]), file=sys.stderr)
+            runs += [("tldr", real_shared), ("conala", real_shared)]
+            if args.docs:
+                runs.append(("docs", real_shared))
+        for source, root in runs:
+            per_engine = {}
+            for engine in engines:
+                run = _in_child(_ingest, source, str(root), str(Path(tmp) / f"out-{source}-{engine}"), benchmarks,
+                                engine, str(Path(tmp) / "raw" / "debian"))
+                if source == "stackexchange":
+                    run["input_mb_per_s"] = round(size / 2**20 / run["source_seconds"], 2)
+                per_engine[engine] = run
+                print(f"ingest {source} {engine}", json.dumps(run), file=sys.stderr)
+            if "local" in per_engine and "ray" in per_engine:
+                per_engine["ray_over_local"] = round(per_engine["ray"]["records_per_s"]
+                                                     / per_engine["local"]["records_per_s"], 2)
+                per_engine["same_output"] = all(per_engine["ray"][k] == per_engine["local"][k]
+                                                for k in ("read", "written", "scrub", "dedup", "decontaminated"))
+            results["sources"][source] = per_engine
     cmd = "python eval/bench_ingest.py " + " ".join(sys.argv[1:])
-    write_result(args.out, "ingest throughput and peak memory", results, command=cmd.strip(),
-                 extra={"synthetic_mb": args.mb})
+    write_result(args.out, "ingest throughput per source, engine local vs ray", results, command=cmd.strip(),
+                 extra={"synthetic_mb": args.mb, "engines": engines})
     print(json.dumps(results, indent=2))
 
 

@@ -111,3 +111,12 @@ def test_is_allowed_expressions():
     assert is_allowed("Apache-2.0 WITH LLVM-exception", ALLOW)
     assert not is_allowed("", ALLOW)
     assert not is_allowed("Some custom licence", ALLOW)
+
+
+def test_is_allowed_prefix_patterns():
+    text = ["MIT", "CC-BY-*", "CC-BY-SA-*"]
+    assert is_allowed("CC-BY-SA-3.0 AND CC-BY-SA-4.0", text)
+    assert is_allowed("cc-by-4.0", text)
+    assert not is_allowed("CC-BY-NC-4.0", ["CC-BY-SA-*"])
+    assert not is_allowed("CC-BY-NC-SA-4.0", ["MIT", "CC-BY-SA-*"])
+    assert not is_allowed("GPL-3.0-only", text)

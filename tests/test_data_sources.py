@@ -84,7 +84,10 @@ def test_ingest_sources_end_to_end(shared: Path, tmp_path: Path) -> None:
     assert report["sources"]["docs"] == {"enabled": False}
     notice = (out / "NOTICE").read_text()
     assert "dev.stackexchange.com question 1 by user 10" in notice and "tldr-pages, pages/common/tar.md" in notice
-    assert (out / "README.md").read_text().startswith("# Text corpora")
+    card = (out / "README.md").read_text()
+    assert card.startswith("# Text corpora")
+    assert "| stackexchange | 3 | 5 | 0 | 1 | 1 (25.00%) | 0 (0.00%) | 3 |" in card
+    assert "| stackexchange | email 1, github_token 1 | exact-query 1 | malformed_xml 1, unanswered 2 |" in card
     assert json.loads((out / "report.json").read_text())["totals"]["written"] == 6
     for record in se + conala:
         assert {"text", "kind", "source", "url", "path", "license", "attribution", "sha256", "language"} <= set(record)
@@ -126,7 +129,9 @@ def test_record_cap_and_tiny_profile() -> None:
     tiny = validate(compose("tiny")).data.sources
     default = validate(compose("default")).data.sources
     assert tiny.max_records_per_source and default.max_records_per_source is None
-    assert default.docs.enabled is False and default.docs.package_licenses["python3.11-doc"] == "PSF-2.0"
+    assert tiny.docs.enabled is False  # the tiny DAG never reaches apt
+    assert default.docs.enabled is True and default.docs.package_licenses["python3.11-doc"] == "PSF-2.0"
+    assert default.engine == "local" and "CC-BY-SA-*" in default.license_allowlist
 
 
 def test_real_shared_sources_small(shared_dir: Path, tmp_path: Path) -> None:
@@ -134,3 +139,35 @@ def test_real_shared_sources_small(shared_dir: Path, tmp_path: Path) -> None:
     report = ingest_sources(cfg, shared_dir, tmp_path / "out", benchmarks=["conala"])
     for name in ("stackexchange", "conala", "tldr"):
         assert report["sources"][name]["written"] > 20
+
+
+def test_bad_inputs_never_stop_the_stage(shared: Path, tmp_path: Path) -> None:
+    """Each damaged input is skipped with its reason in the stage report; the good ones still land."""
+    py7zr = pytest.importorskip("py7zr")
+    se = shared / "corpora" / "stackexchange"
+    archive = tmp_path / "whole.7z"
+    with py7zr.SevenZipFile(archive, "w") as z:
+        z.writestr(posts_xml(ROWS), "Posts.xml")
+    (se / "cut.stackexchange.com.7z").write_bytes(archive.read_bytes()[:60])           # truncated .7z
+    (se / "png.stackexchange.com-Posts.xml").write_bytes(b"\x89PNG\r\n\x1a\n\x00" * 50)  # binary
+    (se / "latin.stackexchange.com-Posts.xml").write_bytes(                             # not UTF-8
+        posts_xml(ROWS[:2]).replace("reverse", "r\xe9verse").encode("latin-1"))
+    loop = se / "loop.stackexchange.com"
+    loop.mkdir()
+    os.symlink(loop / "Posts.xml", loop / "Posts.xml")                                  # a symlink loop
+    tldr = shared / "corpora" / "tldr" / "tldr-pages-en.tar.gz"
+    pages = {f"pages/common/p{i}.md": (PAGE.replace("tar", f"tar{i}") + "x" * 3000).encode() for i in range(40)}
+    make_tldr(tldr, pages)
+    tldr.write_bytes(tldr.read_bytes()[: tldr.stat().st_size // 2])                    # truncated .tar.gz
+
+    report = ingest_sources(config(), shared, tmp_path / "out", raw_dir=tmp_path / "raw")
+    se_info, tldr_info = report["sources"]["stackexchange"], report["sources"]["tldr"]
+    assert se_info["written"] == 3  # the good dump's records, as without the damaged neighbours
+    assert se_info["skipped"]["counts"]["bad_archive"] == 1
+    assert se_info["skipped"]["counts"]["malformed_xml"] == 1 + 2  # the cut mirror, the binary, the latin-1 file
+    reasons = {e["input"]: e["reason"] for e in se_info["skipped"]["examples"]}
+    assert reasons["cut.stackexchange.com.7z"] == "bad_archive"
+    assert reasons["loop.stackexchange.com"] == "symlink_loop" and se_info["skipped"]["counts"]["symlink_loop"] == 1
+    assert report["totals"]["skipped"]["bad_archive"] == 2  # and the tldr archive
+    assert tldr_info["skipped"]["counts"]["bad_archive"] == 1 and 0 < tldr_info["written"] < 40
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["totals"] == report["totals"]

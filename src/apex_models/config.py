@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
@@ -77,6 +77,7 @@ class DocsSourceConfig(_Strict):
     enabled: bool
     debian_packages: list[str] = Field(default_factory=list)
     package_licenses: dict[str, str] = Field(default_factory=dict)   # a package without one is skipped
+    sdist_packages: list[str] = Field(default_factory=list)         # pinned specs: README, docs/, CHANGES of each sdist
     max_file_bytes: int = Field(gt=0)
     min_section_chars: int = Field(ge=0)
 
@@ -87,11 +88,53 @@ class DedupConfig(_Strict):
     num_perm: int = Field(ge=16)
 
 
+class RepoSpec(_Strict):
+    """One code source: exactly one of a local folder or git checkout (`path`), a git URL
+    (`git`, cloned with --depth 1) or a Hugging Face dataset id (`hf_dataset`, streamed)."""
+
+    path: str | None = None
+    git: str | None = None
+    ref: str | None = None                 # branch or tag for `git`
+    hf_dataset: str | None = None
+    hf_config: str | None = None
+    split: str = "train"
+    text_field: str = "content"            # the dataset's code column
+    path_field: str | None = "path"        # its file-path column, if any
+    license_field: str | None = "license"  # its per-row licence column, if any
+    license: str | None = None             # SPDX override; else the repository's LICENSE file
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "RepoSpec":
+        given = [k for k in ("path", "git", "hf_dataset") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"a code source names exactly one of path, git, hf_dataset (got {given or 'none'})")
+        return self
+
+
+class RepoSourcesConfig(_Strict):
+    enabled: bool
+    repos: list[RepoSpec] = Field(default_factory=list)
+    extensions: list[str] = Field(default_factory=lambda: [".py"])
+    max_files_per_repo: int = Field(gt=0)
+    max_file_bytes: int = Field(gt=0)
+
+
+class RayEngineConfig(_Strict):
+    address: str | None = None             # None: start a local cluster
+    num_cpus: int | None = Field(default=None, gt=0)
+    window: int = Field(gt=0)              # records in flight (driver memory bound)
+    batch_size: int = Field(gt=0)          # records per map_batches call
+
+
 class SourcesConfig(_Strict):
+    engine: Literal["local", "ray"] = "local"
+    ray: RayEngineConfig
+    license_allowlist: list[str] = Field(min_length=1)
     stackexchange: StackExchangeSourceConfig
     tldr: TldrSourceConfig
     conala: ToggleConfig
     docs: DocsSourceConfig
+    repos: RepoSourcesConfig
     scrub: ToggleConfig
     dedup: DedupConfig
     max_records_per_source: int | None = Field(default=None, gt=0)

@@ -33,6 +33,25 @@ def _shingles(text: str, n: int = 5) -> set[bytes]:
     return {" ".join(words[i:i + n]).encode("utf-8") for i in range(len(words) - n + 1)}
 
 
+def dedup_keys(text: str, num_perm: int = 128, seed: int = 1, near: bool = True) -> tuple[bytes, Any]:
+    """(16-byte sha256 of the normalised text, uint32 MinHash signature or None).
+
+    None when near-duplicate search is off or the text has no words.
+    """
+    norm = normalize_for_dedup(text)
+    digest = hashlib.sha256(norm.encode("utf-8")).digest()[:16]
+    if not near:
+        return digest, None
+    shingles = _shingles(norm)
+    if not shingles:
+        return digest, None
+    from datasketch import MinHash
+
+    mh = MinHash(num_perm=num_perm, seed=seed)
+    mh.update_batch(sorted(shingles))
+    return digest, mh.hashvalues.astype("uint32")  # datasketch's values fit 32 bits
+
+
 @dataclass
 class DedupStats:
     seen: int = 0
@@ -100,13 +119,6 @@ class Deduplicator:
         except Exception:
             pass
 
-    def _minhash(self, shingles: set[bytes]):
-        from datasketch import MinHash
-
-        mh = MinHash(num_perm=self.num_perm, seed=self.seed)
-        mh.update_batch(sorted(shingles))
-        return mh.hashvalues.astype("uint32")  # datasketch's values fit 32 bits
-
     def _band_hashes(self, signature) -> list[int]:
         out = []
         for b in range(self.bands):
@@ -114,34 +126,40 @@ class Deduplicator:
             out.append(int.from_bytes(hashlib.blake2b(chunk, digest_size=8).digest(), "big", signed=True))
         return out
 
+    def keys(self, text: str) -> tuple[bytes, Any]:
+        """(exact digest, MinHash signature or None) of `text`: the costly, stateless half.
+
+        A pure function of the text and the settings, so it can run anywhere (the Ray
+        engine computes it on the workers); :meth:`check_keys` is the cheap, stateful half.
+        """
+        return dedup_keys(text, self.num_perm, self.seed, self.near)
+
     def check(self, text: str) -> str | None:
         """``"exact"`` or ``"near"`` when `text` duplicates a kept one; else keeps it and returns None."""
+        return self.check_keys(*self.keys(text))
+
+    def check_keys(self, digest: bytes, signature: Any) -> str | None:
+        """:meth:`check` from keys computed earlier (by :func:`dedup_keys`, possibly elsewhere)."""
         import numpy as np
 
-        norm = normalize_for_dedup(text)
-        digest = hashlib.sha256(norm.encode("utf-8")).digest()[:16]
         db = self._db
         if db.execute("SELECT 1 FROM exact WHERE h=?", (digest,)).fetchone():
             return "exact"
-        signature = None
         bands: list[int] = []
-        if self.near:
-            shingles = _shingles(norm)
-            if shingles:
-                signature = self._minhash(shingles)
-                bands = self._band_hashes(signature)
-                seen: set[int] = set()
-                for b, h in enumerate(bands):
-                    rows = db.execute("SELECT idx FROM bucket WHERE band=? AND h=? LIMIT ?",
-                                      (b, h, self.MAX_CANDIDATES_PER_BAND)).fetchall()
-                    for (idx,) in rows:
-                        if idx in seen:
-                            continue
-                        seen.add(idx)
-                        (blob,) = db.execute("SELECT v FROM sig WHERE idx=?", (idx,)).fetchone()
-                        other = np.frombuffer(blob, dtype=np.uint32)
-                        if float((other == signature).mean()) >= self.threshold:
-                            return "near"
+        if signature is not None:
+            bands = self._band_hashes(signature)
+            seen: set[int] = set()
+            for b, h in enumerate(bands):
+                rows = db.execute("SELECT idx FROM bucket WHERE band=? AND h=? LIMIT ?",
+                                  (b, h, self.MAX_CANDIDATES_PER_BAND)).fetchall()
+                for (idx,) in rows:
+                    if idx in seen:
+                        continue
+                    seen.add(idx)
+                    (blob,) = db.execute("SELECT v FROM sig WHERE idx=?", (idx,)).fetchone()
+                    other = np.frombuffer(blob, dtype=np.uint32)
+                    if float((other == signature).mean()) >= self.threshold:
+                        return "near"
         db.execute("INSERT INTO exact VALUES (?)", (digest,))
         if signature is not None:
             idx = self._kept
@@ -150,16 +168,20 @@ class Deduplicator:
         self._kept += 1
         return None
 
+    def count(self, verdict: str | None, stats: DedupStats) -> bool:
+        """Add one verdict of :meth:`check` to `stats`; True when the record is kept."""
+        stats.seen += 1
+        if verdict == "exact":
+            stats.exact_duplicates += 1
+        elif verdict == "near":
+            stats.near_duplicates += 1
+        else:
+            stats.kept += 1
+        return verdict is None
+
     def filter(self, records: Iterable[dict], stats: DedupStats, text_key: str = "text") -> Iterator[dict]:
         for record in records:
-            stats.seen += 1
-            verdict = self.check(record.get(text_key) or "")
-            if verdict == "exact":
-                stats.exact_duplicates += 1
-            elif verdict == "near":
-                stats.near_duplicates += 1
-            else:
-                stats.kept += 1
+            if self.count(self.check(record.get(text_key) or ""), stats):
                 yield record
 
 

@@ -192,7 +192,8 @@ def is_allowed(expression: str | None, allowlist: list[str]) -> bool:
 
     ``A OR B`` is allowed if either side is (the licensee chooses); ``A AND B`` only if
     both are; ``WITH`` exceptions only widen a licence, so they are dropped. Matching is
-    case-insensitive; anything unparsable or unknown is refused.
+    case-insensitive; an allowlist entry ending in ``*`` is a prefix (``CC-BY-*`` allows
+    ``CC-BY-4.0`` and ``CC-BY-SA-3.0``); anything unparsable or unknown is refused.
     """
     if not expression or not expression.strip():
         return False
@@ -207,4 +208,5 @@ def is_allowed(expression: str | None, allowlist: list[str]) -> bool:
     single = re.split(r"\s+with\s+", expr, flags=re.IGNORECASE)[0].strip()
     if not _SPDX_TOKEN.match(single):
         return False
-    return single.lower() in allowed
+    single = single.lower()
+    return single in allowed or any(a.endswith("*") and single.startswith(a[:-1]) for a in allowed)

@@ -1,10 +1,13 @@
-"""Ingest the text corpora: read every enabled source, scrub, decontaminate, dedup, write.
+"""Ingest the text corpora: read every enabled source, licence-filter, scrub, decontaminate, dedup, write.
 
-One pass per source, streamed end to end (reader -> scrub -> decontaminate -> dedup ->
-JSONL), so the size of a source never decides the memory of the stage. The order is
-deliberate: scrubbing comes first so that nothing downstream, not even a log line or
-the report's examples, holds a secret; decontamination comes before dedup so that a
-benchmark copy is reported as contamination rather than as a duplicate.
+One pass per source, streamed end to end (reader -> licence filter -> scrub ->
+decontaminate -> dedup -> JSONL), so the size of a source never decides the memory of
+the stage. The order is deliberate: scrubbing comes before anything is kept so that
+nothing downstream, not even a log line or the report's examples, holds a secret;
+decontamination comes before dedup so that a benchmark copy is reported as
+contamination rather than as a duplicate. The per-record chain lives in
+:mod:`apex_models.data.transforms`; ``engine: ray`` runs it on Ray Data
+(:mod:`apex_models.data.ray_engine`) with the same result.
 
 Outputs in ``out_dir``: ``<source>.jsonl`` per enabled source (records, see
 :mod:`apex_models.data.records`), ``report.json``, ``NOTICE`` (every attribution line)
@@ -17,7 +20,6 @@ import itertools
 import json
 import logging
 import os
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -25,18 +27,18 @@ from typing import Any, Callable, Iterable, Iterator
 from apex_models.data.changelogs import debian_changelog_records
 from apex_models.data.conala import load_conala_pairs
 from apex_models.data.decontam import BENCHMARK_NAMES, BenchmarkTexts, Decontaminator, load_benchmark_texts
-from apex_models.data.dedup import Deduplicator, DedupStats
+from apex_models.data.dedup import Deduplicator
 from apex_models.data.docs import doc_records, fetch_debian_doc
 from apex_models.data.records import Skips, make_record, write_records
-from apex_models.data.scrub import scrub_record
+from apex_models.data.repos import repo_records
+from apex_models.data.sdist_docs import download_sdist, sdist_doc_records
 from apex_models.data.stackexchange import qa_records, site_from_path
 from apex_models.data.tldr import tldr_records
+from apex_models.data.transforms import Transforms, keep_outcomes, local_outcomes, new_stats
 
 log = logging.getLogger(__name__)
 
-SOURCE_ORDER = ("stackexchange", "conala", "tldr", "docs")
-_FENCED = re.compile(r"```[^\n]*\n([\s\S]*?)\n```")
-MAX_CODE_BLOCKS_CHECKED = 20
+SOURCE_ORDER = ("stackexchange", "conala", "tldr", "docs", "repos")
 
 
 def _cfg(cfg: Any) -> dict[str, Any]:
@@ -44,13 +46,34 @@ def _cfg(cfg: Any) -> dict[str, Any]:
     return cfg.model_dump() if hasattr(cfg, "model_dump") else dict(cfg)
 
 
-def stackexchange_inputs(folder: Path) -> list[Path]:
-    """Site dumps in a folder: ``*.xml`` files, ``*.7z`` archives, sub-folders holding Posts.xml."""
+def stackexchange_inputs(folder: Path, skips: Skips | None = None) -> list[Path]:
+    """Site dumps in a folder: ``*.xml`` files, ``*.7z`` archives, sub-folders holding Posts.xml.
+
+    A link is followed when it resolves; a link loop or a dangling link, and a sub-folder
+    without a readable Posts.xml, are skipped and counted in `skips` instead of raising.
+    """
+    skips = skips if skips is not None else Skips()
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir()
-             if (p.is_file() and p.suffix in (".xml", ".7z")) or (p.is_dir() and (p / "Posts.xml").is_file())]
-    return sorted(found)
+    found = []
+    for p in sorted(folder.iterdir()):
+        try:
+            p.resolve(strict=True)
+            if p.is_dir():
+                (p / "Posts.xml").resolve(strict=True)
+        except RuntimeError as exc:  # pathlib reports a symlink loop this way
+            skips.add("symlink_loop", p.name, str(exc))
+            continue
+        except OSError as exc:
+            reason = "symlink_loop" if "loop" in str(exc).lower() or getattr(exc, "errno", 0) == 40 else (
+                "no_posts_xml" if p.is_dir() else "broken_link")
+            skips.add(reason, p.name, str(exc))
+            continue
+        if (p.is_file() and p.suffix in (".xml", ".7z")) or (p.is_dir() and (p / "Posts.xml").is_file()):
+            found.append(p)
+        elif p.is_dir():
+            skips.add("no_posts_xml", p.name)
+    return found
 
 
 def conala_records(shared_dir: Path) -> Iterator[dict[str, Any]]:
@@ -69,7 +92,7 @@ def _readers(cfg: dict, shared: Path | None, raw_dir: Path, skips: dict[str, Ski
     readers: dict[str, Callable[[], Iterator[dict]]] = {}
     if cfg["stackexchange"]["enabled"]:
         def se() -> Iterator[dict]:
-            inputs = stackexchange_inputs(shared / "corpora" / "stackexchange") if shared else []
+            inputs = stackexchange_inputs(shared / "corpora" / "stackexchange", skips["stackexchange"]) if shared else []
             if not inputs:
                 skips["stackexchange"].add("no_input", "corpora/stackexchange")
             for path in inputs:
@@ -109,60 +132,30 @@ def _readers(cfg: dict, shared: Path | None, raw_dir: Path, skips: dict[str, Ski
                 # The package's changelog.Debian.gz: (version, changes) records beside the docs.
                 yield from debian_changelog_records(root, license, f"{package} Debian changelog, {license}",
                                                     skips=skips["docs"])
+            for spec in docs.get("sdist_packages") or []:
+                archive = download_sdist(spec, raw_dir.parent / "sdist")
+                if archive is None:
+                    skips["docs"].add("fetch_failed", spec, "pip download --no-binary failed; see the log")
+                    continue
+                yield from sdist_doc_records(archive, docs["max_file_bytes"], docs["min_section_chars"],
+                                             skips=skips["docs"])
         readers["docs"] = do
+    if cfg.get("repos", {}).get("enabled"):
+        def rp() -> Iterator[dict]:
+            repos = cfg["repos"]
+            if not repos["repos"]:
+                skips["repos"].add("no_input", "data.sources.repos.repos is empty")
+            for spec in repos["repos"]:
+                yield from repo_records(spec, raw_dir.parent / "repos", repos["extensions"],
+                                        repos["max_files_per_repo"], repos["max_file_bytes"], skips["repos"])
+        readers["repos"] = rp
     return readers
 
 
-def _code_blocks(text: str) -> list[str]:
-    return _FENCED.findall(text or "")[:MAX_CODE_BLOCKS_CHECKED]
-
-
-def contamination(record: dict, deco: Decontaminator) -> str | None:
-    """Why a record overlaps a benchmark, or None.
-
-    The record's query-like field (question title, tldr description, CoNaLa intent,
-    section heading) and code field are checked as a pair; then every fenced code block
-    of the text is checked as code, since a benchmark snippet can sit inside an answer.
-    """
-    heading = " ".join(record.get("heading_path") or [])[-300:]
-    query = record.get("title") or record.get("query") or heading
-    reason = deco.is_contaminated(query or "", record.get("code") or "")
-    if reason:
-        return reason
-    for block in _code_blocks(record.get("text", "")):
-        reason = deco.is_contaminated("", block)
-        if reason:
-            return f"{reason}-in-text"
-    return None
-
-
-def _process(name: str, records: Iterable[dict], cfg: dict, deco: Decontaminator, dedup: Deduplicator | None,
-             stats: dict[str, Any], notice_fh) -> Iterator[dict]:
-    """The per-record chain for one source; fills `stats` as records flow through."""
-    from tqdm.auto import tqdm
-
-    scrub_counts: Counter = stats["scrub"]
-    decontaminated: Counter = stats["decontaminated"]
-    licenses: Counter = stats["licenses"]
-    dedup_stats: DedupStats = stats["_dedup"]
+def _with_notice(records: Iterable[dict], notice_fh) -> Iterator[dict]:
+    """Pass records through, writing each new attribution line to the NOTICE file."""
     last_attribution = None
-
-    def after_scrub() -> Iterator[dict]:
-        for record in tqdm(records, desc=f"ingest {name}", unit="rec", mininterval=5):
-            stats["read"] += 1
-            if cfg["scrub"]["enabled"]:
-                scrub_record(record, scrub_counts)
-            reason = contamination(record, deco)
-            if reason:
-                decontaminated[reason] += 1
-                continue
-            yield record
-
-    stream = after_scrub()
-    if dedup is not None:
-        stream = dedup.filter(stream, dedup_stats)
-    for record in stream:
-        licenses[record["license"]] += 1
+    for record in records:
         if record["attribution"] != last_attribution:
             notice_fh.write(record["attribution"] + "\n")
             last_attribution = record["attribution"]
@@ -182,6 +175,8 @@ def ingest_sources(cfg: Any, shared_dir: Path | None, out_dir: Path, raw_dir: Pa
     """
     import time
 
+    from tqdm.auto import tqdm
+
     started = time.perf_counter()
     cfg = _cfg(cfg)
     out_dir = Path(out_dir)
@@ -195,6 +190,14 @@ def ingest_sources(cfg: Any, shared_dir: Path | None, out_dir: Path, raw_dir: Pa
     bench = load_benchmark_texts(shared, names) if shared else BenchmarkTexts(missing=names)
     deco = Decontaminator(bench)
     dedup = Deduplicator(cfg["dedup"]["threshold"], cfg["dedup"]["num_perm"]) if cfg["dedup"]["enabled"] else None
+    transforms = Transforms(deco, scrub=cfg["scrub"]["enabled"], license_allowlist=cfg.get("license_allowlist"),
+                            dedup_num_perm=cfg["dedup"]["num_perm"] if dedup is not None else None)
+    engine = cfg.get("engine", "local")
+    if engine == "ray":
+        from apex_models.data.ray_engine import start_ray
+
+        ray_cfg = cfg.get("ray") or {}
+        start_ray(ray_cfg.get("address"), ray_cfg.get("num_cpus"))
     skips = {name: Skips() for name in SOURCE_ORDER}
     readers = _readers(cfg, shared, raw_dir, skips)
     cap = cfg.get("max_records_per_source")
@@ -210,16 +213,24 @@ def ingest_sources(cfg: Any, shared_dir: Path | None, out_dir: Path, raw_dir: Pa
                 per_source[name] = {"enabled": False}
                 continue
             notice.write(f"\n== {name} ==\n")
-            stats: dict[str, Any] = {"read": 0, "scrub": Counter(), "decontaminated": Counter(),
-                                     "licenses": Counter(), "_dedup": DedupStats()}
+            stats = new_stats()
             source_started = time.perf_counter()
             stream = readers[name]()
             if cap:
                 stream = itertools.islice(stream, cap)
-            written = write_records(_process(name, stream, cfg, deco, dedup, stats, notice), out_dir / f"{name}.jsonl")
+            stream = tqdm(stream, desc=f"ingest {name} ({engine})", unit="rec", mininterval=5)
+            if engine == "ray":
+                from apex_models.data.ray_engine import ray_outcomes
+
+                outcomes = ray_outcomes(stream, transforms, ray_cfg.get("window", 20000), ray_cfg.get("batch_size", 256))
+            else:
+                outcomes = local_outcomes(stream, transforms)
+            kept = _with_notice(keep_outcomes(outcomes, dedup, stats), notice)
+            written = write_records(kept, out_dir / f"{name}.jsonl")
             per_source[name] = {
                 "enabled": True, "written": written, "read": stats["read"],
                 "licenses": dict(sorted(stats["licenses"].items())),
+                "license_excluded": dict(sorted(stats["license_excluded"].items())),
                 "scrub": dict(sorted(stats["scrub"].items())),
                 "decontaminated": dict(sorted(stats["decontaminated"].items())),
                 "dedup": stats["_dedup"].as_dict() if dedup is not None else None,
@@ -241,11 +252,13 @@ def ingest_sources(cfg: Any, shared_dir: Path | None, out_dir: Path, raw_dir: Pa
         "benchmarks_missing": list(bench.missing),
         "shared_found": shared is not None,
         "setup_seconds": round(setup_seconds, 2),
+        "engine": engine,
         "config": cfg,
         "totals": {
             "written": sum(i["written"] for i in enabled.values()),
             "read": sum(i["read"] for i in enabled.values()),
             "decontaminated": sum(sum(i["decontaminated"].values()) for i in enabled.values()),
+            "license_excluded": sum(sum(i["license_excluded"].values()) for i in enabled.values()),
             "duplicates": sum((i["dedup"] or {}).get("exact_duplicates", 0) + (i["dedup"] or {}).get("near_duplicates", 0)
                               for i in enabled.values()),
             "scrub": dict(sorted(scrub_total.items())),
@@ -262,41 +275,76 @@ _DESCRIPTIONS = {
                      "(data dump Posts.xml; per-row CC BY-SA licence)",
     "conala": "CoNaLa curated training pairs: Stack Overflow question intents -> Python snippets (CC BY-SA)",
     "tldr": "tldr-pages examples: task description -> shell command, placeholders kept (CC BY 4.0)",
-    "docs": "Documentation sections with their heading path, and the packages' Debian changelogs as "
-            "(version, changes) records (Debian *-doc packages)",
+    "docs": "Documentation sections with their heading path, and changelogs as (version, changes) records: "
+            "Debian *-doc packages (with changelog.Debian.gz) and the README, docs/ and CHANGES files of "
+            "pinned sdists",
+    "repos": "Source files of local folders, git repositories (cloned --depth 1) or Hugging Face datasets, "
+             ".gitignore honoured, licence from the repository's LICENSE file",
 }
 
 
+def _counts(counter: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counter.items()) or "-"
+
+
 def dataset_card(report: dict) -> str:
-    """The README.md of the ingested text corpora: what, how much, licences, processing."""
+    """The README.md of the ingested text corpora: what, how much, licences, processing.
+
+    Every figure comes from the stage's report, so the card cannot drift from the data.
+    There are no splits here: the task datasets built from these records split them by
+    source unit (package, site, page) and say so in their own cards.
+    """
+    enabled = {k: v for k, v in report["sources"].items() if v.get("enabled")}
     lines = ["# Text corpora (ingest_sources)", "",
              "Normalised records (`text`, `kind`, `source`, `url`, `path`, `license`, `attribution`, "
-             "`sha256`, `language`, plus per-source fields), one JSONL file per source.", "",
-             "| source | records | read | licences | decontaminated | duplicates |",
-             "| --- | ---: | ---: | --- | ---: | ---: |"]
+             "`sha256`, `language`, plus per-source fields), one JSONL file per source. "
+             f"Engine: {report.get('engine', 'local')}. Unsplit: the task datasets built from these "
+             "records split them by source unit.", "",
+             "| source | records | read | licence excluded | decontaminated | exact dup. | near dup. | skipped inputs |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, info in report["sources"].items():
         if not info.get("enabled"):
-            lines.append(f"| {name} | disabled | | | | |")
+            lines.append(f"| {name} | disabled | | | | | | |")
             continue
         dd = info["dedup"] or {}
-        lics = ", ".join(f"{k} ({v})" for k, v in info["licenses"].items()) or "-"
-        lines.append(f"| {name} | {info['written']} | {info['read']} | {lics} | "
-                     f"{sum(info['decontaminated'].values())} | "
-                     f"{dd.get('exact_duplicates', 0) + dd.get('near_duplicates', 0)} |")
+        lines.append(f"| {name} | {info['written']} | {info['read']} | {sum(info.get('license_excluded', {}).values())} | "
+                     f"{sum(info['decontaminated'].values())} | {dd.get('exact_duplicates', 0)} "
+                     f"({dd.get('exact_rate', 0):.2%}) | {dd.get('near_duplicates', 0)} ({dd.get('near_rate', 0):.2%}) | "
+                     f"{sum(info['skipped']['counts'].values())} |")
+    t = report["totals"]
+    lines.append(f"| **total** | {t['written']} | {t['read']} | {t.get('license_excluded', 0)} | {t['decontaminated']} | "
+                 f"{t['duplicates']} (exact + near) | | {sum(t['skipped'].values())} |")
     lines += ["", "## Sources", ""]
-    lines += [f"- **{name}**: {_DESCRIPTIONS[name]}" for name in report["sources"] if report["sources"][name].get("enabled")]
+    lines += [f"- **{name}**: {_DESCRIPTIONS[name]}" for name in enabled]
+    lines += ["", "## Licences (records written)", "", "| source | licence | records |", "| --- | --- | ---: |"]
+    lines += [f"| {name} | {lic} | {n} |" for name, info in enabled.items() for lic, n in info["licenses"].items()]
+    excluded = {(name, lic): n for name, info in enabled.items() for lic, n in info.get("license_excluded", {}).items()}
+    if excluded:
+        lines += ["", "Excluded by the licence allowlist: "
+                  + "; ".join(f"{name}: {lic} ({n})" for (name, lic), n in excluded.items()) + "."]
+    lines += ["", "## Scrubbing, decontamination, skipped inputs per source", "",
+              "| source | scrubbed (by kind) | decontaminated (by reason) | skipped (by reason) |",
+              "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {_counts(info['scrub'])} | {_counts(info['decontaminated'])} | "
+              f"{_counts(info['skipped']['counts'])} |" for name, info in enabled.items()]
     scrub = report["totals"]["scrub"]
+    allow = report["config"].get("license_allowlist")
     lines += ["", "## Processing", "",
-              "1. **Scrubbing**: secrets and personal data replaced by typed placeholders "
+              ("1. **Licence filter**: a record whose SPDX expression is not allowed by "
+               "`data.sources.license_allowlist` (" + ", ".join(allow) + ") is dropped; unknown means dropped."
+               if allow else "1. **Licence filter**: none configured; each reader's licence is kept."),
+              "2. **Scrubbing**: secrets and personal data replaced by typed placeholders "
               "(`<SECRET:kind>`, `<PII:kind>`) before anything is written: "
               + (", ".join(f"{k} {v}" for k, v in scrub.items()) or "none found") + ".",
-              "2. **Decontamination** against the held-out benchmarks ("
+              "3. **Decontamination** against the held-out benchmarks ("
               + ", ".join(report["benchmarks"]) + "): exact and near matches of queries/titles and of code "
               "(including code blocks inside answers) are removed."
               + (f" Missing benchmarks (not checked): {', '.join(report['benchmarks_missing'])}."
                  if report["benchmarks_missing"] else ""),
-              "3. **Deduplication**: exact (normalised-text sha256) then near (MinHash LSH), across sources, "
-              "first occurrence kept.", "",
+              "4. **Deduplication**: exact (normalised-text sha256) then near (MinHash LSH, Jaccard >= "
+              f"{report['config']['dedup']['threshold']} over word 5-shingles), across sources, first occurrence kept.",
+              "",
               "Skipped inputs (malformed, truncated, binary, oversized, links) are counted with reasons "
-              "in `report.json`. Attribution for every record is in `NOTICE` and in the record itself.", ""]
+              "and examples in `report.json`. Attribution for every record is in `NOTICE` and in the record itself.",
+              ""]
     return "\n".join(lines)
