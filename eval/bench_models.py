@@ -153,7 +153,7 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="eval/bench_models.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", type=Path, action="append", required=True,
+    parser.add_argument("--bundle", type=Path, action="append", default=[],
                         help="bundle folder (repeatable: the models of every bundle are measured)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for every backend")
     parser.add_argument("--repeats", type=int, default=200, help="single-input calls timed per backend")
@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(*args.worker, args.threads, args.repeats, args.batch)))
         return 0
 
+    if not args.bundle:
+        parser.error("give at least one --bundle")
     from apex_models.evaluation.results import write_result
     from apex_models.runtime import load_bundle
 
