@@ -234,3 +234,51 @@ def test_ranking_parity_golden() -> None:
         check_floor("ranker fp32", swapped, {"top_k_order_agreement": 1.0})
     agree = argmax_agreement(np.eye(4), np.eye(4)[[0, 1, 3, 3]])
     assert agree["argmax_agreement"] == 0.75 and agree["disagreements"] == [2]
+
+
+def test_export_stage_ships_only_champions(heads_bundle: Path, shared_dir: Path, tmp_path: Path,
+                                           monkeypatch) -> None:
+    """run_export_heads + the bundle entries: a champion is exported and gated (with its
+    held-out accuracy gate on gold dev), a model without one is skipped with the reason."""
+    import mlflow
+
+    from apex_models.config import compose, resolve, validate
+    from apex_models.evaluation.results import write_result
+    from apex_models.export.heads import run_export_heads
+    from apex_models.export.stages import _head_entries
+    from apex_models.training.promotion import promote_over_baseline
+
+    monkeypatch.chdir(tmp_path)
+    params = validate(resolve(compose("tiny", [
+        f"paths.shared={shared_dir}", f"paths.results={tmp_path / 'results'}", f"paths.data={tmp_path / 'data'}",
+        "export.optimize_graph=false", "export.head_gates.sequence_classification.int8.argmax_agreement=0.9",
+        "export.head_gates.cross_encoder.int8.spearman_mean=0.9"])))
+    labels = params.intent.label_names
+    model = _head_model(tmp_path / "intent-torch", "sequence_classification", labels)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        client = mlflow.MlflowClient()
+        for name, folder, value in (("intent", model, 0.7), ("ranker", heads_bundle / "ranker-torch", -0.2)):
+            with mlflow.start_run() as run:
+                mlflow.log_artifacts(str(folder), "merged_model")
+                promotion = promote_over_baseline(client, f"apex-{name}", f"{run.info.artifact_uri}/merged_model",
+                                                  run.info.run_id, "m", value, "baseline", 0.6 if value > 0 else 0.0,
+                                                  0.0, tags={"threshold": "0.25"})
+            write_result(tmp_path / "results" / f"promotion-{name}.json", name, promotion)
+        with mlflow.start_run():
+            report = run_export_heads(params, tmp_path / "onnx", mlflow)
+    finally:
+        mlflow.set_tracking_uri("")
+    assert not report["ranker"]["exported"] and "no champion for 'ranker'" in report["ranker"]["reason"]
+    assert (tmp_path / "onnx" / "ranker" / "SKIPPED").is_file()
+    intent = report["intent"]
+    assert intent["exported"] and intent["parity"]["fp32"]["argmax_agreement"] == 1.0
+    assert intent["heldout"]["metric"] == "gold_dev_macro_f1" and 0.0 <= intent["heldout"]["fp32"] <= 1.0
+    assert intent["default_precision"] in ("fp32", "int8") and "fp32" in intent["default_reason"]
+    write_result(tmp_path / "results" / "export-heads.json", "heads", report)
+    entries = _head_entries(params, tmp_path / "onnx")
+    assert set(entries) == {"intent"}
+    spec = entries["intent"].spec
+    assert spec.labels == labels and spec.fallback_label == params.intent.oos_label and spec.threshold == 0.25
+    assert spec.registry_version == intent["champion"]["version"] and spec.metrics["heldout"]["fp32"] is not None
+    assert "## Intended use" in entries["intent"].card

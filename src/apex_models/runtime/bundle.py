@@ -175,7 +175,9 @@ def _describe_validation_error(exc: ValidationError) -> str:
     """One line naming each bad field (dotted path) and why, for a readable BundleError."""
     parts = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "<root>"
+        # A spec's location carries its `task` tag (models.ranker.cross_encoder.max_length):
+        # dropped, so the message names the field as it appears in the manifest.
+        field = ".".join(str(p) for p in err["loc"] if p not in TASKS) or "<root>"
         parts.append(f"{field}: {err['msg']}")
     return "; ".join(parts)
 
