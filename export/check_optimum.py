@@ -10,9 +10,9 @@ and ranker it checks that
 2. our ONNX fp32 file, copied beside the hf/ config as model.onnx, loads and runs as an
    ORTModel and gives our runtime's numbers (or the error optimum raises).
 
-    python3.11 -m venv /tmp/optimum-env && /tmp/optimum-env/bin/pip install torch==2.13.0 \\
+    python3.11 -m venv .cache/optimum-env && .cache/optimum-env/bin/pip install torch==2.13.0 \\
         "optimum[onnxruntime]" "transformers<4.58"
-    /tmp/optimum-env/bin/python export/check_optimum.py export/bundles/default
+    .cache/optimum-env/bin/python export/check_optimum.py export/bundles/default
 
 Prints one JSON object; exit code 1 when an exported model's logits differ by more than 1e-3.
 """
