@@ -4,8 +4,9 @@
     python export/job.py --out export/bundles/v0.2.0 --sign-key keys/bundle-signing.key
 
 It runs exactly the code of the `export` and `bundle` DVC stages (ONNX fp32 + int8,
-parity and accuracy gates that fail the job, model card, manifest with checksums) on
-whichever model version the MLflow registry's alias `champion` names. It expects the
+parity and accuracy gates that fail the job, model cards, manifest with checksums) on
+whichever model version the MLflow registry's alias `champion` names, for the embedder
+and for every model of `export.heads` (ranker, intent) that has a champion. It expects the
 pipeline's outputs up to `promote` to be present (`dvc repro promote`, or `dvc pull`
 where a DVC remote holds them) and MLflow's store (local, or MLFLOW_TRACKING_URI).
 Exit code 0 only when every gate passed and the written bundle loads.
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     print(json.dumps({"bundle": str(bundle), "bundle_version": manifest.bundle_version,
                       "champion": report["champion"], "default_precision": report["default_precision"],
+                      "models": sorted(manifest.models), "heads": report["heads"],
                       "signed": (bundle / "manifest.sig").is_file()}, indent=2))
     return 0
 

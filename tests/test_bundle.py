@@ -65,9 +65,19 @@ def _write_raw_manifest(minilm_bundle: Path, tmp_path: Path, change) -> Path:
 
 
 def test_wrong_schema_version(minilm_bundle: Path, tmp_path: Path) -> None:
-    bundle_dir = _write_raw_manifest(minilm_bundle, tmp_path, lambda m: m.update(schema_version=2))
-    with pytest.raises(BundleError, match=r"bundle schema version 2 is not supported by this runtime \(supports 1\)"):
+    bundle_dir = _write_raw_manifest(minilm_bundle, tmp_path, lambda m: m.update(schema_version=3))
+    with pytest.raises(BundleError, match=r"bundle schema version 3 is not supported by this runtime \(supports 1, 2\)"):
         load_bundle(bundle_dir, verify=False)
+
+
+def test_version_1_bundles_still_load(minilm_bundle: Path, tmp_path: Path) -> None:
+    """Schema 1 held one embedder whose spec is exactly schema 2's embedding spec."""
+    bundle_dir = copy_bundle(minilm_bundle, tmp_path / "b")
+    raw = json.loads((bundle_dir / "manifest.json").read_text())
+    (bundle_dir / "manifest.json").write_text(json.dumps({**raw, "schema_version": 1}))
+    bundle = load_bundle(bundle_dir)
+    assert bundle.manifest.schema_version == 1 and bundle.embedder().dimension == 384
+    assert not bundle.has("ranker")
 
 
 def test_invalid_manifest_names_field(minilm_bundle: Path, tmp_path: Path) -> None:

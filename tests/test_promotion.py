@@ -45,3 +45,23 @@ def test_champion_moves_only_beyond_the_margin(client) -> None:
     champion = client.get_model_version_by_alias("emb", CHAMPION)
     assert str(champion.version) == str(better.version)
     assert mlflow.artifacts.download_artifacts(artifact_uri=champion.source).endswith("merged_model")
+
+
+def test_over_baseline_needs_the_baseline_beaten_first(client) -> None:
+    from apex_models.training.promotion import promote_over_baseline
+
+    def candidate(value: float) -> dict:
+        with mlflow.start_run() as run:
+            mlflow.log_text("weights", "merged_model/w.txt")
+        return promote_over_baseline(client, "rank", f"{run.info.artifact_uri}/merged_model", run.info.run_id,
+                                     "min_ndcg_at_10_gain", value, "embedder_alone", 0.0, 0.01)
+
+    worse = candidate(-0.3)   # below the embedder alone: registered, rejected, nothing ships
+    assert worse["champion"] is None and not worse["decision"]["promoted"]
+    assert "does not beat the baseline embedder_alone (0.0000) by the margin 0.01" in worse["decision"]["reason"]
+    assert client.get_model_version("rank", worse["decision"]["candidate_version"]).tags["decision"] == "rejected"
+    first = candidate(0.05)
+    assert first["decision"]["promoted"] and first["champion"]["version"] == first["decision"]["candidate_version"]
+    assert first["champion"]["source"] == f"models:/rank/{first['champion']['version']}"
+    small = candidate(0.055)  # beats the baseline but not the champion by the margin
+    assert not small["decision"]["promoted"] and small["champion"]["version"] == first["champion"]["version"]

@@ -78,6 +78,19 @@ def test_mined_negatives_exclude_the_positive() -> None:
     assert negatives_for(3, 0, mined[0], 2, len(pairs), 0) == negatives_for(3, 0, mined[0], 2, len(pairs), 0)
 
 
+def test_mined_negatives_skip_false_negatives() -> None:
+    """Same description (case and spacing aside) or same code: a second right answer, never a negative."""
+    pairs = [("Return the value for key", "def get(d, k):\n    return d[k]"),
+             ("return  the VALUE for key", "def fetch(m, key):\n    return m[key]"),
+             ("Open a file for reading", "def get(d, k):\n    return d[k]"),
+             ("Return the sum of two values", "def add(a, b):\n    return a + b"),
+             ("Delete a key from the mapping", "def drop(d, k):\n    del d[k]")]
+    mined = mine_negatives(pairs, top_k=4)
+    assert 1 not in mined[0] and 0 not in mined[1]          # same query text
+    assert 2 not in mined[0] and 0 not in mined[2]          # same code
+    assert 3 in mined[0] or 4 in mined[0]                   # real negatives remain
+
+
 def test_training_lifts_the_right_candidate(tmp_path, train_file) -> None:
     from transformers import AutoModel
 

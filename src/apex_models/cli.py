@@ -53,7 +53,9 @@ def bundle_summary(bundle: Any) -> dict[str, Any]:
         "files": len(m.files),
         "bytes": sum(f.bytes for f in m.files.values()),
         "models": {
-            name: {"task": s.task, "base_model": s.base_model, "dimension": s.dimension,
+            name: {"task": s.task, "base_model": s.base_model,
+                   **({"dimension": s.dimension} if s.task == "embedding" else {}),
+                   **({"labels": s.labels} if hasattr(s, "labels") else {}),
                    "precisions": sorted(s.onnx), "default_precision": s.default_precision}
             for name, s in m.models.items()
         },

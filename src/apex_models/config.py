@@ -262,6 +262,8 @@ class IntentTrainConfig(_Strict):
 class IntentConfig(_Strict):
     base: str
     max_length: int = Field(gt=0, le=512)
+    registered_model: str        # MLflow registry name; `champion` (if any) is what the export ships
+    promotion_margin: float = Field(ge=0)
     oos_label: str
     labels: list[IntentLabel] = Field(min_length=2)
     weak: IntentWeakConfig
@@ -303,6 +305,8 @@ class RankerEvalConfig(_Strict):
 class RankerConfig(_Strict):
     base: str
     max_length: int = Field(gt=0, le=512)
+    registered_model: str        # MLflow registry name; `champion` (if any) is what the export ships
+    promotion_margin: float = Field(ge=0)
     lora: LoraConfig
     train: RankerTrainConfig
     eval: RankerEvalConfig
@@ -423,10 +427,18 @@ class GatesConfig(_Strict):
     int8_max_mrr_drop: float = Field(ge=0, lt=1)
 
 
+HeadTask = Literal["cross_encoder", "sequence_classification", "token_classification"]
+
+
 class ExportConfig(_Strict):
     opset: int = Field(ge=13)
     int8: Int8Config
     gates: GatesConfig
+    # Models beside the embedder, name -> task; each ships when its registry champion exists.
+    heads: dict[str, HeadTask] = {}
+    # Per task, per precision: parity measure -> floor (see export.parity for the measures).
+    head_gates: dict[HeadTask, dict[Literal["fp32", "int8"], dict[str, float]]]
+    optimize_graph: bool         # try ONNX Runtime's transformer fusions; kept only if gates hold
     probe_texts: int = Field(gt=0)
     eval_dev_queries: int = Field(gt=0)
     signing_key: str | None = None

@@ -168,7 +168,25 @@ def run_evaluate_intent(params: Params) -> dict[str, Any]:
                      extra={"profile": params.profile, "thresholds": thresholds,
                             "note": "dev tunes (selection, out_of_scope threshold); test is the report",
                             "eval_run_id": mlflow.active_run().info.run_id})
+        promotion = _promote(params, mlflow, paths.model / "merged", results, thresholds)
+    write_result(paths.results / "promotion-intent.json", "intent promotion", promotion,
+                 command=reproduce_command(params, ["train_intent", "evaluate_intent"]),
+                 extra={"profile": params.profile})
     return {f"{s}/{n}/macro_f1": r["macro_f1"] for s, v in results.items() for n, r in v.items()}
+
+
+def _promote(params: Params, mlflow, merged: Path, results: dict[str, Any], thresholds: dict[str, float]):
+    """Register the classifier; `champion` only if its dev macro-F1 beats TF-IDF's (dev, never test)."""
+    from apex_models.training.promotion import promote_over_baseline
+
+    cfg = params.intent
+    mlflow.log_artifacts(str(merged), "merged_model")  # what the registry version points at
+    run_id = mlflow.active_run().info.run_id
+    return promote_over_baseline(
+        mlflow.MlflowClient(), cfg.registered_model, f"{mlflow.get_artifact_uri()}/merged_model", run_id,
+        "dev_macro_f1", results["dev"]["minilm_lora"]["macro_f1"], "baseline_tfidf_lr",
+        results["dev"]["baseline_tfidf_lr"]["macro_f1"], cfg.promotion_margin,
+        tags={"threshold": f"{thresholds['model']:.6f}"})
 
 
 def _baseline_proba(baseline, texts: list[str], labels: Sequence[str]) -> np.ndarray:

@@ -195,4 +195,25 @@ def run_evaluate_ranker(params: Params) -> dict[str, Any]:
                      extra={"profile": params.profile, "first_stage": str(first_stage or emb_cfg.base),
                             "torch_threads": torch.get_num_threads(),
                             "eval_run_id": mlflow.active_run().info.run_id})
+        promotion = _promote(params, mlflow, paths["model"] / "merged", results)
+    write_result(paths["results"] / "promotion-ranker.json", "ranker promotion", promotion,
+                 command=reproduce_command(params, ["train_ranker", "evaluate_ranker"]),
+                 extra={"profile": params.profile})
     return {f"{b}/{s}/ndcg@10": r[s]["ndcg@10"] for b, r in results.items() for s in ("embedder", "embedder+ranker")}
+
+
+def ndcg_gain(results: dict[str, Any]) -> float:
+    """The smallest nDCG@10 gain of embedder+ranker over the embedder alone, across benchmarks:
+    a ranker ships only if it helps on every benchmark, not on average."""
+    return min(r["embedder+ranker"]["ndcg@10"] - r["embedder"]["ndcg@10"] for r in results.values())
+
+
+def _promote(params: Params, mlflow, merged: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """Register the ranker; `champion` only if it raises nDCG@10 over the embedder alone everywhere."""
+    from apex_models.training.promotion import promote_over_baseline
+
+    mlflow.log_artifacts(str(merged), "merged_model")
+    return promote_over_baseline(
+        mlflow.MlflowClient(), params.ranker.registered_model, f"{mlflow.get_artifact_uri()}/merged_model",
+        mlflow.active_run().info.run_id, "min_ndcg_at_10_gain", ndcg_gain(results) if results else float("-inf"),
+        "embedder_alone", 0.0, params.ranker.promotion_margin)

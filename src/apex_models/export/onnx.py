@@ -138,8 +138,89 @@ def quantize_int8(fp32_path: Path, int8_path: Path, per_channel: bool = True,
             # inference plus ORT's graph optimisation is what is left to gain, so skip it.
             quant_pre_process(str(fp32_path), str(source), skip_symbolic_shape=True)
         out_tmp = Path(tmp) / "int8.onnx"
+        # DefaultTensorType: fused graphs (optimize_bert_graph) carry contrib ops whose output
+        # types ONNX shape inference cannot infer; they are float, as in every graph here.
         quantize_dynamic(str(source), str(out_tmp), per_channel=per_channel,
-                         reduce_range=reduce_range, weight_type=QuantType.QInt8)
+                         reduce_range=reduce_range, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         shutil.move(str(out_tmp), int8_path)
     onnx.checker.check_model(str(int8_path))
     return int8_path
+
+
+class _PairScore(torch.nn.Module):
+    """Cross-encoder: (input_ids, attention_mask, token_type_ids) -> one logit per pair, [batch]."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor):
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+        return logits[:, 0]
+
+
+class _Logits(torch.nn.Module):
+    """Single-text classifier or tagger: (input_ids, attention_mask) -> logits (zero token types)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = _ZeroTokenTypes(model)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        return self.encoder(input_ids, attention_mask).logits
+
+
+def export_head_onnx(model_dir: Path, out_path: Path, task: str, opset: int = 17) -> Path:
+    """A fine-tuned HF classifier folder -> one self-contained ONNX file for the runtime.
+
+    task "cross_encoder": inputs input_ids, attention_mask, token_type_ids (the pair's
+    segments matter), output `score` [batch]; "sequence_classification": output `logits`
+    [batch, labels]; "token_classification": output `logits` [batch, sequence, labels].
+    Same exporter as the embedder (TorchScript, one file), dynamic batch and sequence.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    model_dir, out_path = Path(model_dir), Path(out_path)
+    auto = AutoModelForTokenClassification if task == "token_classification" else AutoModelForSequenceClassification
+    model = auto.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if task == "cross_encoder":
+        sample = tokenizer(["a query", "another query"], ["a candidate text", "a longer candidate text here"],
+                           padding=True, return_tensors="pt")
+        module, names, args = _PairScore(model).eval(), ["input_ids", "attention_mask", "token_type_ids"], None
+        args = tuple(sample[n].to(torch.int64) for n in names)
+        outputs, out_axes = ["score"], {0: "batch"}
+    elif task in ("sequence_classification", "token_classification"):
+        sample = tokenizer(["an example text", "a second, somewhat longer example text"], padding=True,
+                           return_tensors="pt")
+        module, names = _Logits(model).eval(), ["input_ids", "attention_mask"]
+        args = tuple(sample[n].to(torch.int64) for n in names)
+        outputs = ["logits"]
+        out_axes = {0: "batch", 1: "sequence"} if task == "token_classification" else {0: "batch"}
+    else:
+        raise ValueError(f"unknown task {task!r}")
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes[outputs[0]] = out_axes
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.inference_mode():
+        torch.onnx.export(module, args, str(out_path), dynamo=False, input_names=names, output_names=outputs,
+                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
+    onnx.checker.check_model(str(out_path))
+    return out_path
+
+
+def optimize_bert_graph(src: Path, dst: Path, num_heads: int, hidden_size: int) -> Path:
+    """ONNX Runtime's transformer optimiser (attention, LayerNorm, GELU fusion), offline.
+
+    Portable (no hardware-specific kernels baked in, unlike saving an ORT_ENABLE_ALL
+    session graph). The export keeps the result only where the parity gates still hold.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+                               opt_level=1, use_gpu=False)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    optimized.save_model_to_file(str(dst))
+    onnx.checker.check_model(str(dst))
+    return dst

@@ -126,3 +126,65 @@ def check_embedding_gate(name: str, stats: dict, min_cosine: float | None = None
     if failures:
         raise ParityError(f"parity gate failed for {name} over {stats.get('n', '?')} texts: "
                           + "; ".join(failures))
+
+
+def probe_ranking_set(n: int = 64) -> tuple[list[str], list[str]]:
+    """(queries, candidates) from the fixed probe set: its natural-language lines rank its code.
+
+    The probe set alternates query and snippet, so every query has its own snippet among
+    the candidates plus every other one: a realistic mix of one match and near misses.
+    """
+    texts = probe_texts(n)
+    return texts[0::2], texts[1::2]
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(len(x))
+    return ranks
+
+
+def ranking_parity(reference: list[np.ndarray], candidate: list[np.ndarray], k: int = 10) -> dict:
+    """Per query: Spearman between score lists, and whether the top-k order is the same.
+
+    Returns {"spearman_min", "spearman_mean", "top_k_order_agreement" (share of queries whose
+    top-k list is identical, in order), "top_k_overlap" (mean |top-k ∩ top-k| / k), "k", "n"}.
+    """
+    if len(reference) != len(candidate) or not reference:
+        raise ParityError(f"ranking parity needs equal, non-empty query lists ({len(reference)} vs {len(candidate)})")
+    rho, same, overlap = [], [], []
+    for ref, cand in zip(reference, candidate):
+        ref, cand = np.asarray(ref, dtype=np.float64), np.asarray(cand, dtype=np.float64)
+        if ref.shape != cand.shape:
+            raise ParityError(f"shape mismatch: reference {ref.shape} vs candidate {cand.shape}")
+        if not np.all(np.isfinite(cand)):
+            rho.append(-1.0)
+        else:
+            r = np.corrcoef(_ranks(ref), _ranks(cand))[0, 1]
+            rho.append(float(r) if np.isfinite(r) else -1.0)
+        top_ref, top_cand = np.argsort(-ref, kind="stable")[:k], np.argsort(-cand, kind="stable")[:k]
+        same.append(bool(np.array_equal(top_ref, top_cand)))
+        overlap.append(len(set(top_ref) & set(top_cand)) / len(top_ref))
+    return {"spearman_min": float(min(rho)), "spearman_mean": float(np.mean(rho)),
+            "top_k_order_agreement": float(np.mean(same)), "top_k_overlap": float(np.mean(overlap)),
+            "k": k, "n": len(reference)}
+
+
+def argmax_agreement(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """Share of rows (texts, or tokens for a tagger) where both pick the same class."""
+    ref, cand = np.asarray(reference), np.asarray(candidate)
+    if ref.shape != cand.shape or ref.ndim != 2 or ref.shape[0] == 0:
+        raise ParityError(f"shape mismatch or empty: reference {ref.shape} vs candidate {cand.shape}")
+    agree = ref.argmax(1) == cand.argmax(1)
+    return {"argmax_agreement": float(agree.mean()), "n": int(len(agree)),
+            "disagreements": [int(i) for i in np.flatnonzero(~agree)[:10]],
+            "max_abs_logit_diff": float(np.max(np.abs(ref - cand)))}
+
+
+def check_floor(name: str, stats: dict, floors: dict[str, float]) -> None:
+    """Raise ParityError when any `stats[key]` is below `floors[key]` (NaN fails too)."""
+    failures = [f"{key} {stats[key]:.6f} < {floor}" for key, floor in floors.items()
+                if not stats[key] >= floor]
+    if failures:
+        raise ParityError(f"parity gate failed for {name} over {stats.get('n', '?')} probes: " + "; ".join(failures))

@@ -47,6 +47,7 @@ def accuracy_gate(dev: dict[str, float | None], max_drop: float) -> tuple[str, s
 
 def run_export(params: Params) -> dict[str, Any]:
     from apex_models.export.bundle import export_embedder_artifacts
+    from apex_models.export.heads import run_export_heads
     from apex_models.runtime.embedder import OnnxEmbedder
 
     lay, cfg, ex = layout(params), params.embedder, params.export
@@ -81,7 +82,12 @@ def run_export(params: Params) -> dict[str, Any]:
         write_result(lay.results / "export-embedder.json", "embedder export gates", report,
                      command="dvc repro export", extra={"profile": params.profile})
         mlflow.log_dict(report, "export_report.json")
-    return report
+        heads = run_export_heads(params, lay.export_embedder.parent, mlflow)
+        write_result(lay.results / "export-heads.json", "ranker and classifier export gates", heads,
+                     command="dvc repro export", extra={"profile": params.profile})
+        mlflow.log_dict(heads, "export_heads_report.json")
+    return {**report, "heads": {name: {k: h.get(k) for k in ("exported", "default_precision", "reason")}
+                                for name, h in heads.items()}}
 
 
 def _training_lines(params: Params, train: dict[str, Any], champion: dict[str, Any]) -> str:
@@ -108,15 +114,36 @@ def _data_lines(report: dict[str, Any]) -> str:
             "Attribution: NOTICE beside this card.")
 
 
+def _head_entries(params: Params, export_root: Path) -> dict[str, Any]:
+    """Bundle entries of every head the export stage wrote (those without a champion are skipped)."""
+    from apex_models.export.bundle import BundleEntry, head_model_card
+    from apex_models.export.heads import HEADS
+    from apex_models.runtime.bundle import parse_model_spec
+
+    report_path = layout(params).results / "export-heads.json"
+    report = json.loads(report_path.read_text())["results"] if report_path.is_file() else {}
+    entries = {}
+    for name in params.export.heads:
+        spec_path = export_root / name / "spec.json"
+        if not spec_path.is_file():
+            continue
+        gates = report.get(name, {})
+        spec = parse_model_spec(spec_path.read_text())
+        spec = spec.model_copy(update={"metrics": {k: gates.get(k) for k in ("champion", "heldout", "sizes_bytes")}})
+        card = head_model_card(name, spec, params.profile, **HEADS[name].card(params, layout(params).results))
+        entries[name] = BundleEntry(export_root / name, spec, card)
+    return entries
+
+
 def run_bundle(params: Params) -> Path:
     """Assemble the bundle from the export stage's artifacts, with metrics and provenance."""
     from apex_models.evaluation.stages import markdown_table
-    from apex_models.export.bundle import assemble_bundle, model_card
-    from apex_models.runtime.bundle import ModelSpec
+    from apex_models.export.bundle import BundleEntry, assemble_bundle, model_card
+    from apex_models.runtime.bundle import parse_model_spec
 
     lay = layout(params)
     src = lay.export_embedder
-    spec = ModelSpec.model_validate_json((src / "spec.json").read_text())
+    spec = parse_model_spec((src / "spec.json").read_text())
     export_report = json.loads((lay.results / "export-embedder.json").read_text())["results"]
     train = json.loads((lay.embedder_model / "train_summary.json").read_text())
     evaluation = json.loads((lay.results / "embedder.json").read_text())["results"]
@@ -132,9 +159,11 @@ def run_bundle(params: Params) -> Path:
     notice = lay.embedder_data / "NOTICE"
     commit = git_commit()
     with stage_run("bundle", params, ["paths"], data={"export/embedder": src}) as mlflow:
+        entries = {"embedder": BundleEntry(src, spec, card, notice.read_text() if notice.is_file() else "")}
+        entries.update(_head_entries(params, src.parent))
         manifest = assemble_bundle(
-            lay.bundle, src, spec, profile=params.profile, bundle_version=f"{__version__}+{params.profile}.{commit[:12]}",
-            git_commit=commit, card=card, notice=notice.read_text() if notice.is_file() else "",
+            lay.bundle, entries, profile=params.profile,
+            bundle_version=f"{__version__}+{params.profile}.{commit[:12]}", git_commit=commit,
             data_hashes=data_hashes({"datasets/embedder": lay.embedder_data, "ingest/code": lay.code_files}))
         if params.export.signing_key:
             from apex_models.export.signing import sign_bundle

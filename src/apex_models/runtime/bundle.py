@@ -12,16 +12,20 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from apex_models.hashing import sha256_file
 
 if TYPE_CHECKING:
     from apex_models.runtime.embedder import OnnxEmbedder
+    from apex_models.runtime.models import OnnxClassifier, OnnxRanker, OnnxTokenClassifier
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1 bundles held one embedder whose spec has exactly version 2's embedding fields,
+# so this runtime still reads them; anything else is refused with an "upgrade" message.
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"  # optional ed25519 signature of manifest.json (base64)
 
@@ -35,14 +39,17 @@ class FileEntry(BaseModel):
     bytes: int
 
 
-class ModelSpec(BaseModel):
-    task: str
+class _SpecBase(BaseModel):
+    """What every exported model has, whatever its task: files, provenance, gates, metrics.
+
+    Paths are relative to the bundle root. `onnx` maps precision -> graph file and
+    `default_precision` names the one a runtime picks unless told otherwise (the export's
+    accuracy gate may have chosen fp32, saying why in `default_reason`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
     base_model: str
-    dimension: int
-    pooling: str = "mean"
-    normalize: bool = True
-    query_max_length: int
-    doc_max_length: int
     tokenizer: str
     onnx: dict[str, str]
     default_precision: str
@@ -51,8 +58,9 @@ class ModelSpec(BaseModel):
     metrics: dict[str, Any] = {}
     parity: dict[str, Any] = {}
     mlflow_run_id: str | None = None
-    # Full precision in Hugging Face layout (transformers and sentence-transformers load
-    # it): a folder relative to the bundle root, its files listed in `files` like any other.
+    registry_version: str | None = None
+    # Full precision in Hugging Face layout (transformers loads it, and sentence-transformers
+    # for the embedder): a folder relative to the bundle root, its files listed in `files`.
     safetensors_dir: str | None = None
 
     def referenced_files(self) -> list[str]:
@@ -63,8 +71,97 @@ class ModelSpec(BaseModel):
         return paths + ([self.card] if self.card else [])
 
 
+class EmbeddingSpec(_SpecBase):
+    """Bi-encoder: graph (input_ids, attention_mask) -> `sentence_embedding` [batch, dimension],
+    pooled (and unit-normalised when `normalize`) inside the graph."""
+
+    task: Literal["embedding"] = "embedding"
+    dimension: int
+    pooling: str = "mean"
+    normalize: bool = True
+    query_max_length: int
+    doc_max_length: int
+
+
+class CrossEncoderSpec(_SpecBase):
+    """Ranker: graph (input_ids, attention_mask, token_type_ids) of a tokenised (query, text)
+    pair -> `score` [batch], one relevance logit per pair (higher is more relevant)."""
+
+    task: Literal["cross_encoder"] = "cross_encoder"
+    max_length: int
+
+
+class SequenceClassifierSpec(_SpecBase):
+    """Text classifier: graph (input_ids, attention_mask) -> `logits` [batch, len(labels)].
+
+    The runtime turns logits into softmax confidences; when the best confidence is below
+    `threshold` the answer is `fallback_label` (e.g. out_of_scope), as tuned on dev data.
+    """
+
+    task: Literal["sequence_classification"] = "sequence_classification"
+    max_length: int
+    labels: list[str]
+    fallback_label: str | None = None
+    threshold: float = 0.0
+
+    @model_validator(mode="after")
+    def _fallback_is_a_label(self) -> "SequenceClassifierSpec":
+        if self.fallback_label is not None and self.fallback_label not in self.labels:
+            raise ValueError(f"fallback_label {self.fallback_label!r} is not one of labels")
+        return self
+
+
+class TokenClassifierSpec(_SpecBase):
+    """Token tagger: graph (input_ids, attention_mask) -> `logits` [batch, sequence, len(labels)].
+
+    `labels` are per-token tags in `scheme` ("BIO": O, B-X, I-X; "IO": O, X); the runtime
+    joins tagged tokens into character spans of the entity types `span_labels` using the
+    tokenizer's offsets. `document_labels`, when given, are the text-level classes a model
+    derives from its spans (e.g. public / internal / secret), in increasing severity.
+    """
+
+    task: Literal["token_classification"] = "token_classification"
+    max_length: int
+    labels: list[str]
+    scheme: Literal["BIO", "IO"] = "BIO"
+    span_labels: list[str]
+    document_labels: list[str] = []
+
+    @model_validator(mode="after")
+    def _tags_match_spans(self) -> "TokenClassifierSpec":
+        if "O" not in self.labels:
+            raise ValueError("token labels must include the outside tag 'O'")
+        for tag in self.labels:
+            if tag == "O":
+                continue
+            kind = tag[2:] if self.scheme == "BIO" and tag[:2] in ("B-", "I-") else tag
+            if self.scheme == "BIO" and tag[:2] not in ("B-", "I-"):
+                raise ValueError(f"BIO tag {tag!r} must start with B- or I-")
+            if kind not in self.span_labels:
+                raise ValueError(f"tag {tag!r} names {kind!r}, which is not in span_labels")
+        return self
+
+
+# One entry per task, told apart by `task`: adding a model to a bundle is one more entry in
+# the manifest's `models`, and a new kind of model is one more spec class here.
+ModelSpec = Annotated[Union[EmbeddingSpec, CrossEncoderSpec, SequenceClassifierSpec, TokenClassifierSpec],
+                      Field(discriminator="task")]
+TASKS = ("embedding", "cross_encoder", "sequence_classification", "token_classification")
+_SPEC_ADAPTER: TypeAdapter = TypeAdapter(ModelSpec)
+
+
+def parse_model_spec(data: dict[str, Any] | str | bytes) -> "EmbeddingSpec | CrossEncoderSpec | SequenceClassifierSpec | TokenClassifierSpec":
+    """A spec from a dict or JSON text, its class chosen by `task` (BundleError when invalid)."""
+    try:
+        if isinstance(data, (str, bytes)):
+            return _SPEC_ADAPTER.validate_json(data)
+        return _SPEC_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise BundleError(f"invalid model spec: {_describe_validation_error(exc)}") from exc
+
+
 class Manifest(BaseModel):
-    schema_version: Literal[1]
+    schema_version: Literal[1, 2]
     bundle_version: str
     created_at: str
     git_commit: str
@@ -78,7 +175,9 @@ def _describe_validation_error(exc: ValidationError) -> str:
     """One line naming each bad field (dotted path) and why, for a readable BundleError."""
     parts = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "<root>"
+        # A spec's location carries its `task` tag (models.ranker.cross_encoder.max_length):
+        # dropped, so the message names the field as it appears in the manifest.
+        field = ".".join(str(p) for p in err["loc"] if p not in TASKS) or "<root>"
         parts.append(f"{field}: {err['msg']}")
     return "; ".join(parts)
 
@@ -141,9 +240,9 @@ def _parse_manifest(path: Path) -> Manifest:
         raise BundleError(f"{path}: the manifest must be a JSON object")
     # Checked before full validation: a newer bundle should say "upgrade", not "bad field".
     version = raw.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
         raise BundleError(f"bundle schema version {version} is not supported by this runtime "
-                          f"(supports {SCHEMA_VERSION})")
+                          f"(supports {', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}): upgrade apex-models")
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
@@ -236,16 +335,32 @@ def load_bundle(path: str | Path, verify: bool = True, public_key: bytes | str |
 
 @dataclass
 class Bundle:
-    """A loaded (and normally verified) bundle: its folder and its manifest."""
+    """A loaded (and normally verified) bundle: its folder and its manifest.
+
+    Each model is asked for by its manifest name; `embedder()`, `ranker()` and `intent()`
+    are the names the pipeline ships, `classifier(name)` and `token_classifier(name)` open
+    any other entry of those tasks. `has(name)` says whether a model is present.
+    """
 
     root: Path
     manifest: Manifest
 
-    def spec(self, name: str = "embedder") -> ModelSpec:
+    def has(self, name: str) -> bool:
+        """Whether the bundle ships a model under `name` (e.g. "ranker", "intent")."""
+        return name in self.manifest.models
+
+    @property
+    def model_names(self) -> list[str]:
+        return sorted(self.manifest.models)
+
+    def spec(self, name: str = "embedder", task: str | None = None):
         try:
-            return self.manifest.models[name]
+            spec = self.manifest.models[name]
         except KeyError:
             raise BundleError(f"bundle has no model {name!r}; it has {sorted(self.manifest.models)}") from None
+        if task is not None and spec.task != task:
+            raise BundleError(f"model {name!r} is a {spec.task!r} model, not a {task!r} model")
+        return spec
 
     def resolve_precision(self, name: str = "embedder", precision: str | None = None) -> str:
         """None or "auto" -> the manifest's default; an unknown precision is an error."""
@@ -256,14 +371,44 @@ class Bundle:
                               f"available: {', '.join(sorted(spec.onnx))}")
         return chosen
 
+    def _open(self, name: str, task: str, precision: str | None):
+        spec = self.spec(name, task)
+        chosen = self.resolve_precision(name, precision)
+        entry = self.manifest.files.get(spec.onnx[chosen])
+        return spec, chosen, entry.sha256 if entry else None
+
     def embedder(self, name: str = "embedder", precision: str | None = None,
                  intra_op_threads: int = 1) -> "OnnxEmbedder":
         from apex_models.runtime.embedder import OnnxEmbedder
 
-        spec = self.spec(name)
-        if spec.task != "embedding":
-            raise BundleError(f"model {name!r} is a {spec.task!r} model, not an embedding model")
-        chosen = self.resolve_precision(name, precision)
-        entry = self.manifest.files.get(spec.onnx[chosen])
-        return OnnxEmbedder(self.root, spec, chosen, intra_op_threads=intra_op_threads,
-                            onnx_sha256=entry.sha256 if entry else None)
+        spec, chosen, sha = self._open(name, "embedding", precision)
+        return OnnxEmbedder(self.root, spec, chosen, intra_op_threads=intra_op_threads, onnx_sha256=sha)
+
+    def ranker(self, name: str = "ranker", precision: str | None = None,
+               intra_op_threads: int = 1) -> "OnnxRanker":
+        """The cross-encoder: `.score(query, texts) -> np.ndarray` of relevance logits."""
+        from apex_models.runtime.models import OnnxRanker
+
+        spec, chosen, _ = self._open(name, "cross_encoder", precision)
+        return OnnxRanker(self.root, spec, chosen, intra_op_threads=intra_op_threads)
+
+    def classifier(self, name: str, precision: str | None = None,
+                   intra_op_threads: int = 1) -> "OnnxClassifier":
+        """Any sequence classifier: `.classify(texts) -> [(label, confidence)]`."""
+        from apex_models.runtime.models import OnnxClassifier
+
+        spec, chosen, _ = self._open(name, "sequence_classification", precision)
+        return OnnxClassifier(self.root, spec, chosen, intra_op_threads=intra_op_threads)
+
+    def intent(self, name: str = "intent", precision: str | None = None,
+               intra_op_threads: int = 1) -> "OnnxClassifier":
+        """The intent classifier: `.classify(texts) -> [(label, confidence)]`."""
+        return self.classifier(name, precision, intra_op_threads)
+
+    def token_classifier(self, name: str, precision: str | None = None,
+                         intra_op_threads: int = 1) -> "OnnxTokenClassifier":
+        """Any token tagger: `.spans(texts) -> [[Span]]` (character offsets into each text)."""
+        from apex_models.runtime.models import OnnxTokenClassifier
+
+        spec, chosen, _ = self._open(name, "token_classification", precision)
+        return OnnxTokenClassifier(self.root, spec, chosen, intra_op_threads=intra_op_threads)

@@ -10,14 +10,11 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from apex_models.hashing import sha256_file
-from apex_models.runtime.bundle import BundleError, ModelSpec
-
-_PAD_TOKENS = ("[PAD]", "<pad>", "<|padding|>")
-
+from apex_models.runtime.bundle import BundleError, EmbeddingSpec
+from apex_models.runtime.models import make_session, pad_id
 
 def _progress(items: list, enabled: bool, desc: str, unit: str = "batch") -> Iterable:
     """tqdm when installed (the train extra has it), else rich (always in the runtime)."""
@@ -41,7 +38,7 @@ def _batches(order: list[int], size: int) -> Iterator[list[int]]:
 class OnnxEmbedder:
     """Encodes texts into unit float32 vectors with one bundle model at one precision."""
 
-    def __init__(self, root: Path, spec: ModelSpec, precision: str, intra_op_threads: int = 1,
+    def __init__(self, root: Path, spec: EmbeddingSpec, precision: str, intra_op_threads: int = 1,
                  onnx_sha256: str | None = None) -> None:
         if precision not in spec.onnx:
             raise BundleError(f"no precision {precision!r}; available: {', '.join(sorted(spec.onnx))}")
@@ -56,14 +53,9 @@ class OnnxEmbedder:
         # fixed per instance avoids flipping it back and forth between queries and documents.
         self._tokenizers: dict[int, Tokenizer] = {}
         base = Tokenizer.from_file(str(self.tokenizer_path))
-        self._pad_id = next((base.token_to_id(t) for t in _PAD_TOKENS if base.token_to_id(t) is not None), 0)
+        self._pad_id = pad_id(base)
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(self.onnx_path), sess_options=options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = make_session(self.onnx_path, intra_op_threads)
         self._input_names = {i.name for i in self.session.get_inputs()}
         self._output_name = self.session.get_outputs()[0].name
 

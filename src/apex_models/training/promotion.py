@@ -102,3 +102,29 @@ def _record(client, name: str, candidate, decision: Decision) -> None:
         client.set_tag(candidate.run_id, "promotion_reason", decision.reason)
     if decision.promoted:
         client.set_registered_model_alias(name, CHAMPION, candidate.version)
+
+
+def promote_over_baseline(client, name: str, source: str, run_id: str | None, metric: str, value: float,
+                          baseline: str, baseline_value: float, margin: float,
+                          tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Register a candidate whose only rival may be a non-model baseline (TF-IDF, the
+    embedder's own order); it can become `champion` only if it beats that baseline by
+    `margin`, and then only if it also beats the current champion (`decide`).
+
+    Returns {"decision", "champion"} for the results file; `champion` is None while no
+    version has ever passed, which tells the export job to leave the model out.
+    """
+    candidate = register_version(client, name, source, run_id, metric, value,
+                                 tags={"baseline": baseline, f"baseline_{metric}": f"{baseline_value:.6f}",
+                                       **(tags or {})})
+    if not value > baseline_value + margin:
+        reason = (f"{metric} {value:.4f} does not beat the baseline {baseline} ({baseline_value:.4f}) "
+                  f"by the margin {margin}")
+        decision = reject(client, name, candidate, metric, margin, reason)
+    else:
+        decision = decide(client, name, candidate, metric, margin)
+    champion = current_champion(client, name)
+    return {"decision": decision.to_json(), "baseline": {"name": baseline, metric: baseline_value},
+            "champion": None if champion is None else {
+                "version": str(champion.version), "run_id": champion.run_id,
+                "source": f"models:/{name}/{champion.version}", metric: float(champion.tags[metric])}}

@@ -43,11 +43,17 @@ from apex_models.training.seed import set_seed
 log = logging.getLogger(__name__)
 
 
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
 def mine_negatives(pairs: list[tuple[str, str]], top_k: int, embedder=None) -> list[list[int]]:
     """Per pair, indices (into `pairs`) of other pairs' code ranked high for its query.
 
-    Candidates are BM25's top-`top_k` (plus the embedder's, interleaved, when given);
-    a candidate whose code equals the positive's is skipped (not a negative).
+    Candidates are BM25's top-`top_k` (plus the embedder's, interleaved, when given).
+    False negatives are skipped: a candidate whose code equals the positive's, or whose
+    own query is the same text (the same description twice, e.g. two `get` functions
+    both "Return the value for key", means both are right answers, not one wrong one).
     """
     codes = {f"d{i}": code for i, (_, code) in enumerate(pairs)}
     queries = {f"q{i}": query for i, (query, _) in enumerate(pairs)}
@@ -56,12 +62,13 @@ def mine_negatives(pairs: list[tuple[str, str]], top_k: int, embedder=None) -> l
     if embedder is not None:
         runs.append(dense_run(ds, embedder.encode_queries, embedder.encode_documents, k=top_k + 1))
     out = []
+    norm_queries = [_norm(q) for q, _ in pairs]
     for i, (_, code) in enumerate(pairs):
         ranked = [d for tier in zip_longest(*(run.get(f"q{i}", []) for run in runs)) for d in tier if d]
         seen, picked = set(), []
         for did in ranked:
             j = int(did[1:])
-            if j != i and j not in seen and pairs[j][1] != code:
+            if j != i and j not in seen and pairs[j][1] != code and norm_queries[j] != norm_queries[i]:
                 seen.add(j)
                 picked.append(j)
         out.append(picked[:top_k])
@@ -109,7 +116,9 @@ def train_ranker(params: Params, train_path: Path, out_dir: Path, mlflow=None,
     if train.embedder_negatives:
         from apex_models.models.embedder import TorchEncoder
 
-        embedder = TorchEncoder.from_base(cfg.base)
+        # The current embedder (what the ranker will re-rank behind), else the base model.
+        current = Path(params.paths.models) / "embedder" / "merged"
+        embedder = TorchEncoder.from_base(str(current) if (current / "config.json").is_file() else cfg.base)
     mined = mine_negatives(pairs, train.mine_top_k, embedder)
     mining_seconds = round(time.perf_counter() - started, 1)
 

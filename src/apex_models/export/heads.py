@@ -1,0 +1,193 @@
+"""Export of the models beside the embedder (ranker, intent, and any later classifier).
+
+Each model listed in `export.heads` (name -> task) ships when its registry `champion`
+exists, as named by `eval/results/promotion-<name>.json` (written by its evaluate stage).
+What differs per model is small and lives in `HEADS`: the spec fields it needs (labels,
+lengths, thresholds) and the held-out metric the accuracy gate compares int8 with fp32
+on. Adding a model is one entry in conf/export (`heads`) and one `Head` here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from apex_models.config import Params
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Head:
+    """How to export one named model: its spec fields and its held-out metric.
+
+    `fields(params, champion_tags)` -> the spec's task fields (base_model, max_length,
+    labels, ...); `heldout(params, runtime_model)` -> (metric name, value) or None when
+    no held-out data is available (then only the parity gates decide).
+    """
+
+    fields: Callable[[Params, dict[str, str]], dict[str, Any]]
+    heldout: Callable[[Params, Any], tuple[str, float] | None]
+    card: Callable[[Params, Path], dict[str, str]]
+
+
+def _ranker_fields(params: Params, tags: dict[str, str]) -> dict[str, Any]:
+    return {"base_model": params.ranker.base, "max_length": params.ranker.max_length}
+
+
+def _ranker_heldout(params: Params, ranker) -> tuple[str, float] | None:
+    """nDCG@10 of re-ranking BM25's top-20 on CoSQA dev (never the test split the ranker reports)."""
+    from apex_models.evaluation.rerank import rerank_run
+    from apex_models.evaluation.retrieval import BeirDataset, bm25_run, evaluate_run, load_beir
+    from apex_models.layout import layout
+
+    dev = layout(params).benchmark("cosqa-dev")
+    if not (dev / "corpus.jsonl").is_file():
+        return None
+    ds = load_beir(dev)
+    queries = dict(list(ds.queries.items())[:min(params.export.eval_dev_queries, 100)])
+    ds = BeirDataset(ds.corpus, queries, {q: ds.qrels[q] for q in queries})
+    run, _ = rerank_run(ds, bm25_run(ds, k=20), ranker, 20)
+    return "cosqa_dev_bm25top20_ndcg@10", evaluate_run(run, ds.qrels)["ndcg@10"]
+
+
+def _ranker_card(params: Params, results: Path) -> dict[str, str]:
+    from apex_models.evaluation.stages import markdown_table
+
+    t = params.ranker.train
+    path = results / "ranker.json"
+    evaluation = json.loads(path.read_text())["results"] if path.is_file() else {}
+    rows = {b: {"embedder": r["embedder"], "embedder+ranker": r["embedder+ranker"]} for b, r in evaluation.items()}
+    return {
+        "training": (f"- **Training**: LoRA r={params.ranker.lora.r}, {t.loss} loss over (query, positive, "
+                     f"{t.negatives} mined negatives), {t.max_steps} steps of {t.batch_size} queries, lr {t.lr}.\n"),
+        "data": ("The embedder's (docstring summary -> function) and CoNaLa pairs (see the embedder's card for "
+                 "licences and counts); negatives mined with BM25 (and the embedder when configured), "
+                 "candidates whose query or code equals the positive's excluded as false negatives."),
+        "evaluation": markdown_table(rows) if rows else "",
+        "intended_use": "Re-ranking a first stage's top-k (search results, memories) for a developer query.",
+        "limitations": ("Costs one encoder pass per (query, candidate) pair: keep k small on CPU. Trained on "
+                        "Python code and English text only."),
+    }
+
+
+def _intent_fields(params: Params, tags: dict[str, str]) -> dict[str, Any]:
+    cfg = params.intent
+    return {"base_model": cfg.base, "max_length": cfg.max_length, "labels": cfg.label_names,
+            "fallback_label": cfg.oos_label, "threshold": float(tags.get("threshold", 0.0))}
+
+
+def _intent_heldout(params: Params, classifier) -> tuple[str, float] | None:
+    """Macro-F1 on the gold intent set's dev split, with the shipped out_of_scope threshold."""
+    from apex_models.evaluation.intent import classification_metrics, load_gold
+
+    try:
+        rows = load_gold(Path(params.paths.shared), "dev")
+    except OSError:
+        return None
+    preds = [label for label, _ in classifier.classify([r["text"] for r in rows])]
+    report = classification_metrics([r["label"] for r in rows], preds, params.intent.label_names,
+                                    params.intent.oos_label)
+    return "gold_dev_macro_f1", report["macro_f1"]
+
+
+def _or_nan(x: float | None) -> float:
+    return float("nan") if x is None else x
+
+
+def _intent_card(params: Params, results: Path) -> dict[str, str]:
+    path = results / "intent.json"
+    evaluation = ""
+    if path.is_file():
+        test = json.loads(path.read_text())["results"]["test"]
+        evaluation = "\n".join(["| system | accuracy | macro-F1 | out_of_scope recall |", "|---|---|---|---|"] + [
+            f"| {name} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {_or_nan(r.get('oos_recall')):.4f} |"
+            for name, r in test.items()]) + "\n\nGold intent set, test split (dev tuned selection and threshold)."
+    return {
+        "training": (f"- **Training**: LoRA r={params.intent.lora.r}, label-smoothed cross-entropy, "
+                     f"{params.intent.train.max_steps} steps at most, early stopping on gold dev macro-F1.\n"),
+        "data": ("Weak labels from real text (Stack Exchange titles and tags, tldr pages, CoNaLa intents, "
+                 "doc headings, error messages; CC BY-SA 4.0 / CC BY 4.0 / MIT as recorded in the dataset card "
+                 "of `data/datasets/intent`), never the gold set."),
+        "evaluation": evaluation,
+        "intended_use": "Routing a developer query (search, debug, explain, plan, recall ...) in the runtimes.",
+        "limitations": "English queries; weak labels are noisy, so rare intents have lower recall.",
+    }
+
+
+HEADS: dict[str, Head] = {
+    "ranker": Head(_ranker_fields, _ranker_heldout, _ranker_card),
+    "intent": Head(_intent_fields, _intent_heldout, _intent_card),
+}
+
+
+def _champion(params: Params, name: str) -> dict[str, Any] | None:
+    path = Path(params.paths.results) / f"promotion-{name}.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())["results"].get("champion")
+
+
+def accuracy_gate(name: str, metric: str | None, fp32: float | None, int8: float | None,
+                  max_drop: float) -> tuple[str, str, float | None]:
+    """(default precision, reason, relative drop): int8 ships if it keeps (1 - max_drop) of fp32."""
+    if metric is None or fp32 is None or int8 is None:
+        return "int8", "int8 passed parity; no held-out data to check its accuracy", None
+    drop = (fp32 - int8) / max(abs(fp32), 1e-9)
+    if drop > max_drop:
+        return "fp32", (f"int8 {metric} {int8:.4f} is {drop:.2%} below fp32's {fp32:.4f} "
+                        f"(allowed {max_drop:.0%})"), drop
+    return "int8", f"int8 passed the parity gates and kept {1 - drop:.2%} of fp32's {metric}", drop
+
+
+def export_head(params: Params, name: str, task: str, out: Path, mlflow) -> dict[str, Any]:
+    """One model: champion -> artifacts + spec.json in `out`, or a report of why it is skipped."""
+    from apex_models.export.bundle import export_head_artifacts
+    from apex_models.runtime.models import OnnxClassifier, OnnxRanker
+
+    if name not in HEADS:
+        raise ValueError(f"export.heads names {name!r}, but apex_models.export.heads.HEADS has no entry for it "
+                         f"(known: {sorted(HEADS)})")
+    head, ex = HEADS[name], params.export
+    champion = _champion(params, name)
+    if champion is None:
+        return {"exported": False, "reason": f"no champion for {name!r} (see eval/results/promotion-{name}.json)"}
+    client = mlflow.MlflowClient()
+    model_name, version = champion["source"].split("/")[1:3]
+    tags = dict(client.get_model_version(model_name, version).tags)
+    merged = Path(mlflow.artifacts.download_artifacts(champion["source"]))
+    spec = export_head_artifacts(merged, out, task, head.fields(params, tags), opset=ex.opset,
+                                 per_channel=ex.int8.per_channel, reduce_range=ex.int8.reduce_range,
+                                 gates=ex.head_gates[task], n_probe=ex.probe_texts, optimize=ex.optimize_graph)
+    runtime = OnnxRanker if task == "cross_encoder" else OnnxClassifier
+    heldout = {p: head.heldout(params, runtime(out, spec, p)) for p in ("fp32", "int8")}
+    metric = heldout["fp32"][0] if heldout["fp32"] else None
+    values = {p: (v[1] if v else None) for p, v in heldout.items()}
+    default, reason, drop = accuracy_gate(name, metric, values["fp32"], values["int8"], ex.gates.int8_max_mrr_drop)
+    spec = spec.model_copy(update={"default_precision": default, "default_reason": reason,
+                                   "mlflow_run_id": champion["run_id"], "registry_version": version})
+    (out / "spec.json").write_text(spec.model_dump_json(indent=2) + "\n")
+    if values["fp32"] is not None:
+        mlflow.log_metrics({f"{name}/heldout/{p}": v for p, v in values.items()})
+    return {"exported": True, "task": task, "champion": champion, "parity": spec.parity,
+            "heldout": {"metric": metric, **values, "relative_drop": drop},
+            "default_precision": default, "default_reason": reason,
+            "sizes_bytes": {p: (out / f).stat().st_size for p, f in spec.onnx.items()}}
+
+
+def run_export_heads(params: Params, export_root: Path, mlflow) -> dict[str, Any]:
+    """Every model of `export.heads`: exported under `export_root/<name>/` or skipped with a reason."""
+    report = {}
+    for name, task in params.export.heads.items():
+        out = export_root / name
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        report[name] = export_head(params, name, task, out, mlflow)
+        if not report[name]["exported"]:
+            (out / "SKIPPED").write_text(report[name]["reason"] + "\n")
+            log.warning("export: %s", report[name]["reason"])
+    return report

@@ -1,0 +1,191 @@
+"""Ranker, classifiers and token taggers from a bundle's ONNX graphs: `tokenizers` + ONNX Runtime.
+
+Each class takes one manifest spec at one precision and does only what the graph cannot:
+tokenise (pairs for the cross-encoder, with offsets for the tagger), pad each batch to its
+longest row, run the graph, and turn logits into answers (softmax confidences, labels,
+character spans). No torch, no transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from apex_models.runtime.bundle import (BundleError, CrossEncoderSpec, SequenceClassifierSpec,
+                                        TokenClassifierSpec)
+
+PAD_TOKENS = ("[PAD]", "<pad>", "<|padding|>")
+
+
+def make_session(path: Path, intra_op_threads: int = 1) -> ort.InferenceSession:
+    """A CPU session with all graph optimisations on; threads pinned (contention hurts p99)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def pad_id(tokenizer: Tokenizer) -> int:
+    return next((tokenizer.token_to_id(t) for t in PAD_TOKENS if tokenizer.token_to_id(t) is not None), 0)
+
+
+def pad_batch(ids: list[list[int]], pad: int, type_ids: list[list[int]] | None = None) -> dict[str, np.ndarray]:
+    """int64 input_ids / attention_mask (and token_type_ids) padded to the longest row."""
+    width = max(len(x) for x in ids)
+    out = {"input_ids": np.full((len(ids), width), pad, dtype=np.int64),
+           "attention_mask": np.zeros((len(ids), width), dtype=np.int64),
+           "token_type_ids": np.zeros((len(ids), width), dtype=np.int64)}
+    for row, seq in enumerate(ids):
+        out["input_ids"][row, :len(seq)] = seq
+        out["attention_mask"][row, :len(seq)] = 1
+        if type_ids is not None:
+            out["token_type_ids"][row, :len(seq)] = type_ids[row]
+    return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _length_batches(lengths: list[int], size: int) -> Iterator[list[int]]:
+    """Indices grouped by similar length, so each batch pads little."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    for start in range(0, len(order), size):
+        yield order[start:start + size]
+
+
+class _OnnxModel:
+    """Tokenizer (truncating at the spec's max_length) + session for one spec and precision."""
+
+    def __init__(self, root: Path, spec, precision: str, intra_op_threads: int = 1) -> None:
+        if precision not in spec.onnx:
+            raise BundleError(f"no precision {precision!r}; available: {', '.join(sorted(spec.onnx))}")
+        self.root, self.spec, self.precision = Path(root), spec, precision
+        self.onnx_path = self.root / spec.onnx[precision]
+        self.tokenizer = Tokenizer.from_file(str(self.root / spec.tokenizer))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=spec.max_length, strategy="longest_first")
+        self._pad = pad_id(self.tokenizer)
+        self.session = make_session(self.onnx_path, intra_op_threads)
+        self._inputs = {i.name for i in self.session.get_inputs()}
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+
+
+class OnnxRanker(_OnnxModel):
+    """Cross-encoder: relevance of each text to a query; higher is more relevant."""
+
+    spec: CrossEncoderSpec
+
+    def score(self, query: str, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """float32 [len(texts)]: one logit per (query, text) pair, in the order of `texts`."""
+        texts = list(texts)
+        out = np.zeros(len(texts), dtype=np.float32)
+        if not texts:
+            return out
+        encodings = self.tokenizer.encode_batch([(query, t) for t in texts])
+        for idx in _length_batches([len(e.ids) for e in encodings], batch_size):
+            feeds = pad_batch([encodings[i].ids for i in idx], self._pad, [encodings[i].type_ids for i in idx])
+            out[idx] = self._run(feeds).reshape(-1)
+        return out
+
+
+class OnnxClassifier(_OnnxModel):
+    """Sequence classifier: each text -> (label, softmax confidence)."""
+
+    spec: SequenceClassifierSpec
+
+    def probabilities(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """float32 [len(texts), len(labels)], columns in `spec.labels` order."""
+        texts = list(texts)
+        out = np.zeros((len(texts), len(self.spec.labels)), dtype=np.float32)
+        if not texts:
+            return out
+        encodings = self.tokenizer.encode_batch(texts)
+        for idx in _length_batches([len(e.ids) for e in encodings], batch_size):
+            out[idx] = softmax(self._run(pad_batch([encodings[i].ids for i in idx], self._pad)))
+        return out
+
+    def classify(self, texts: list[str], batch_size: int = 64) -> list[tuple[str, float]]:
+        """(label, confidence) per text; below the spec's threshold the fallback label answers,
+        with the best class's confidence (how sure the model was of anything)."""
+        probs = self.probabilities(texts, batch_size)
+        labels, spec = self.spec.labels, self.spec
+        out = []
+        for row in probs:
+            best = int(row.argmax())
+            label = labels[best]
+            if spec.fallback_label is not None and row[best] < spec.threshold:
+                label = spec.fallback_label
+            out.append((label, float(row[best])))
+        return out
+
+
+@dataclass(frozen=True)
+class Span:
+    """A tagged stretch of a text: `text[start:end]` is of entity type `label`."""
+
+    start: int
+    end: int
+    label: str
+    confidence: float
+
+
+class OnnxTokenClassifier(_OnnxModel):
+    """Token tagger: each text -> character spans of the spec's span labels."""
+
+    spec: TokenClassifierSpec
+
+    def spans(self, texts: list[str], batch_size: int = 32) -> list[list[Span]]:
+        texts = list(texts)
+        if not texts:
+            return []
+        encodings = self.tokenizer.encode_batch(texts)
+        out: list[list[Span]] = [[] for _ in texts]
+        for idx in _length_batches([len(e.ids) for e in encodings], batch_size):
+            probs = softmax(self._run(pad_batch([encodings[i].ids for i in idx], self._pad)))
+            for row, i in enumerate(idx):
+                enc = encodings[i]
+                out[i] = decode_spans(probs[row, :len(enc.ids)], enc.offsets, enc.special_tokens_mask,
+                                      self.spec.labels, self.spec.scheme)
+        return out
+
+
+def decode_spans(probs: np.ndarray, offsets: list[tuple[int, int]], special: list[int], labels: list[str],
+                 scheme: str = "BIO") -> list[Span]:
+    """Join consecutive tokens of one entity type into character spans.
+
+    BIO: a B- tag or a change of type starts a new span, I- of the same type extends it;
+    IO: any run of one type is one span. Special tokens ([CLS], [SEP]) end a span. The
+    span's confidence is the lowest token confidence inside it (one weak token, weak span).
+    """
+    spans: list[Span] = []
+    current: list | None = None  # [start, end, type, min_conf]
+    for k, (start, end) in enumerate(offsets):
+        tag_index = int(probs[k].argmax())
+        tag, conf = labels[tag_index], float(probs[k, tag_index])
+        if special[k] or tag == "O" or start == end:
+            if current:
+                spans.append(Span(current[0], current[1], current[2], current[3]))
+                current = None
+            continue
+        begins = scheme == "BIO" and tag.startswith("B-")
+        kind = tag[2:] if scheme == "BIO" else tag
+        if current and kind == current[2] and not begins:
+            current[1], current[3] = end, min(current[3], conf)
+        else:
+            if current:
+                spans.append(Span(current[0], current[1], current[2], current[3]))
+            current = [start, end, kind, conf]
+    if current:
+        spans.append(Span(current[0], current[1], current[2], current[3]))
+    return spans
