@@ -28,7 +28,7 @@ def fresh_database(server_url: str) -> Iterator[str]:
 
 
 @contextmanager
-def running_app(database_url: str, embedder: Any, **settings: Any) -> Iterator[Any]:
+def running_app(database_url: str, embedder: Any, reranker: Any = None, **settings: Any) -> Iterator[Any]:
     """The app in-process (lifespan run: migrated, operator made) behind a TestClient."""
     from fastapi.testclient import TestClient
 
@@ -36,7 +36,7 @@ def running_app(database_url: str, embedder: Any, **settings: Any) -> Iterator[A
     from apex_models.cloud.settings import Settings
 
     config = Settings(database_url=database_url, bootstrap_token=OPERATOR_TOKEN, **settings)
-    with TestClient(create_app(config, embedder=embedder), raise_server_exceptions=False) as http:
+    with TestClient(create_app(config, embedder=embedder, reranker=reranker), raise_server_exceptions=False) as http:
         yield http
 
 

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from cloud_fixtures import OPERATOR_TOKEN, client_for, fresh_database, new_user, running_app
+from test_export_heads import heads_bundle  # noqa: F401  (a session fixture: one small bundle with a ranker)
 
 pytest.importorskip("fastapi")
 
@@ -356,3 +357,25 @@ def test_body_size_and_rate_limits(postgres_url, minilm_embedder) -> None:
                 assert exc.retry_after and exc.retry_after >= 1
         assert 429 in statuses and statuses[0] == 200
         assert client_for(http, OPERATOR_TOKEN).teams() == []   # another token has its own budget
+
+
+def test_the_bundle_ranker_reranks_server_search(postgres_url, minilm_embedder, heads_bundle) -> None:
+    """With a ranker in the bundle, every search's head is re-scored by it (scores in `why`)."""
+    from apex_models.cloud.app import load_reranker
+    from apex_models.cloud.settings import Settings
+    from apex_models.runtime.bundle import load_bundle
+
+    bundle_dir = heads_bundle / "bundle"
+    # fp32: dynamic int8 quantises activations per batch, so its scores move with the batch
+    rerank = load_reranker(Settings(bundle=bundle_dir, precision="fp32"))
+    assert load_reranker(Settings(bundle=bundle_dir, rerank=False)) is None
+    ranker = load_bundle(bundle_dir).ranker(precision="fp32")
+    with fresh_database(postgres_url) as url, running_app(url, minilm_embedder, reranker=rerank) as app:
+        _, owner = new_user(app, "ranked")
+        team = owner.create_team("ranked")
+        for text, kind, tags, source in NOTES:
+            owner.add(team.id, text, kind=kind, tags=tags, source=source)
+        hits = owner.search(team.id, "how do I convert a duration string to seconds", k=5)
+    expected = ranker.score("how do I convert a duration string to seconds", [h.text for h in hits])
+    assert [h.why.rerank_score for h in hits] == pytest.approx([float(x) for x in expected], abs=1e-4)
+    assert [h.why.rerank_score for h in hits] == sorted((h.why.rerank_score for h in hits), reverse=True)

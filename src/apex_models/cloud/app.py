@@ -77,8 +77,22 @@ def _load_embedder(settings: Settings) -> Any:
                                                  intra_op_threads=settings.embedder_threads)
 
 
-def create_app(settings: Settings, embedder: Any = None) -> FastAPI:
-    """The ASGI app; `embedder` overrides the bundle's (tests pass one they share)."""
+def load_reranker(settings: Settings) -> Any:
+    """The bundle's cross-encoder as `rerank(query, texts) -> scores`, or None when the bundle
+    ships no ranker (the registry keeps one out until it beats the embedder alone) or
+    re-ranking is switched off."""
+    if not settings.rerank or settings.bundle is None:
+        return None
+    from apex_models.runtime.bundle import load_bundle
+
+    bundle = load_bundle(settings.bundle)
+    if not bundle.has("ranker"):
+        return None
+    return bundle.ranker(precision=settings.precision, intra_op_threads=settings.embedder_threads).score
+
+
+def create_app(settings: Settings, embedder: Any = None, reranker: Any = None) -> FastAPI:
+    """The ASGI app; `embedder` and `reranker` override the bundle's (tests pass ones they share)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -93,7 +107,8 @@ def create_app(settings: Settings, embedder: Any = None) -> FastAPI:
                 with pool.connection() as conn:
                     auth.ensure_operator(conn, settings.bootstrap_token.get_secret_value())
             model = embedder if embedder is not None else _load_embedder(settings)
-            app.state.cloud = State(settings, pool, SearchEngine(model), model,
+            rerank = reranker if reranker is not None else load_reranker(settings)
+            app.state.cloud = State(settings, pool, SearchEngine(model, rerank=rerank), model,
                                     RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
                                     RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst))
             yield

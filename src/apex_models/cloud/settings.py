@@ -30,6 +30,8 @@ class Settings(BaseSettings):
                                                                  "address when unauthenticated)")
     rate_limit_burst: int = Field(200, ge=1)
     embedder_threads: int = Field(1, ge=1)
+    rerank: bool = Field(True, description="re-rank the fused head of every search with the bundle's ranker "
+                                           "(when the bundle ships one)")
     ray_embedder: bool = Field(False, description="embed through the Ray Serve deployment instead of in-process")
     ray_app_name: str = "apex-embedder"
 
