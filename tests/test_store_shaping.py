@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from apex_models.runtime import DEFAULT_INTENT_BOOSTS, MemoryStore, OnnxEmbedder, StoreConfig, StoreError, load_bundle
+from test_export_heads import heads_bundle  # noqa: F401  (a session fixture: small exported ranker and intent heads)
 
 KEY = bytes(range(1, 33))
 RRF_K = 60
@@ -183,3 +184,21 @@ def test_a_bad_reranker_fails_clearly(folder: Path, embedder: OnnxEmbedder) -> N
     with MemoryStore.open(folder, embedder, key=KEY) as store:
         with pytest.raises(StoreError, match="returned 1 scores for"):
             store.search("http", rerank=lambda q, texts: [1.0])
+
+
+def test_the_bundles_onnx_ranker_and_intent_model_plug_in(folder: Path, embedder: OnnxEmbedder,
+                                                          heads_bundle: Path) -> None:
+    """End to end with real exported models (small heads from test_export_heads): the store
+    re-scores its head with the ONNX cross-encoder and classifies the query with the ONNX
+    intent model, and every number in `why` is theirs."""
+    bundle = load_bundle(heads_bundle / "bundle")
+    ranker, intent = bundle.ranker(precision="fp32"), bundle.intent(precision="fp32")
+    query = "TimeoutError when calling the billing API"
+    with MemoryStore.open(folder, embedder, key=KEY, reranker=ranker, intent=intent) as store:
+        hits = store.search(query, k=5, rerank=True)
+    label, confidence = intent.classify([query])[0]
+    assert all(h.why.intent == label and h.why.intent_confidence == pytest.approx(confidence, abs=1e-6) for h in hits)
+    expected = ranker.score(query, [h.text for h in hits])
+    assert [h.why.rerank_score for h in hits] == pytest.approx([float(s) for s in expected], abs=1e-4)
+    by_rank = sorted(hits, key=lambda h: h.why.rerank_rank)
+    assert [h.why.rerank_score for h in by_rank] == sorted((h.why.rerank_score for h in hits), reverse=True)
