@@ -32,11 +32,16 @@ def train_file(tmp_path_factory):
     return path
 
 
-def _params(steps: int = 6, **extra):
+def _params(steps: int = 6, legacy: bool = True, **extra):
+    """`legacy`: train.jsonl as is, in-batch negatives only (the recipe GOLDEN was taken on)."""
     overrides = [f"embedder.train.max_steps={steps}", "embedder.train.batch_size=8",
                  "embedder.train.save_every=3", "embedder.train.eval_every=1000",
                  "embedder.train.log_every=1", "embedder.train.lr=1e-3", "embedder.lora.dropout=0.1",
-                 "trainer.num_threads=2"] + [f"{k}={v}" for k, v in extra.items()]
+                 "trainer.num_threads=2"]
+    if legacy:
+        overrides += ["embedder.data.mix=null", "embedder.train.hard_negatives=0",
+                      "embedder.train.mini_batch_size=null"]
+    overrides += [f"{k}={v}" for k, v in extra.items()]
     return validate(compose("tiny", overrides))
 
 

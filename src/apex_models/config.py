@@ -114,6 +114,23 @@ class LoraConfig(_Strict):
     target_modules: list[str] = Field(min_length=1)
 
 
+class MiningConfig(_Strict):
+    """Hard-negative mining (apex_models.training.negatives)."""
+
+    method: Literal["bm25", "dense", "both"]
+    top_k: int = Field(gt=0)
+    skip_top: int = Field(ge=0)
+    max_code_jaccard: float = Field(gt=0, le=1)
+    max_positive_ratio: float = Field(gt=0, le=1)   # 1: no positive-aware filtering
+
+
+class EmbedderDataConfig(_Strict):
+    """The training mix (apex_models.data.embedder_mix); `mix: null` reads train.jsonl as is."""
+
+    mix: dict[Literal["docstring", "docstring_query", "conala", "stackexchange", "tldr"], float] | None
+    conala_query: float = Field(ge=0, le=1)
+
+
 class EmbedderTrainConfig(_Strict):
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
@@ -128,6 +145,10 @@ class EmbedderTrainConfig(_Strict):
     max_train_pairs: int = Field(gt=0)
     eval_dev_queries: int = Field(gt=0)
     log_every: int = Field(gt=0)
+    # GradCache: embed in chunks of this many texts (null: the whole batch at once)
+    mini_batch_size: int | None = Field(default=None, gt=0)
+    hard_negatives: int = Field(ge=0)          # per query, appended to the in-batch negatives
+    mining: MiningConfig
 
 
 class EmbedderConfig(_Strict):
@@ -137,6 +158,7 @@ class EmbedderConfig(_Strict):
     query_max_length: int = Field(gt=0, le=512)
     doc_max_length: int = Field(gt=0, le=512)
     lora: LoraConfig
+    data: EmbedderDataConfig
     train: EmbedderTrainConfig
 
 
