@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
@@ -310,6 +310,34 @@ class RuntimeConfig(_Strict):
     intra_op_threads: int = Field(gt=0)
 
 
+class SweepParam(_Strict):
+    """One searched value: `choice`/`grid` over `values`, or `loguniform`/`uniform` in [low, high]."""
+
+    type: Literal["choice", "grid", "loguniform", "uniform"]
+    values: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "SweepParam":
+        if self.type in ("choice", "grid") and not self.values:
+            raise ValueError(f"a {self.type} needs `values`")
+        if self.type in ("loguniform", "uniform") and (self.low is None or self.high is None or self.low >= self.high):
+            raise ValueError(f"a {self.type} needs low < high")
+        return self
+
+
+class SweepConfig(_Strict):
+    """The Ray Tune sweep over the embedder recipe (apex_models.training.sweep)."""
+
+    num_samples: int = Field(gt=0)
+    max_concurrent: int = Field(gt=0)
+    cpus_per_trial: float = Field(gt=0)
+    metric: str
+    mode: Literal["max", "min"]
+    space: dict[str, SweepParam] = Field(min_length=1)
+
+
 class Params(_Strict):
     """The whole resolved config; each stage reads only its own sections."""
 
@@ -325,6 +353,7 @@ class Params(_Strict):
     ranker: RankerConfig | None = None
     export: ExportConfig
     runtime: RuntimeConfig
+    sweep: SweepConfig | None = None  # optional: only pipelines/sweep_embedder.py reads it
 
 
 def compose(profile: str = "default", overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:

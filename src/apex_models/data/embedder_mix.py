@@ -63,16 +63,20 @@ def _base_verb(word: str) -> str:
     return low
 
 
-def web_query(summary: str, key: str, seed: int = 0) -> str:
+def web_query(summary: str, key: str, seed: int = 0, max_words: int = 12) -> str:
     """A docstring summary or a question title, rewritten the way developers search.
 
-    Lower case, Sphinx/Markdown markup unwrapped, a leading "Return(s)" becomes "get"
+    First clause only, at most `max_words` words, lower case, Sphinx/Markdown markup
+    unwrapped, a leading "Return(s)" becomes "get"
     and other third-person verbs their base form, articles dropped, final punctuation
     removed, and "python" placed by one of a few templates chosen by `key`'s hash.
     ``web_query("Returns the Bull Graph.", "k")`` may give ``"python get bull graph"``.
     """
     text = _MARKUP.sub(lambda m: next(g for g in m.groups() if g), summary)
-    text = " ".join(text.replace("\n", " ").split()).strip().rstrip(".!?:;, ")
+    text = " ".join(text.replace("\n", " ").split()).strip()
+    # Searches are short (CoSQA: about 6 words): keep the first clause, at most `max_words` words.
+    text = re.split(r"[,;:(]| - ", text, maxsplit=1)[0]
+    text = " ".join(text.split()[:max_words]).rstrip(".!?:;, ")
     low = text.lower()
     for prefix in _DROP_PREFIXES:
         if low.startswith(prefix):
