@@ -40,8 +40,10 @@ _DROP_PREFIXES = ("this function ", "this method ", "helper to ", "helper functi
 _ARTICLES = {"a", "an", "the"}
 _MARKUP = re.compile(r":[a-z]+:`~?\.?([^`]+)`|``([^`]+)``|`([^`]+)`")
 _CODE_BLOCK = re.compile(r"```[a-zA-Z0-9_+-]*\n(.*?)```", re.S)
+# Every CoSQA query names the language: about half start with it, a fifth ask "how to".
+# (Queries without it come from the `docstring` source.)
 _TEMPLATES = ("python {q}", "{q} python", "how to {q} in python", "{q} in python", "python {q}",
-              "{q} python", "python3 {q}", "{q}")
+              "{q} python", "python3 {q}", "python {q}")
 
 
 def _unit(seed: int, *parts: str) -> float:
@@ -142,8 +144,10 @@ def mix_pairs(pools: dict[str, list[tuple[str, str]]], weights: dict[str, float]
               seed: int) -> tuple[list[tuple[str, str]], dict[str, int]]:
     """`total` pairs drawn from the pools by weight; returns the pairs and the count per source.
 
-    ``docstring`` and ``docstring_query`` share their code: a function drawn for one is
-    not drawn again for the other, so no function appears twice with two phrasings.
+    ``docstring`` and ``docstring_query`` are two phrasings of the same functions (their
+    pools are index-aligned): one seeded draw of functions is split between them in
+    proportion to their weights, so no function appears twice and, when functions run
+    short, both shrink alike rather than the first starving the second.
     """
     unknown = set(weights) - set(SOURCES)
     if unknown:
@@ -152,28 +156,37 @@ def mix_pairs(pools: dict[str, list[tuple[str, str]]], weights: dict[str, float]
     if not active:
         raise ValueError("every mix weight is 0: nothing to train on")
     norm = sum(active.values())
+    want = {name: int(round(total * w / norm)) for name, w in active.items()}
     rng = np.random.default_rng([seed, 7])
-    taken_code: set[str] = set()
-    out: list[tuple[str, str]] = []
-    counts: dict[str, int] = {}
-    for name in SOURCES:
-        if name not in active:
-            continue
-        want = int(round(total * active[name] / norm))
-        pool = pools.get(name, [])
-        picked = []
-        for i in rng.permutation(len(pool)).tolist():
-            if len(picked) >= want:
+    chosen: dict[str, list[tuple[str, str]]] = {}
+
+    phrasings = [n for n in ("docstring_query", "docstring") if n in want]
+    if phrasings:
+        n_funcs = len(pools.get("docstring", []))
+        asked = sum(want[n] for n in phrasings)
+        if asked > n_funcs:
+            for n in phrasings:
+                want[n] = int(want[n] * n_funcs / asked)
+        seen: set[str] = set()
+        picks: list[int] = []
+        for i in rng.permutation(n_funcs).tolist():
+            if len(picks) == sum(want[n] for n in phrasings):
                 break
-            query, code = pool[i]
-            if name.startswith("docstring"):
-                if code in taken_code:
-                    continue
-                taken_code.add(code)
-            picked.append((query, code))
-        counts[name] = len(picked)
-        out.extend(picked)
+            code = pools["docstring"][i][1]
+            if code not in seen:
+                seen.add(code)
+                picks.append(i)
+        start = 0
+        for n in phrasings:
+            chosen[n] = [pools[n][i] for i in picks[start:start + want[n]]]
+            start += want[n]
+    for name in SOURCES:
+        if name in want and name not in chosen:
+            pool = pools.get(name, [])
+            chosen[name] = [pool[i] for i in rng.permutation(len(pool))[:want[name]].tolist()]
+    out = [pair for name in SOURCES for pair in chosen.get(name, [])]
     if not out:
         raise ValueError(f"the mix {weights} found no pairs in its sources")
+    counts = {name: len(chosen[name]) for name in SOURCES if name in chosen}
     order = rng.permutation(len(out)).tolist()
     return [out[i] for i in order], counts
