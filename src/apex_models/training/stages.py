@@ -24,6 +24,9 @@ def run_train_embedder(params: Params) -> dict[str, Any]:
                                  sources_dir=lay.sources)
         for name, count in summary["mix"].items():
             mlflow.log_metric(f"data/pairs/{name}", float(count))
+        if summary["mining"]:  # how many hard-negative candidates each false-negative filter dropped
+            mlflow.log_metrics({f"data/mining/skipped_{k}": float(v) for k, v in summary["mining"]["skipped"].items()})
+            mlflow.log_metric("data/mining/mean_per_query", summary["mining"]["mean_per_query"])
         summary["dev_benchmark"] = str(dev) if dev else None
         summary["mlflow_run_id"] = mlflow.active_run().info.run_id
         for key in ("trainable_params", "total_params", "pairs", "seconds", "best_step"):
