@@ -10,6 +10,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,35 @@ def minilm_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from runtime_fixtures import build_minilm_bundle
 
     return build_minilm_bundle(tmp_path_factory.mktemp("minilm_bundle"))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL for the cloud tests: $APEX_TEST_DATABASE_URL (CI starts one), else a
+    throwaway cluster from the local server binaries (initdb into a temporary folder, Unix
+    socket only, stopped at the end), else skip with the reason."""
+    pytest.importorskip("psycopg", reason="the cloud extra (psycopg) is not installed")
+    url = os.environ.get("APEX_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from apex_models.cloud.postgres import LocalPostgres, find_bin_dir
+
+    if find_bin_dir() is None:
+        pytest.skip("no PostgreSQL: set APEX_TEST_DATABASE_URL or install the postgresql server package")
+    folder = Path(tempfile.mkdtemp(prefix="apex-test-pg-"))
+    folder.chmod(0o755)  # as root the server runs as `postgres`, which must reach its data folder
+    server = LocalPostgres(folder)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def minilm_embedder(minilm_bundle: Path):
+    """The bundle's default embedder, loaded once for every cloud test."""
+    from apex_models.runtime.bundle import load_bundle
+
+    return load_bundle(minilm_bundle).embedder()

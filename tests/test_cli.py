@@ -17,8 +17,11 @@ ENV = {"APEX_MEMORY_PASSPHRASE": "cli test passphrase"}
 def test_help_lists_subcommands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for word in ("bundle", "memory", "eval"):
+    for word in ("bundle", "memory", "eval", "serve"):
         assert word in result.output
+    serve_help = runner.invoke(app, ["serve", "--help"])
+    assert serve_help.exit_code == 0 and "APEX_DATABASE_URL" in serve_help.output
+    assert runner.invoke(app, ["serve"], env={"APEX_BUNDLE": ""}).exit_code != 0   # no bundle: a clear error
     memory_help = runner.invoke(app, ["memory", "--help"])
     assert memory_help.exit_code == 0
     for word in ("add", "search", "forget", "stats", "export"):

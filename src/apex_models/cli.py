@@ -18,7 +18,8 @@ from apex_models.evaluation.cli import eval_app
 app = typer.Typer(
     help="apex: small developer-specific models and the memory runtime that ships them.\n\n"
          "bundle: verify an exported model bundle. memory: add to, search and forget in a local "
-         "encrypted memory store. eval: score a bundle on a BEIR-layout benchmark.",
+         "encrypted memory store. eval: score a bundle on a BEIR-layout benchmark. serve: run the "
+         "cloud memory service.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -255,6 +256,39 @@ def memory_export(
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         print_json({"exported": len(data), "out": str(out)})
+
+
+@app.command("serve")
+def serve_command(
+    bundle: Annotated[Path | None, typer.Option(help="Bundle whose embedder the server uses "
+                                                     "(default: $APEX_BUNDLE).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; the default is loopback only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8765,
+    data_dir: Annotated[Path | None, typer.Option(help="Folder of the private PostgreSQL used when "
+                                                       "$APEX_DATABASE_URL is unset (default: .apex-cloud).")] = None,
+    precision: PrecisionOpt = None,
+) -> None:
+    """Run the cloud memory service (HTTP API, OpenAPI at /docs).
+
+    Production sets $APEX_DATABASE_URL to its PostgreSQL. Without it, a private PostgreSQL
+    runs in --data-dir for as long as the server (initdb on first start; the server
+    binaries must be installed) and the first start writes an operator token to
+    <data-dir>/operator-token. Every other setting is an APEX_* variable (serving/README.md).
+    """
+    with user_errors():
+        from apex_models.cloud.postgres import PostgresError
+        from apex_models.cloud.server import serve
+        from apex_models.cloud.settings import Settings
+
+        overrides = {k: v for k, v in {"bundle": bundle, "data_dir": data_dir, "precision": precision}.items()
+                     if v is not None}
+        settings = Settings(**overrides)
+        if settings.bundle is None:
+            raise ValueError("no bundle: pass --bundle or set APEX_BUNDLE")
+        try:
+            serve(settings, host=host, port=port)
+        except PostgresError as exc:
+            raise ValueError(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -768,27 +768,7 @@ class MemoryStore:
         return [(int(nums[i]), float(scores[i])) for i in order]
 
     def _collapse(self, fused: list[tuple[int, float]], need: int) -> list[tuple[int, float]]:
-        """Keep the best of each group of near-identical memories (cosine above the threshold).
-
-        Walks down the fused order comparing each candidate with the hits kept so far and
-        stops once `need` are kept, so a search never pays for candidates it will cut
-        (small matrix-vector products only: no Gram matrix of every candidate).
-        """
-        if len(fused) < 2:
-            return fused
-        kept: list[int] = []
-        kept_vectors = np.zeros((need, self.embedder.dimension), dtype=np.float32)
-        chunk = 2 * need + 8
-        for start in range(0, len(fused), chunk):
-            vectors = self._dense.vectors([n for n, _ in fused[start:start + chunk]])
-            for offset, vector in enumerate(vectors):
-                if kept and float(np.max(kept_vectors[:len(kept)] @ vector)) > self.config.duplicate_cosine:
-                    continue
-                kept_vectors[len(kept)] = vector
-                kept.append(start + offset)
-                if len(kept) == need:
-                    return [fused[i] for i in kept]
-        return [fused[i] for i in kept]
+        return collapse_near_duplicates(fused, self._dense, need, self.config.duplicate_cosine)
 
     def _hit(self, num: int, score: float, dense: tuple[int, float] | None, keyword: tuple[int, float] | None,
              query_tokens: list[str], rerank_score: float | None) -> Hit:
@@ -911,3 +891,33 @@ def _rrf(lists: list[list[tuple[int, float]]], k: int) -> list[tuple[int, float]
         for rank, (num, _) in enumerate(ranked, start=1):
             fused[num] = fused.get(num, 0.0) + 1.0 / (k + rank)
     return sorted(fused.items(), key=lambda p: -p[1])
+
+
+def collapse_near_duplicates(fused: list[tuple[int, float]], dense: DenseIndex, need: int,
+                             threshold: float) -> list[tuple[int, float]]:
+    """Keep the best of each group of near-identical memories (cosine above `threshold`).
+
+    Walks down the fused order comparing each candidate with the hits kept so far and
+    stops once `need` are kept, so a search never pays for candidates it will cut
+    (small matrix-vector products only: no Gram matrix of every candidate). Rows missing
+    from `dense` are kept as they are. Shared with the cloud service's search.
+    """
+    if len(fused) < 2:
+        return fused
+    kept: list[int] = []
+    kept_vectors = np.zeros((need, dense.dimension), dtype=np.float32)
+    chunk = 2 * need + 8
+    for start in range(0, len(fused), chunk):
+        block = fused[start:start + chunk]
+        present = [i for i, (n, _) in enumerate(block) if n in dense]
+        vectors = dict(zip(present, dense.vectors([block[i][0] for i in present])))
+        for offset in range(len(block)):
+            vector = vectors.get(offset)
+            if vector is not None:
+                if kept and float(np.max(kept_vectors[:len(kept)] @ vector)) > threshold:
+                    continue
+                kept_vectors[len(kept)] = vector
+            kept.append(start + offset)
+            if len(kept) == need:
+                return [fused[i] for i in kept]
+    return [fused[i] for i in kept]

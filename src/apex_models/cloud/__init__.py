@@ -1,0 +1,1 @@
+"""The cloud memory service: team namespaces on PostgreSQL, access control, audit, sync (see serving/)."""
