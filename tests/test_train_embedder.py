@@ -15,6 +15,8 @@ from apex_models.training.embedder import epoch_batches, train_embedder
 
 # Losses of steps 1 and 6 of `_params()` on `_stdlib_pairs()` (seed 1234, CPU, torch 2.13).
 GOLDEN = (0.179899, 0.092213)
+# The same for the full recipe: the query mix, one BM25 hard negative, the cached loss.
+GOLDEN_FULL = (0.603476, 0.038691)
 
 
 def _stdlib_pairs(limit: int = 96) -> list[dict]:
@@ -32,11 +34,16 @@ def train_file(tmp_path_factory):
     return path
 
 
-def _params(steps: int = 6, **extra):
+def _params(steps: int = 6, legacy: bool = True, **extra):
+    """`legacy`: train.jsonl as is, in-batch negatives only (the recipe GOLDEN was taken on)."""
     overrides = [f"embedder.train.max_steps={steps}", "embedder.train.batch_size=8",
                  "embedder.train.save_every=3", "embedder.train.eval_every=1000",
                  "embedder.train.log_every=1", "embedder.train.lr=1e-3", "embedder.lora.dropout=0.1",
-                 "trainer.num_threads=2"] + [f"{k}={v}" for k, v in extra.items()]
+                 "trainer.num_threads=2"]
+    if legacy:
+        overrides += ["embedder.data.mix=null", "embedder.train.hard_negatives=0",
+                      "embedder.train.mini_batch_size=null"]
+    overrides += [f"{k}={v}" for k, v in extra.items()]
     return validate(compose("tiny", overrides))
 
 
@@ -89,3 +96,21 @@ def test_changed_config_does_not_resume_stale_checkpoints(tmp_path, train_file) 
     other = train_embedder(_params(**{"embedder.train.lr": "5e-4"}), train_file, None, tmp_path)
     assert [s for s, _ in other["losses"]] == [1, 2, 3, 4, 5, 6]
 
+
+
+def test_full_recipe_resumes_exactly(tmp_path, train_file) -> None:
+    """Mix, mined negatives and the cached loss keep resume == uninterrupted (golden values)."""
+    full = {"embedder.train.hard_negatives": 1, "embedder.train.mini_batch_size": 3, "embedder.train.batch_size": 4,
+            "embedder.train.save_every": 2, "embedder.query_max_length": 16, "embedder.train.doc_max_length": 32,
+            "embedder.data.mix.docstring": 0.25, "embedder.data.mix.docstring_query": 0.35,
+            "embedder.data.mix.conala": 0, "embedder.data.mix.stackexchange": 0, "embedder.data.mix.tldr": 0}
+    straight = train_embedder(_params(steps=4, legacy=False, **full), train_file, None, tmp_path / "a")
+    assert straight["mix"] == {"docstring": 40, "docstring_query": 56}  # tiny mix, conala/sources absent
+    assert straight["mining"]["mean_per_query"] > 5
+    first = train_embedder(_params(steps=4, legacy=False, **full), train_file, None, tmp_path / "b", stop_after=2)
+    assert first["stopped_at"] == 2
+    resumed = train_embedder(_params(steps=4, legacy=False, **full), train_file, None, tmp_path / "b")["losses"]
+    assert [s for s, _ in resumed] == [1, 2, 3, 4]
+    assert [loss for _, loss in resumed] == pytest.approx([loss for _, loss in straight["losses"]], abs=1e-5)
+    assert straight["losses"][0][1] == pytest.approx(GOLDEN_FULL[0], rel=1e-3), straight["losses"]
+    assert straight["losses"][-1][1] == pytest.approx(GOLDEN_FULL[1], rel=1e-3), straight["losses"]

@@ -160,6 +160,23 @@ class LoraConfig(_Strict):
     layers: list[int] | None = None
 
 
+class MiningConfig(_Strict):
+    """Hard-negative mining (apex_models.training.negatives)."""
+
+    method: Literal["bm25", "dense", "both"]
+    top_k: int = Field(gt=0)
+    skip_top: int = Field(ge=0)
+    max_code_jaccard: float = Field(gt=0, le=1)
+    max_positive_ratio: float = Field(gt=0, le=1)   # 1: no positive-aware filtering
+
+
+class EmbedderDataConfig(_Strict):
+    """The training mix (apex_models.data.embedder_mix); `mix: null` reads train.jsonl as is."""
+
+    mix: dict[Literal["docstring", "docstring_query", "conala", "stackexchange", "tldr"], float] | None
+    conala_query: float = Field(ge=0, le=1)
+
+
 class EmbedderTrainConfig(_Strict):
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
@@ -174,6 +191,10 @@ class EmbedderTrainConfig(_Strict):
     max_train_pairs: int = Field(gt=0)
     eval_dev_queries: int = Field(gt=0)
     log_every: int = Field(gt=0)
+    # GradCache: embed in chunks of this many texts (null: the whole batch at once)
+    mini_batch_size: int | None = Field(default=None, gt=0)
+    hard_negatives: int = Field(ge=0)          # per query, appended to the in-batch negatives
+    mining: MiningConfig
 
 
 class EmbedderConfig(_Strict):
@@ -183,6 +204,7 @@ class EmbedderConfig(_Strict):
     query_max_length: int = Field(gt=0, le=512)
     doc_max_length: int = Field(gt=0, le=512)
     lora: LoraConfig
+    data: EmbedderDataConfig
     train: EmbedderTrainConfig
 
 
@@ -449,6 +471,34 @@ class RuntimeConfig(_Strict):
     intra_op_threads: int = Field(gt=0)
 
 
+class SweepParam(_Strict):
+    """One searched value: `choice`/`grid` over `values`, or `loguniform`/`uniform` in [low, high]."""
+
+    type: Literal["choice", "grid", "loguniform", "uniform"]
+    values: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "SweepParam":
+        if self.type in ("choice", "grid") and not self.values:
+            raise ValueError(f"a {self.type} needs `values`")
+        if self.type in ("loguniform", "uniform") and (self.low is None or self.high is None or self.low >= self.high):
+            raise ValueError(f"a {self.type} needs low < high")
+        return self
+
+
+class SweepConfig(_Strict):
+    """The Ray Tune sweep over the embedder recipe (apex_models.training.sweep)."""
+
+    num_samples: int = Field(gt=0)
+    max_concurrent: int = Field(gt=0)
+    cpus_per_trial: float = Field(gt=0)
+    metric: str
+    mode: Literal["max", "min"]
+    space: dict[str, SweepParam] = Field(min_length=1)
+
+
 class Params(_Strict):
     """The whole resolved config; each stage reads only its own sections."""
 
@@ -466,6 +516,7 @@ class Params(_Strict):
     sensitivity: SensitivityConfig | None = None
     export: ExportConfig
     runtime: RuntimeConfig
+    sweep: SweepConfig | None = None  # optional: only pipelines/sweep_embedder.py reads it
 
 
 def compose(profile: str = "default", overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:

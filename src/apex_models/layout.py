@@ -20,6 +20,7 @@ class Layout:
     shared: Path
     raw_pypi: Path
     ingest: Path
+    sources: Path
     embedder_data: Path
     benchmarks: Path
     embedder_model: Path
@@ -49,6 +50,7 @@ def layout(params: Params) -> Layout:
         shared=Path(p.shared),
         raw_pypi=data / "raw" / "pypi",
         ingest=data / "ingest",
+        sources=data / "sources",
         embedder_data=data / "datasets" / "embedder",
         benchmarks=data / "benchmarks",
         embedder_model=Path(p.models) / "embedder",

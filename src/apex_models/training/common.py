@@ -149,8 +149,13 @@ def load_checkpoint(accelerator, checkpoint: Path) -> tuple[TrainState, dict[str
 
 
 def optimizer_step(accelerator, loss, optimizer, scheduler) -> None:
-    """Backward, step the optimizer and the schedule, clear gradients (inside `accumulate`)."""
-    accelerator.backward(loss)
+    """Backward, step the optimizer and the schedule, clear gradients (inside `accumulate`).
+
+    `loss` None: the gradients are already in place (a cached loss back-propagates in
+    pieces itself), so only the update runs.
+    """
+    if loss is not None:
+        accelerator.backward(loss)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad()

@@ -1,18 +1,23 @@
-"""Recipe: fine-tune the bi-encoder with LoRA and in-batch negatives, through accelerate.
+"""Recipe: fine-tune the bi-encoder with LoRA, in-batch and hard negatives, through accelerate.
 
-The steps, in order (state is set up in one place, `_setup`):
-  1. seed, read the training pairs and cut them to `max_train_pairs`;
-  2. load the base model and wrap it with a PEFT LoRA adapter;
-  3. score the un-tuned model on the dev benchmark (the baseline to beat);
-  4. train: each batch is (query, code) pairs whose other rows are the negatives
-     (no duplicate text inside a batch, so no false negatives from copies);
-  5. every `save_every` steps save a resumable checkpoint (model, optimizer, scheduler,
+The steps, in order:
+  1. seed; build the training pairs: the configured mix of query-like sources
+     (apex_models.data.embedder_mix) or, with `mix: null`, train.jsonl as is;
+  2. mine hard negatives per pair (BM25 and/or the base embedder, false negatives
+     skipped; apex_models.training.negatives) when `hard_negatives` > 0;
+  3. load the base model and wrap it with a PEFT LoRA adapter;
+  4. score the un-tuned model on the dev benchmark (the baseline to beat);
+  5. train: each batch is (query, code) pairs plus each query's hard negatives, every
+     other document in the batch a negative too; no text appears twice in a batch (a
+     copy would be its own negative). With `mini_batch_size` the loss is cached
+     (GradCache, apex_models.training.contrastive): the batch can exceed memory;
+  6. every `save_every` steps save a resumable checkpoint (model, optimizer, scheduler,
      RNG); every `eval_every` steps score dev and keep the best adapter;
-  6. merge the best adapter into the base and save a plain transformers model.
+  7. merge the best adapter into the base and save a plain transformers model.
 
-The batch order is a pure function of (seed, epoch), so a run resumed from a
-checkpoint sees exactly the batches an uninterrupted run would: the resume test checks
-the losses match.
+The batch order and the negatives drawn are pure functions of (seed, step), so a run
+resumed from a checkpoint sees exactly the batches an uninterrupted run would: the
+resume test checks the losses match.
 """
 
 from __future__ import annotations
@@ -29,12 +34,15 @@ import torch
 from tqdm.auto import tqdm
 
 from apex_models.config import Params
+from apex_models.data.embedder_mix import mix_pairs, source_pairs
 from apex_models.evaluation.retrieval import BeirDataset, dense_run, evaluate_run, load_beir
 from apex_models.models.base import resolve_base_model
 from apex_models.models.embedder import TorchEncoder, embed_batch
 from apex_models.training.common import (CHECKPOINTS, TrainState, fingerprint, latest_checkpoint,
                                          load_checkpoint, optimizer_step, prepare_training, record_step,
                                          save_checkpoint, save_selected, with_lora)
+from apex_models.training.contrastive import cached_info_nce, info_nce
+from apex_models.training.negatives import mine_hard_negatives, pick_negatives
 from apex_models.training.seed import set_seed
 
 
@@ -112,15 +120,60 @@ def _dev_metric(encoder: TorchEncoder, dev: BeirDataset, limit_queries: int, bat
     return evaluate_run(run, subset.qrels)["mrr@10"]
 
 
-def run_fingerprint(params: Params, train_path: Path) -> str:
+def source_files(params: Params, train_path: Path, sources_dir: Path | None) -> list[Path]:
+    """The files the training pairs come from (train.jsonl, plus the sources a mix reads)."""
+    files = [Path(train_path)]
+    mix = params.embedder.data.mix
+    if mix and sources_dir is not None:
+        for name in ("stackexchange", "tldr"):
+            path = Path(sources_dir) / f"{name}.jsonl"
+            if mix.get(name, 0) > 0 and path.is_file():
+                files.append(path)
+    return files
+
+
+def run_fingerprint(params: Params, train_path: Path, sources_dir: Path | None = None) -> str:
     """What a checkpoint must match to be resumed: the recipe's config and its data."""
     return fingerprint({"seed": params.seed, "embedder": params.embedder.model_dump(mode="json"),
-                        "trainer": params.trainer.model_dump(mode="json")}, [train_path])
+                        "trainer": params.trainer.model_dump(mode="json")},
+                       source_files(params, train_path, sources_dir))
+
+
+def training_pairs(params: Params, train_path: Path, sources_dir: Path | None) -> tuple[list[tuple[str, str]], dict]:
+    """Step 1: the mix by weight, or train.jsonl as is; returns the pairs and counts per source."""
+    cfg = params.embedder
+    if cfg.data.mix is None:
+        pairs = read_pairs(train_path, cfg.train.max_train_pairs, params.seed)
+        return pairs, {"train.jsonl": len(pairs)}
+    pools = source_pairs(train_path, sources_dir, params.seed, cfg.data.conala_query)
+    return mix_pairs(pools, cfg.data.mix, cfg.train.max_train_pairs, params.seed)
+
+
+def mined_negatives(params: Params, pairs: list[tuple[str, str]]) -> tuple[list[list[int]], dict]:
+    """Step 2: hard negatives from BM25 and/or the un-tuned base model (a pure function of its inputs)."""
+    cfg, mining = params.embedder, params.embedder.train.mining
+    encoder = None
+    if mining.method != "bm25" or mining.max_positive_ratio < 1.0:
+        encoder = TorchEncoder.from_base(cfg.base, cfg.pooling, cfg.normalize, cfg.query_max_length,
+                                         cfg.train.doc_max_length)
+    started = time.perf_counter()
+    mined, skipped = mine_hard_negatives(
+        pairs, mining.top_k, mining.method,
+        encoder and (lambda t: encoder.encode_queries(t, params.evaluate.batch_size, progress=True)),
+        encoder and (lambda t: encoder.encode_documents(t, params.evaluate.batch_size, progress=True)),
+        skip_top=mining.skip_top, max_code_jaccard=mining.max_code_jaccard,
+        max_positive_ratio=mining.max_positive_ratio)
+    report = {"skipped": skipped, "seconds": round(time.perf_counter() - started, 1),
+              "mean_per_query": round(float(np.mean([len(m) for m in mined])), 2)}
+    return mined, report
 
 
 def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_dir: Path,
-                   mlflow=None, stop_after: int | None = None) -> dict[str, Any]:
+                   mlflow=None, stop_after: int | None = None, sources_dir: Path | None = None) -> dict[str, Any]:
     """Run the recipe; resume from the newest checkpoint in `out_dir` if there is one.
+
+    `sources_dir` holds the ingest_sources stage's records (stackexchange.jsonl,
+    tldr.jsonl) that a mix may draw from; absent, those sources give no pairs.
 
     `stop_after` ends the loop early after that many total steps (as a crash would),
     leaving the checkpoints in place; the tests use it to prove resume is exact.
@@ -132,19 +185,20 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
     set_seed(params.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    # 1. data
-    pairs = read_pairs(train_path, train.max_train_pairs, params.seed)
+    # 1-2. data and hard negatives
+    pairs, mix_counts = training_pairs(params, train_path, sources_dir)
+    mined, mining = mined_negatives(params, pairs) if train.hard_negatives else (None, None)
     dev = load_beir(dev_dir) if dev_dir and Path(dev_dir).exists() else None
 
-    # 2. model, optimizer, schedule
+    # 3. model, optimizer, schedule
     model, tokenizer = _lora_model(params)
     model, optimizer, scheduler, accelerator, counts = prepare_training(
         model, train, params.trainer, train.batch_size)
     encoder = TorchEncoder(model, tokenizer, cfg.pooling, cfg.normalize, cfg.query_max_length, cfg.doc_max_length)
 
-    # 3. resume, or score the baseline
+    # 4. resume, or score the baseline
     state = TrainState()
-    latest = latest_checkpoint(out_dir, run_fingerprint(params, train_path))
+    latest = latest_checkpoint(out_dir, run_fingerprint(params, train_path, sources_dir))
     if latest is not None:
         state, _ = load_checkpoint(accelerator, latest)
         accelerator.print(f"[train] resumed from {latest.name}")
@@ -155,10 +209,14 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
         accelerator.print(f"[train] base dev mrr@10 {base_dev:.4f}")
         if mlflow:
             mlflow.log_metric("dev/mrr_at_10", base_dev, step=0)
-    summary = {**counts, "pairs": len(pairs),
+    summary = {**counts, "pairs": len(pairs), "mix": mix_counts, "mining": mining,
                "base_dev_mrr@10": base_dev}
 
-    # 4-5. train
+    def embed(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return embed_batch(model, inputs["input_ids"].to(accelerator.device),
+                           inputs["attention_mask"].to(accelerator.device), cfg.pooling, cfg.normalize)
+
+    # 5-6. train
     stream: dict[str, Any] = {}
     scale = 1.0 / train.temperature
     last = min(train.max_steps, stop_after) if stop_after else train.max_steps
@@ -169,17 +227,20 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
     while state.step < last:
         idx = batch_for_step(pairs, train.batch_size, params.seed, state.step, stream)
         queries = [pairs[i][0] for i in idx]
-        codes = [pairs[i][1] for i in idx]
+        docs = [pairs[i][1] for i in idx]  # row i's positive is document i; negatives follow
+        if mined is not None:
+            docs += [pairs[j][1] for j in pick_negatives(idx, pairs, mined, train.hard_negatives,
+                                                         params.seed, state.step)]
         q = tokenizer(queries, padding=True, truncation=True, max_length=cfg.query_max_length, return_tensors="pt")
-        d = tokenizer(codes, padding=True, truncation=True, max_length=train.doc_max_length, return_tensors="pt")
+        d = tokenizer(docs, padding=True, truncation=True, max_length=train.doc_max_length, return_tensors="pt")
+        q, d = {k: q[k] for k in ("input_ids", "attention_mask")}, {k: d[k] for k in ("input_ids", "attention_mask")}
         with accelerator.accumulate(model):
-            qv = embed_batch(model, q["input_ids"].to(accelerator.device), q["attention_mask"].to(accelerator.device),
-                             cfg.pooling, cfg.normalize)
-            dv = embed_batch(model, d["input_ids"].to(accelerator.device), d["attention_mask"].to(accelerator.device),
-                             cfg.pooling, cfg.normalize)
-            logits = (qv @ dv.T).float() * scale
-            loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(idx), device=logits.device))
-            optimizer_step(accelerator, loss, optimizer, scheduler)
+            if train.mini_batch_size and train.mini_batch_size < len(docs):
+                loss = cached_info_nce(embed, q, d, scale, train.mini_batch_size, accelerator.backward)
+                optimizer_step(accelerator, None, optimizer, scheduler)
+            else:
+                loss = info_nce(embed(q), embed(d), scale)
+                optimizer_step(accelerator, loss, optimizer, scheduler)
         record_step(state, loss, bar, scheduler, mlflow, train.log_every)
         if dev is not None and (state.step % train.eval_every == 0 or state.step == train.max_steps):
             metric = _dev_metric(encoder, dev, train.eval_dev_queries, params.evaluate.batch_size)
@@ -203,7 +264,7 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
         summary["stopped_at"] = state.step
         return summary
 
-    # 6. merge the selected adapter and save a plain model
+    # 7. merge the selected adapter and save a plain model
     save_selected(accelerator, model, tokenizer, out_dir, state)
     shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # finished: nothing left to resume
     shutil.rmtree(out_dir / "best_adapter", ignore_errors=True)

@@ -19,8 +19,14 @@ def run_train_embedder(params: Params) -> dict[str, Any]:
         dev = None
     out = lay.embedder_model
     with stage_run("train_embedder", params, ["embedder", "trainer"],
-                   data={"datasets/embedder": lay.embedder_data}) as mlflow:
-        summary = train_embedder(params, lay.embedder_data / "train.jsonl", dev, out, mlflow=mlflow)
+                   data={"datasets/embedder": lay.embedder_data, "sources": lay.sources}) as mlflow:
+        summary = train_embedder(params, lay.embedder_data / "train.jsonl", dev, out, mlflow=mlflow,
+                                 sources_dir=lay.sources)
+        for name, count in summary["mix"].items():
+            mlflow.log_metric(f"data/pairs/{name}", float(count))
+        if summary["mining"]:  # how many hard-negative candidates each false-negative filter dropped
+            mlflow.log_metrics({f"data/mining/skipped_{k}": float(v) for k, v in summary["mining"]["skipped"].items()})
+            mlflow.log_metric("data/mining/mean_per_query", summary["mining"]["mean_per_query"])
         summary["dev_benchmark"] = str(dev) if dev else None
         summary["mlflow_run_id"] = mlflow.active_run().info.run_id
         for key in ("trainable_params", "total_params", "pairs", "seconds", "best_step"):
