@@ -6,9 +6,8 @@ is truly the same lives here, so a fix to checkpointing reaches every model at o
 
 from __future__ import annotations
 
-import math
-
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -178,6 +177,24 @@ def record_step(state: TrainState, loss, bar, scheduler, mlflow=None, log_every:
         mlflow.log_metric("train/loss", value, step=state.step)
         mlflow.log_metric("train/lr", scheduler.get_last_lr()[0], step=state.step)
     return value
+
+
+def record_dev(state: TrainState, extra: dict, metric: float, name: str, model, out_dir: Path, patience: int,
+               accelerator, mlflow=None) -> bool:
+    """Keep a dev evaluation: on the curve, in MLflow as `dev/<name>`, and the adapter when it
+    is the best so far. Returns True once `patience` evaluations in a row did not improve
+    (early stopping); `extra["bad_evals"]` carries that count through checkpoints."""
+    state.dev.append((state.step, round(metric, 6)))
+    accelerator.print(f"[train] step {state.step} dev {name} {metric:.4f}")
+    if mlflow:
+        mlflow.log_metric(f"dev/{name}", metric, step=state.step)
+    if metric > state.best_metric:
+        state.best_metric, state.best_step = metric, state.step
+        extra["bad_evals"] = 0
+        accelerator.unwrap_model(model).save_pretrained(out_dir / "best_adapter")
+        return False
+    extra["bad_evals"] += 1
+    return extra["bad_evals"] >= patience
 
 
 def prepare_training(model, train, trainer: TrainerConfig, micro_batch_size: int):

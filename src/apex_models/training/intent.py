@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from apex_models.config import IntentConfig, Params
 from apex_models.models.base import resolve_base_model
 from apex_models.training.common import (CHECKPOINTS, TrainState, batch_for_step, fingerprint,
-                                         latest_checkpoint, load_checkpoint, optimizer_step, prepare_training,
+                                         latest_checkpoint, load_checkpoint, optimizer_step, prepare_training, record_dev,
                                          record_step, save_checkpoint, save_selected, with_lora)
 from apex_models.training.seed import set_seed
 
@@ -166,17 +166,7 @@ def train_intent(params: Params, train_path: Path, dev: list[dict] | None, out_d
         if dev and (state.step % train.eval_every == 0 or state.step == train.max_steps):
             metric = _dev_macro_f1(accelerator.unwrap_model(model), tokenizer, dev, cfg)
             model.train()
-            state.dev.append((state.step, round(metric, 6)))
-            accelerator.print(f"[train] step {state.step} dev macro-F1 {metric:.4f}")
-            if mlflow:
-                mlflow.log_metric("dev/macro_f1", metric, step=state.step)
-            if metric > state.best_metric:
-                state.best_metric, state.best_step = metric, state.step
-                extra["bad_evals"] = 0
-                accelerator.unwrap_model(model).save_pretrained(out_dir / "best_adapter")
-            else:
-                extra["bad_evals"] += 1
-                early = extra["bad_evals"] >= train.patience
+            early = record_dev(state, extra, metric, "macro_f1", model, out_dir, train.patience, accelerator, mlflow)
         if state.step % train.save_every == 0 or state.step == last or early:
             save_checkpoint(accelerator, out_dir, state, extra)
     bar.close()

@@ -35,7 +35,7 @@ from apex_models.sensitivity.spans import (IGNORE, SensitiveSpan, bio_labels, sp
                                            union, windows)
 from apex_models.sensitivity.synth import TOKEN_LABELS
 from apex_models.training.common import (CHECKPOINTS, TrainState, batch_for_step, fingerprint, latest_checkpoint,
-                                         load_checkpoint, optimizer_step, prepare_training, record_step,
+                                         load_checkpoint, optimizer_step, prepare_training, record_dev, record_step,
                                          save_checkpoint, save_selected, with_lora)
 from apex_models.training.seed import set_seed
 
@@ -190,17 +190,7 @@ def train_sensitivity(params: Params, data_dir: Path, out_dir: Path, mlflow=None
                                 cfg.max_length, cfg.stride)
             metric = span_scores(dev, system_spans(dev, probs, 0.5, None))["all"]["f1"]
             model.train()
-            state.dev.append((state.step, round(metric, 6)))
-            accelerator.print(f"[train] step {state.step} dev span F1 {metric:.4f}")
-            if mlflow:
-                mlflow.log_metric("dev/span_f1", metric, step=state.step)
-            if metric > state.best_metric:
-                state.best_metric, state.best_step = metric, state.step
-                extra["bad_evals"] = 0
-                accelerator.unwrap_model(model).save_pretrained(out_dir / "best_adapter")
-            else:
-                extra["bad_evals"] += 1
-                early = extra["bad_evals"] >= train.patience
+            early = record_dev(state, extra, metric, "span_f1", model, out_dir, train.patience, accelerator, mlflow)
         if state.step % train.save_every == 0 or state.step == last or early:
             save_checkpoint(accelerator, out_dir, state, extra)
     bar.close()
