@@ -280,3 +280,18 @@ def test_capped_sample_still_fills_every_split(tmp_path) -> None:
     ds = load_from_disk(str(tmp_path / "ds"))
     tldr = {s: sum(1 for r in ds[s] if r["source"] == "tldr") for s in ("train", "dev", "test")}
     assert sum(tldr.values()) == 60 and tldr["train"] > tldr["test"] > 0
+
+
+def test_reading_the_dataset_writes_nothing_into_its_folder(tmp_path) -> None:
+    """DVC tracks data/datasets/planner: a shuffle or filter by a reader must leave no cache file."""
+    from datasets import Dataset, DatasetDict
+
+    from apex_models.data.planner_dataset import load_planner_dataset
+
+    rows = {"goal": [f"goal {i}" for i in range(20)], "steps": [[f"step {i}", "then"] for i in range(20)]}
+    DatasetDict({"train": Dataset.from_dict(rows), "test": Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "d"))
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "d").rglob("*"))
+    data = load_planner_dataset(tmp_path / "d")
+    assert len(data["test"].shuffle(seed=1).select(range(5))) == 5
+    assert len(data["train"].filter(lambda r: r["goal"] != "goal 3")) == 19
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "d").rglob("*")) == before
