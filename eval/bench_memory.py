@@ -350,14 +350,15 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def save(args: argparse.Namespace, results: dict[str, Any], bundle, reranker, ranker, load_before, began) -> dict:
+def save(args: argparse.Namespace, results: dict[str, Any], bundle, reranker, has_ranker: bool, load_before,
+         began) -> dict:
     """Write memory.json and memory.md (after every tier, so a long run keeps what it measured)."""
     from apex_models.evaluation.results import write_result
 
     meta = {"bundle_version": bundle.manifest.bundle_version, "precision": args.precision, "threads": args.threads,
             "build_threads": args.build_threads, "queries": args.queries, "embedded": args.embedded,
             "rerank_depth": args.rerank_depth, "rerank_queries": args.rerank_queries,
-            "reranker": type(reranker).__name__ + ("" if callable(ranker) else " (cost stand-in, see bench doc)"),
+            "reranker": type(reranker).__name__ + ("" if has_ranker else " (cost stand-in, see bench doc)"),
             "vectors": f"first {args.embedded} texts embedded by the bundle's {args.precision} model; the rest "
                        f"are those vectors plus N(0, {NOISE_SIGMA}) noise, normalised",
             "load_average_before_after": [round(x, 2) for x in (*load_before, *os.getloadavg())],
@@ -404,8 +405,8 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     bundle = load_bundle(args.bundle)
     embedder = bundle.embedder(precision=args.precision, intra_op_threads=args.threads)
-    ranker = getattr(bundle, "ranker", None)
-    reranker = ranker() if callable(ranker) else PairCostRanker(embedder)
+    has_ranker = bundle.has("ranker")
+    reranker = bundle.ranker(intra_op_threads=args.threads) if has_ranker else PairCostRanker(embedder)
     items = memory_corpus.memory_items(args.corpus, max(sizes))
     queries = memory_corpus.queries(args.corpus, args.queries)
     real = memory_corpus.cached_vectors(embedder, [x["text"] for x in items[:args.embedded]], args.cache)
@@ -432,9 +433,9 @@ def main() -> None:
                 r = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             results["peers"].setdefault(peer, {})[str(n)] = r
             print(json.dumps({peer: n, **r}), file=sys.stderr, flush=True)
-            save(args, results, bundle, reranker, ranker, load_before, began)
-        save(args, results, bundle, reranker, ranker, load_before, began)
-    meta = save(args, results, bundle, reranker, ranker, load_before, began)
+            save(args, results, bundle, reranker, has_ranker, load_before, began)
+        save(args, results, bundle, reranker, has_ranker, load_before, began)
+    meta = save(args, results, bundle, reranker, has_ranker, load_before, began)
     print(markdown(results, meta))
 
 
