@@ -39,17 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "eval"))
 
-from bench_ingest import BYTES_PER_QUESTION, _baseline, _in_child, _peak_rss_mb  # noqa: E402
-
-
-def _parse(path: str) -> dict:
-    from apex_models.data.stackexchange import iter_posts
-
-    started = time.perf_counter()
-    rows = sum(1 for _ in iter_posts(Path(path)))
-    seconds = time.perf_counter() - started
-    return {"rows": rows, "seconds": round(seconds, 1), "rows_per_s": round(rows / seconds, 1),
-            "mb_per_s": round(Path(path).stat().st_size / 2**20 / seconds, 1), "peak_rss_mb": _peak_rss_mb()}
+from bench_ingest import BYTES_PER_QUESTION, _baseline, _in_child, _parse, _peak_rss_mb  # noqa: E402
 
 
 def _join(path: str, cap: int) -> dict:
