@@ -93,6 +93,23 @@ def _ingest(source: str, shared: str, out: str, benchmarks: list[str], engine: s
             "skipped": info["skipped"]["counts"]}
 
 
+def synthetic_shared(tmp: Path, real_shared: Path, mb: float) -> tuple[Path, Path, int, float]:
+    """A shared/ folder in `tmp` with a synthetic Stack Exchange dump of about `mb` MB (and the
+    real benchmarks linked in, so decontamination has its usual work): (shared, dump, bytes,
+    seconds to write)."""
+    from apex_models.data.stackexchange import write_synthetic_dump
+
+    shared = tmp / "shared"
+    se = shared / "corpora" / "stackexchange"
+    se.mkdir(parents=True)
+    if (real_shared / "benchmarks").is_dir():
+        (shared / "benchmarks").symlink_to((real_shared / "benchmarks").resolve())
+    dump = se / "synthetic.stackexchange.com-Posts.xml"
+    started = time.perf_counter()
+    size = write_synthetic_dump(dump, max(1, int(mb * 2**20 / BYTES_PER_QUESTION)))
+    return shared, dump, size, round(time.perf_counter() - started, 1)
+
+
 def _in_child(fn, *args):
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
@@ -112,20 +129,10 @@ def main() -> None:
     real_shared = Path(os.environ.get("APEX_SHARED", REPO.parent / "shared"))
     benchmarks = ["cosqa", "conala", "intent", "qa"]
 
-    from apex_models.data.stackexchange import write_synthetic_dump
-
     results: dict = {"sources": {}}
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        shared = Path(tmp) / "shared"
-        se = shared / "corpora" / "stackexchange"
-        se.mkdir(parents=True)
-        if (real_shared / "benchmarks").is_dir():
-            (shared / "benchmarks").symlink_to((real_shared / "benchmarks").resolve())
-        dump = se / "synthetic.stackexchange.com-Posts.xml"
-        started = time.perf_counter()
-        size = write_synthetic_dump(dump, max(1, int(args.mb * 2**20 / BYTES_PER_QUESTION)))
-        results["synthetic_dump"] = {"bytes": size, "mb": round(size / 2**20, 1),
-                                     "write_seconds": round(time.perf_counter() - started, 1)}
+        shared, dump, size, seconds = synthetic_shared(Path(tmp), real_shared, args.mb)
+        results["synthetic_dump"] = {"bytes": size, "mb": round(size / 2**20, 1), "write_seconds": seconds}
         print("dump", json.dumps(results["synthetic_dump"]), file=sys.stderr)
         results["baseline_imports"] = _in_child(_baseline)
         results["stackexchange_parse_only"] = _in_child(_parse, str(dump))

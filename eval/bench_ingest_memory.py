@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "eval"))
 
-from bench_ingest import BYTES_PER_QUESTION, _baseline, _in_child, _parse, _peak_rss_mb  # noqa: E402
+from bench_ingest import _baseline, _in_child, _parse, _peak_rss_mb, synthetic_shared  # noqa: E402
 
 
 def _join(path: str, cap: int) -> dict:
@@ -72,7 +72,6 @@ def _chain(shared: str, out: str, cap: int) -> dict:
 
 
 def main() -> None:
-    from apex_models.data.stackexchange import write_synthetic_dump
     from apex_models.evaluation.results import write_result
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,15 +86,8 @@ def main() -> None:
     results: dict = {"baseline_imports": _in_child(_baseline), "runs": {}}
     for mb in sizes:
         with tempfile.TemporaryDirectory(prefix="bench-ingest-memory-") as tmp:
-            shared = Path(tmp) / "shared"
-            se = shared / "corpora" / "stackexchange"
-            se.mkdir(parents=True)
-            if (real_shared / "benchmarks").is_dir():
-                (shared / "benchmarks").symlink_to((real_shared / "benchmarks").resolve())
-            dump = se / "synthetic.stackexchange.com-Posts.xml"
-            started = time.perf_counter()
-            size = write_synthetic_dump(dump, max(1, int(mb * 2**20 / BYTES_PER_QUESTION)))
-            run = {"input_mb": round(size / 2**20, 1), "write_seconds": round(time.perf_counter() - started, 1)}
+            shared, dump, size, seconds = synthetic_shared(Path(tmp), real_shared, mb)
+            run = {"input_mb": round(size / 2**20, 1), "write_seconds": seconds}
             print(f"{mb:g} MB dump", json.dumps(run), file=sys.stderr)
             for name, fn, fn_args in (("parse", _parse, (str(dump),)), ("join", _join, (str(dump), args.join_records)),
                                       ("chain", _chain, (str(shared), str(Path(tmp) / "out"), args.chain_records))):
