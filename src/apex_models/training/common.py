@@ -179,6 +179,18 @@ def record_step(state: TrainState, loss, bar, scheduler, mlflow=None, log_every:
     return value
 
 
+def resume(accelerator, out_dir: Path, run_fingerprint: str, extra: dict | None = None,
+           best_dir: str = "best_adapter") -> tuple[TrainState, dict, bool]:
+    """(state, extra, resumed): the newest checkpoint of this same run when there is one (stale
+    ones are removed), else a fresh state and `extra` as given."""
+    latest = latest_checkpoint(out_dir, run_fingerprint, best_dir=best_dir)
+    if latest is None:
+        return TrainState(), dict(extra or {}), False
+    state, saved = load_checkpoint(accelerator, latest)
+    accelerator.print(f"[train] resumed from {latest.name}")
+    return state, {**(extra or {}), **saved}, True
+
+
 def record_dev(state: TrainState, extra: dict, metric: float, name: str, model, out_dir: Path, patience: int,
                accelerator, mlflow=None) -> bool:
     """Keep a dev evaluation: on the curve, in MLflow as `dev/<name>`, and the adapter when it

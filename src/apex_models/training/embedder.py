@@ -38,9 +38,8 @@ from apex_models.data.embedder_mix import mix_pairs, source_pairs
 from apex_models.evaluation.retrieval import BeirDataset, dense_run, evaluate_run, load_beir
 from apex_models.models.base import resolve_base_model
 from apex_models.models.embedder import TorchEncoder, embed_batch
-from apex_models.training.common import (CHECKPOINTS, TrainState, fingerprint, latest_checkpoint,
-                                         load_checkpoint, optimizer_step, prepare_training, record_step,
-                                         save_checkpoint, save_selected, with_lora)
+from apex_models.training.common import (CHECKPOINTS, fingerprint, optimizer_step, prepare_training, record_step,
+                                         resume, save_checkpoint, save_selected, with_lora)
 from apex_models.training.contrastive import cached_info_nce, info_nce
 from apex_models.training.negatives import mine_hard_negatives, pick_negatives
 from apex_models.training.seed import set_seed
@@ -197,13 +196,9 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
     encoder = TorchEncoder(model, tokenizer, cfg.pooling, cfg.normalize, cfg.query_max_length, cfg.doc_max_length)
 
     # 4. resume, or score the baseline
-    state = TrainState()
-    latest = latest_checkpoint(out_dir, run_fingerprint(params, train_path, sources_dir))
-    if latest is not None:
-        state, _ = load_checkpoint(accelerator, latest)
-        accelerator.print(f"[train] resumed from {latest.name}")
+    state, _, resumed = resume(accelerator, out_dir, run_fingerprint(params, train_path, sources_dir))
     base_dev = None
-    if dev is not None and latest is None:
+    if dev is not None and not resumed:
         with accelerator.unwrap_model(model).disable_adapter():
             base_dev = _dev_metric(encoder, dev, train.eval_dev_queries, params.evaluate.batch_size)
         accelerator.print(f"[train] base dev mrr@10 {base_dev:.4f}")

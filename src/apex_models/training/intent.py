@@ -32,9 +32,8 @@ from tqdm.auto import tqdm
 
 from apex_models.config import IntentConfig, Params
 from apex_models.models.base import resolve_base_model
-from apex_models.training.common import (CHECKPOINTS, TrainState, batch_for_step, fingerprint,
-                                         latest_checkpoint, load_checkpoint, optimizer_step, prepare_training, record_dev,
-                                         record_step, save_checkpoint, save_selected, with_lora)
+from apex_models.training.common import (CHECKPOINTS, batch_for_step, fingerprint, optimizer_step, prepare_training,
+                                         record_dev, record_step, resume, save_checkpoint, save_selected, with_lora)
 from apex_models.training.seed import set_seed
 
 
@@ -136,13 +135,9 @@ def train_intent(params: Params, train_path: Path, dev: list[dict] | None, out_d
     model, optimizer, scheduler, accelerator, counts = prepare_training(
         model, train, params.trainer, train.batch_size)
 
-    state, extra = TrainState(), {"bad_evals": 0}
     run_fp = fingerprint({"seed": params.seed, "intent": cfg.model_dump(mode="json"),
                           "trainer": params.trainer.model_dump(mode="json")}, [train_path])
-    latest = latest_checkpoint(out_dir, run_fp)
-    if latest is not None:
-        state, extra = load_checkpoint(accelerator, latest)
-        accelerator.print(f"[train] resumed from {latest.name}")
+    state, extra, _ = resume(accelerator, out_dir, run_fp, {"bad_evals": 0})
     summary: dict[str, Any] = {**counts, "examples": len(texts),
                                "baseline_seconds": baseline_seconds}
 

@@ -34,9 +34,8 @@ from tqdm.auto import tqdm
 from apex_models.config import Params, RankerConfig
 from apex_models.evaluation.retrieval import BeirDataset, bm25_run, dense_run
 from apex_models.models.base import resolve_base_model
-from apex_models.training.common import (CHECKPOINTS, TrainState, batch_for_step, fingerprint,
-                                         latest_checkpoint, load_checkpoint, optimizer_step, prepare_training,
-                                         record_step, save_checkpoint, save_selected, with_lora)
+from apex_models.training.common import (CHECKPOINTS, batch_for_step, fingerprint, optimizer_step, prepare_training,
+                                         record_step, resume, save_checkpoint, save_selected, with_lora)
 from apex_models.training.embedder import read_pairs
 from apex_models.training.seed import set_seed
 
@@ -127,13 +126,9 @@ def train_ranker(params: Params, train_path: Path, out_dir: Path, mlflow=None,
     model, optimizer, scheduler, accelerator, counts = prepare_training(
         model, train, params.trainer, train.batch_size * (train.negatives + 1))
 
-    state = TrainState()
     run_fp = fingerprint({"seed": params.seed, "ranker": cfg.model_dump(mode="json"),
                           "trainer": params.trainer.model_dump(mode="json")}, [train_path])
-    latest = latest_checkpoint(out_dir, run_fp)
-    if latest is not None:
-        state, _ = load_checkpoint(accelerator, latest)
-        accelerator.print(f"[train] resumed from {latest.name}")
+    state, _, _ = resume(accelerator, out_dir, run_fp)
     summary: dict[str, Any] = {**counts, "pairs": len(pairs),
                                "mining_seconds": mining_seconds,
                                "mined_per_query": round(float(np.mean([len(m) for m in mined])), 2)}

@@ -34,9 +34,8 @@ from apex_models.models.base import resolve_base_model
 from apex_models.sensitivity.spans import (IGNORE, SensitiveSpan, bio_labels, span_scores, spans_from_probs,
                                            union, windows)
 from apex_models.sensitivity.synth import TOKEN_LABELS
-from apex_models.training.common import (CHECKPOINTS, TrainState, batch_for_step, fingerprint, latest_checkpoint,
-                                         load_checkpoint, optimizer_step, prepare_training, record_dev, record_step,
-                                         save_checkpoint, save_selected, with_lora)
+from apex_models.training.common import (CHECKPOINTS, batch_for_step, fingerprint, optimizer_step, prepare_training,
+                                         record_dev, record_step, resume, save_checkpoint, save_selected, with_lora)
 from apex_models.training.seed import set_seed
 
 
@@ -159,13 +158,9 @@ def train_sensitivity(params: Params, data_dir: Path, out_dir: Path, mlflow=None
     examples = encode(tokenizer, rows, cfg.max_length)
     model, optimizer, scheduler, accelerator, counts = prepare_training(model, train, params.trainer,
                                                                         train.batch_size)
-    state, extra = TrainState(), {"bad_evals": 0}
     run_fp = fingerprint({"seed": params.seed, "sensitivity": cfg.model_dump(mode="json"),
                           "trainer": params.trainer.model_dump(mode="json")}, [data_dir / "train.jsonl"])
-    latest = latest_checkpoint(out_dir, run_fp)
-    if latest is not None:
-        state, extra = load_checkpoint(accelerator, latest)
-        accelerator.print(f"[train] resumed from {latest.name}")
+    state, extra, _ = resume(accelerator, out_dir, run_fp, {"bad_evals": 0})
     summary: dict[str, Any] = {**counts, "examples": len(rows), "dev_examples": len(dev)}
 
     weights = torch.tensor([1.0] + [train.secret_weight] * (len(TOKEN_LABELS) - 1), device=accelerator.device)
