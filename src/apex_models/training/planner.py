@@ -33,9 +33,8 @@ from tqdm.auto import tqdm
 from apex_models.config import Params, PlannerConfig, TrainerConfig
 from apex_models.data.planner_dataset import load_planner_dataset, parse_steps
 from apex_models.models.base import resolve_base_model
-from apex_models.training.common import (CHECKPOINTS, TrainState, batch_for_step, fingerprint, latest_checkpoint,
-                                         load_checkpoint, optimizer_step, prepare_training, record_step,
-                                         save_checkpoint, with_lora)
+from apex_models.training.common import (CHECKPOINTS, batch_for_step, fingerprint, optimizer_step, prepare_training,
+                                         record_step, resume, save_checkpoint, with_lora)
 from apex_models.training.seed import set_seed
 
 log = logging.getLogger(__name__)
@@ -217,15 +216,11 @@ def train_planner(params: Params, data_dir: Path, out_dir: Path, mlflow=None, st
     model, tokenizer = build_model(cfg, params.trainer, layers)
     model, optimizer, scheduler, accelerator, counts = prepare_training(model, train, params.trainer,
                                                                         train.batch_size)
-    state, bad_evals = TrainState(), 0
     run_fp = fingerprint({"seed": params.seed, "planner": cfg.model_dump(mode="json"), "layers": layers,
                           "trainer": params.trainer.model_dump(mode="json")},
                          sorted(p for p in Path(data_dir).rglob("*.arrow")))
-    latest = latest_checkpoint(out_dir, run_fp, best_dir=BEST)
-    if latest is not None:
-        state, extra = load_checkpoint(accelerator, latest)
-        bad_evals = extra.get("bad_evals", 0)
-        accelerator.print(f"[train] resumed from {latest.name}")
+    state, extra, _ = resume(accelerator, out_dir, run_fp, {"bad_evals": 0}, best_dir=BEST)
+    bad_evals = extra["bad_evals"]
 
     # 4-6. train
     last = min(train.max_steps, stop_after) if stop_after else train.max_steps
