@@ -176,3 +176,15 @@ def test_filtered_dense_paths_agree(store: MemoryStore, monkeypatch: pytest.Monk
     fetched = [[h.id for h in store.search(q, k=5, kind="decision", mode="dense")] for q in queries]
     assert exact == fetched and all(len(ids) == 5 for ids in exact)
     assert len(store.search("service", k=50, tags=["bulk"], kind="decision")) == 40
+
+
+def test_a_given_query_vector_gives_the_same_hits(store: MemoryStore) -> None:
+    """Search with the query's vector precomputed (one embedding for several stores) is the same search."""
+    query = "how do we retry flaky http calls"
+    plain = store.search(query, k=5)
+    vector = store.embedder.encode_queries([query])[0]
+    given = store.search(query, k=5, query_vector=vector)
+    assert [(h.id, h.score) for h in given] == [(h.id, h.score) for h in plain]
+    other = store.embedder.encode_queries(["the design system colours"])[0]
+    assert [h.id for h in store.search(query, k=5, query_vector=other, mode="dense")] != \
+        [h.id for h in store.search(query, k=5, mode="dense")]

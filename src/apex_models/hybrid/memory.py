@@ -372,9 +372,10 @@ class HybridMemory:
         if self.cloud is not None:
             future = self._pool.submit(self.cloud.search, query, 2 * k, budget_ms / 1000)
         lists: list[list[HybridHit]] = []
-        for origin, store in (("local", self.store), ("team", self.cache)):
+        vector = None if filters.get("mode") == "keyword" else self.store.embedder.encode_queries([query])[0]
+        for origin, store in (("local", self.store), ("team", self.cache)):   # one embedder, one query vector
             lists.append([HybridHit(h.id, h.score, h.text, h.kind, h.tags, h.source, [origin])
-                          for h in store.search(query, 2 * k, **filters)])
+                          for h in store.search(query, 2 * k, query_vector=vector, **filters)])
         cloud_state = "offline"
         if future is not None:
             remaining = budget_ms / 1000 - (time.perf_counter() - start)

@@ -768,8 +768,11 @@ class MemoryStore:
                tags: Sequence[str] | None = None, since: TimeLike | None = None, until: TimeLike | None = None,
                source_prefix: str | None = None, mode: str = "hybrid", rerank: bool | int | RerankFn = False,
                rerank_depth: int | None = None, intent: bool | str | None = None,
-               collapse: bool = True) -> list[Hit]:
+               collapse: bool = True, query_vector: np.ndarray | None = None) -> list[Hit]:
         """Top-k memories for `query`: dense (cosine) and keyword (BM25) lists fused by RRF.
+
+        `query_vector` (this store's embedder's `encode_queries([query])[0]`) skips embedding
+        the query, for a caller that searches several stores with one query.
 
         Filters (kind(s), all of `tags`, created in [since, until), source path prefix) are
         applied before each list is cut; `mode` "dense" or "keyword" uses one retriever only.
@@ -799,7 +802,9 @@ class MemoryStore:
         if allowed is not None and len(allowed) == 0:
             return []
         depth = max(self.config.candidates, 2 * k, head_size)
-        dense = self._dense_candidates(query, depth, allowed) if mode != "keyword" else []
+        if mode != "keyword" and query_vector is None:
+            query_vector = self.embedder.encode_queries([query])[0]
+        dense = self._dense_candidates(query_vector, depth, allowed) if mode != "keyword" else []
         query_tokens = list(dict.fromkeys(tokens(query)))
         keyword = self._keyword_candidates(query_tokens, depth, allowed) if mode != "dense" else []
         fused = _rrf([dense, keyword], self.config.rrf_k)
@@ -898,9 +903,9 @@ class MemoryStore:
             self._times = (nums, created)
         return self._times
 
-    def _dense_candidates(self, query: str, depth: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
+    def _dense_candidates(self, vector: np.ndarray, depth: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
         """Dense list; with a filter, exact over a small allowed set, else over-fetch by its selectivity."""
-        vector = self.embedder.encode_queries([query])[0]
+        vector = np.asarray(vector, dtype=np.float32)
         if allowed is None:
             return self._dense.search(vector, depth)
         if len(allowed) <= EXACT_SUBSET_MAX:
