@@ -8,7 +8,9 @@ corpora (`--corpus`, see eval/memory_corpus.py):
   hybrid with a kind filter;
 - add throughput: batches that embed their own texts (`--embed-adds` memories, batches of
   `--add-batch`), and bulk adds with precomputed vectors (seal + SQLite + both indexes);
-- open time (scrypt, decrypt every row, rebuild FAISS) and the first search (BM25 build);
+- open time: from the sealed index snapshot that closing the built store wrote (scrypt,
+  decrypt and unpickle it), and the slow way without it (decrypt every row, rebuild FAISS
+  and, at the first search, BM25); the snapshot's size;
 - recall@10 of the store's dense index (HNSW above 20k memories) against exact search;
 - peak RSS of the process so far.
 
@@ -159,6 +161,8 @@ def bench_store(n: int, items: list[dict], vectors: np.ndarray, embedder, rerank
     import faiss
 
     from apex_models.runtime import MemoryStore
+    from apex_models.runtime.snapshot import SNAPSHOT_NAME
+    from apex_models.runtime.store import StoreConfig
 
     folder = work / f"store-{n}"
     shutil.rmtree(folder, ignore_errors=True)
@@ -176,19 +180,33 @@ def bench_store(n: int, items: list[dict], vectors: np.ndarray, embedder, rerank
         for i in range(embed_adds, n, 5000):
             store.add_many(items[i:i + 5000], vectors=vectors[i:i + 5000])
         out["add_precomputed_per_s"] = round((n - embed_adds) / max(time.perf_counter() - start, 1e-9), 1)
-    out["load_s"] = round(time.perf_counter() - t_tier, 1)
+    out["load_s"] = round(time.perf_counter() - t_tier, 1)  # includes writing the snapshot at close
+    snapshot, aside = folder / SNAPSHOT_NAME, folder / "snapshot.aside"
+    out["snapshot_bytes"] = snapshot.stat().st_size if snapshot.exists() else 0
 
+    faiss.omp_set_num_threads(args.threads)
+    if snapshot.exists():  # the slow way first: no snapshot in the folder, none written at close
+        snapshot.rename(aside)
+        gc.collect()
+        start = time.perf_counter()
+        with MemoryStore.open(folder, embedder, passphrase=passphrase,
+                              config=StoreConfig(snapshot_min_memories=2**62)) as slow:
+            out["open_rebuild_s"] = round(time.perf_counter() - start, 3)
+            start = time.perf_counter()
+            slow.search(queries[0], k=10)  # builds the BM25 index (lazy)
+            out["open_rebuild_first_search_ms"] = round((time.perf_counter() - start) * 1000, 1)
+        del slow
+        aside.rename(snapshot)
     gc.collect()
     start = time.perf_counter()
     store = MemoryStore.open(folder, embedder, passphrase=passphrase, reranker=reranker)
     out["open_s"] = round(time.perf_counter() - start, 3)
-    out["open_load_s"] = round(store.open_seconds, 3)  # decrypt + FAISS, without scrypt
-    faiss.omp_set_num_threads(args.threads)
+    out["open_load_s"] = round(store.open_seconds, 3)  # without scrypt
+    out["open_from_snapshot"] = store.opened_from_snapshot
     with store:
         start = time.perf_counter()
-        store.search(queries[0], k=10)  # builds the BM25 index (lazy)
+        store.search(queries[0], k=10)  # builds the BM25 index when the open did not restore it
         out["first_search_ms"] = round((time.perf_counter() - start) * 1000, 1)
-        out["keyword_rebuild_s"] = round(store._keyword.last_rebuild_s, 3)
         out["dense_index"] = store.stats()["dense_index"]
         out["search_hybrid"] = timed(lambda q: store.search(q, k=10), queries)
         out["search_hybrid_rerank"] = timed(lambda q: store.search(q, k=10, rerank=args.rerank_depth),
@@ -321,7 +339,7 @@ def ratios(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, float]:
 
 def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     rows = ["| memories | hybrid p50 / p99 ms | + rerank top-{d} p50 / p99 ms | dense p50 / p99 | keyword p50 / p99 "
-            "| adds/s (embedding) | adds/s (precomputed) | open s | dense index, recall@10 | peak RSS MiB |".format(
+            "| adds/s (embedding) | adds/s (precomputed) | open s: snapshot / rebuild | dense index, recall@10 | peak RSS MiB |".format(
                 d=meta["rerank_depth"]),
             "|---|---|---|---|---|---|---|---|---|---|"]
     for n, r in results["store"].items():
@@ -331,7 +349,8 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
                     f"| {r['search_hybrid_rerank']['p50_ms']} / {r['search_hybrid_rerank']['p99_ms']} "
                     f"| {r['search_dense_only']['p50_ms']} / {r['search_dense_only']['p99_ms']} "
                     f"| {r['search_keyword_only']['p50_ms']} / {r['search_keyword_only']['p99_ms']} "
-                    f"| {r['add_with_embedding_per_s']} | {r['add_precomputed_per_s']} | {r['open_s']} "
+                    f"| {r['add_with_embedding_per_s']} | {r['add_precomputed_per_s']} "
+                    f"| {r['open_s'] if r.get('open_from_snapshot') else '-'} / {r.get('open_rebuild_s', r['open_s'])} "
                     f"| {rec['index']}: {recall} | {r['peak_rss_mib']} |")
     rows += ["", "Peers (dense only), as ratios peer / this store (latency and open: above 1 = peer slower; "
              "adds: above 1 = peer faster):", "",

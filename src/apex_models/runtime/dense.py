@@ -83,6 +83,15 @@ class DenseIndex:
         stored[pos * self.dimension:(pos + 1) * self.dimension] = 0.0
         self.remove([rowid])
 
+    def zero_dead(self) -> None:
+        """Zero the vectors at dead positions (never returned by a search) before they are written out."""
+        dead = [pos for pos, rowid in enumerate(self._rowid_at) if rowid < 0]
+        if not dead:
+            return
+        flat = self._index if self.kind == "flat" else faiss.downcast_index(self._index.storage)
+        stored = faiss.rev_swig_ptr(flat.get_xb(), self.ntotal * self.dimension).reshape(-1, self.dimension)
+        stored[dead] = 0.0
+
     def _maybe_compact(self) -> None:
         if self.dead > 256 and self.dead > self.ntotal // 5:
             self.compact()
@@ -96,6 +105,26 @@ class DenseIndex:
         self._rowid_at, self._pos_of = [], {}
         if rowids:
             self.add(rowids, vectors)
+
+    # -- snapshot ----------------------------------------------------------------------------
+    def state(self) -> dict:
+        """Everything needed to rebuild this index without re-inserting a vector (see snapshot.py)."""
+        return {"dimension": self.dimension, "kind": self.kind, "hnsw_m": self.hnsw_m,
+                "ef_construction": self.ef_construction, "faiss": faiss.serialize_index(self._index),
+                "rowid_at": np.asarray(self._rowid_at, dtype=np.int64)}
+
+    @classmethod
+    def from_state(cls, state: dict, ef_search: int) -> "DenseIndex":
+        """The index `state()` described; `ef_search` comes from the caller's config, not the file."""
+        index = cls(state["dimension"], state["kind"], state["hnsw_m"], state["ef_construction"], ef_search)
+        index._index = faiss.deserialize_index(state["faiss"])
+        if state["kind"] == "hnsw":
+            index._index.hnsw.efSearch = ef_search
+        index._rowid_at = state["rowid_at"].tolist()
+        index._pos_of = {rowid: pos for pos, rowid in enumerate(index._rowid_at) if rowid >= 0}
+        if index._index.ntotal != len(index._rowid_at):
+            raise ValueError("dense index state is inconsistent (FAISS size differs from its row map)")
+        return index
 
     # -- reads -------------------------------------------------------------------------------
     def vectors(self, rowids: list[int]) -> np.ndarray:

@@ -14,7 +14,9 @@ When the delta outgrows `max(merge_min, merge_ratio * main)` the next search mer
 (rebuilds main over everything): lazy, so a burst of writes pays for one rebuild, and
 amortised, so each write costs a small fraction of one. Tokens split snake_case and
 camelCase (`code_tokens`): `readFile` in a memory matches "read file" in a query.
-Nothing here touches disk: the index is rebuilt from decrypted rows on open.
+Nothing here touches disk; the store either rebuilds the index from decrypted rows on
+open or restores it from its sealed snapshot (`state` / `from_state`), where token lists
+travel packed as integer ids and stay packed until a document is needed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,32 @@ def tokens(text: str) -> list[str]:
     return [sys.intern(t) for t in code_tokens(text)]
 
 
+class _Packed:
+    """Documents restored from a snapshot: token ids in one array, decoded one at a time on demand
+    (unpickling 100k lists of strings costs more than the whole rest of a snapshot)."""
+
+    __slots__ = ("vocab", "ids", "offsets", "pos")
+
+    def __init__(self, vocab: list[str], ids: np.ndarray, offsets: np.ndarray, pos: dict[int, int]) -> None:
+        self.vocab, self.ids, self.offsets, self.pos = vocab, ids, offsets, pos
+
+    @classmethod
+    def empty(cls) -> "_Packed":
+        return cls([], np.zeros(0, dtype=np.int32), np.zeros(1, dtype=np.int64), {})
+
+    def tokens(self, rowid: int) -> list[str] | None:
+        i = self.pos.get(rowid)
+        if i is None:
+            return None
+        vocab = self.vocab
+        return [vocab[t] for t in self.ids[self.offsets[i]:self.offsets[i + 1]].tolist()]
+
+    def pop(self, rowid: int) -> list[str] | None:
+        toks = self.tokens(rowid)
+        self.pos.pop(rowid, None)
+        return toks
+
+
 class KeywordIndex:
     """BM25 over the current documents, keyed by store row number."""
 
@@ -43,6 +71,7 @@ class KeywordIndex:
         self.merge_min = merge_min
         self.merge_ratio = merge_ratio
         self._docs: dict[int, list[str]] = {}
+        self._packed = _Packed.empty()  # documents restored from a snapshot, not yet needed
         # main segment
         self._bm25 = None
         self._main_rowids = np.zeros(0, dtype=np.int64)
@@ -60,7 +89,11 @@ class KeywordIndex:
         self.last_rebuild_s = 0.0
 
     def __len__(self) -> int:
-        return len(self._docs)
+        return len(self._docs) + len(self._packed.pos)
+
+    def _tokens(self, rowid: int) -> list[str] | None:
+        toks = self._docs.get(rowid)
+        return toks if toks is not None else self._packed.tokens(rowid)
 
     @property
     def pending(self) -> int:
@@ -73,7 +106,9 @@ class KeywordIndex:
     # -- writes ------------------------------------------------------------------------------
     def add(self, rowid: int, text: str) -> None:
         self.remove(rowid)
-        toks = tokens(text)
+        self._add_delta(rowid, tokens(text))
+
+    def _add_delta(self, rowid: int, toks: list[str]) -> None:
         self._docs[rowid] = toks
         self._delta.add(rowid)
         self._delta_len += len(toks)
@@ -88,6 +123,8 @@ class KeywordIndex:
 
     def remove(self, rowid: int) -> None:
         toks = self._docs.pop(rowid, None)
+        if toks is None:
+            toks = self._packed.pop(rowid)
         if toks is None:
             return
         pos = self._main_pos.pop(rowid, None)
@@ -111,16 +148,21 @@ class KeywordIndex:
             self._stale = True
         self.remove(rowid)
 
+    def holds_removed(self) -> bool:
+        """Whether main still keeps statistics (and vocabulary) of documents removed since its merge."""
+        return self._stale or not bool(self._alive.all())
+
     def terms(self, rowid: int) -> set[str]:
-        return set(self._docs.get(rowid, ()))
+        return set(self._tokens(rowid) or ())
 
     def rebuild(self) -> None:
         """Merge: one bm25s index over every current document; the delta empties."""
         import bm25s  # imports scipy: load it only when the first merge needs it
 
         start = time.perf_counter()
-        rowids = list(self._docs)
-        corpus = [self._docs[r] for r in rowids]
+        rowids = list(self._docs) + list(self._packed.pos)
+        corpus = [self._tokens(r) for r in rowids]
+        self._docs, self._packed = dict(zip(rowids, corpus)), _Packed.empty()
         self._main_rowids = np.array(rowids, dtype=np.int64)
         self._main_pos = {r: i for i, r in enumerate(rowids)}
         self._alive = np.ones(len(rowids), dtype=bool)
@@ -134,6 +176,38 @@ class KeywordIndex:
         self._delta, self._postings, self._delta_len, self._stale = set(), {}, 0, False
         self.rebuilds += 1
         self.last_rebuild_s = time.perf_counter() - start
+
+    # -- snapshot ----------------------------------------------------------------------------
+    def state(self) -> dict:
+        """This index as plain arrays and objects for the store's snapshot (see snapshot.py)."""
+        rowids = list(self._docs) + list(self._packed.pos)
+        docs = [self._tokens(r) for r in rowids]
+        vocab: dict[str, int] = {}
+        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+        ids = np.fromiter((vocab.setdefault(t, len(vocab)) for d in docs for t in d), dtype=np.int32,
+                          count=int(lengths.sum()))
+        return {"params": (self.k1, self.b, self.merge_min, self.merge_ratio),
+                "rowids": np.asarray(rowids, dtype=np.int64), "vocab": list(vocab), "ids": ids,
+                "offsets": np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(lengths)]),
+                "bm25": self._bm25, "main_rowids": self._main_rowids, "alive": self._alive,
+                "main_df": self._main_df, "main_n": self._main_n, "main_len": self._main_len,
+                "delta": sorted(self._delta), "stale": self._stale}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "KeywordIndex":
+        """The index `state()` described: main restored as it was, delta postings rebuilt."""
+        index = cls(*state["params"])
+        vocab = [sys.intern(t) for t in state["vocab"]]
+        index._packed = _Packed(vocab, state["ids"], state["offsets"],
+                                {r: i for i, r in enumerate(state["rowids"].tolist())})
+        index._bm25, index._main_rowids = state["bm25"], state["main_rowids"]
+        index._alive = np.array(state["alive"], dtype=bool)  # written on removes; restored read-only
+        index._main_pos = {r: i for i, r in enumerate(index._main_rowids.tolist()) if index._alive[i]}
+        index._main_df, index._main_n, index._main_len = state["main_df"], state["main_n"], state["main_len"]
+        for rowid in state["delta"]:  # searches read delta documents' lengths: keep them decoded
+            index._add_delta(rowid, index._packed.pop(rowid) or [])
+        index._stale = state["stale"]
+        return index
 
     # -- reads -------------------------------------------------------------------------------
     def _delta_scores(self, query_tokens: list[str]) -> dict[int, float]:

@@ -1,0 +1,170 @@
+"""The sealed index snapshot: an open from it equals the state it was taken from plus what
+was written since, holds nothing readable or removed, and is refused when it is not this
+database's."""
+
+from __future__ import annotations
+
+import pickle
+import sqlite3
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from apex_models.runtime import MemoryStore, OnnxEmbedder, load_bundle
+from apex_models.runtime.snapshot import SNAPSHOT_NAME, read_snapshot
+from apex_models.runtime.store import DB_NAME, StoreConfig
+
+KEY = bytes(range(7, 39))
+# Snapshot whenever asked or anything changed; HNSW from 100 memories, so the approximate
+# index (the expensive one to rebuild) is what travels.
+ALWAYS = StoreConfig(snapshot_min_memories=0, snapshot_stale_fraction=0.0, hnsw_threshold=100)
+NEVER = replace(ALWAYS, snapshot_min_memories=10**9)
+TOPICS = ["parse json config", "retry http request", "sqlite migration", "docker build cache",
+          "pytest fixture scope", "git rebase conflict", "numpy broadcasting error", "asyncio task cancel"]
+QUERIES = ["how do I retry a request", "json config parsing", "rebase conflict", "TypeError broadcasting",
+           "fixture", "zzz-nothing-matches"]
+
+
+@pytest.fixture(scope="module")
+def embedder(minilm_bundle: Path) -> OnnxEmbedder:
+    return load_bundle(minilm_bundle).embedder()
+
+
+def _items(start: int, stop: int) -> list[dict]:
+    return [{"text": f"Memory {i}: {TOPICS[i % len(TOPICS)]} (variant {i // len(TOPICS)}) in module_{i % 13}",
+             "kind": ["note", "code", "error", "decision"][i % 4], "tags": [f"t{i % 5}"],
+             "source": f"src/pkg{i % 3}/file{i}.py"} for i in range(start, stop)]
+
+
+def _answers(store: MemoryStore) -> list:
+    """Everything a caller can observe of a search: ids, scores and the why of each hit."""
+    out = []
+    for query in QUERIES:
+        for kwargs in ({}, {"mode": "dense"}, {"mode": "keyword"}, {"kind": "error"}, {"tags": ["t2"]},
+                       {"source_prefix": "src/pkg1"}):
+            out.append([(h.id, round(h.score, 9), h.why) for h in store.search(query, k=6, **kwargs)])
+    return out
+
+
+def test_open_from_snapshot_equals_the_state_it_was_taken_from(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    folder = tmp_path / "s"
+    with MemoryStore.open(folder, embedder, key=KEY, config=ALWAYS) as writer:
+        ids = writer.add_many(_items(0, 240))
+        writer.delete_many(ids[:12])
+        writer.update(ids[20], text="Memory 20 now explains numpy broadcasting errors in detail")
+        writer.search("warm up the keyword index")  # main segment merged, then a delta on top:
+        writer.add_many(_items(240, 260))           # the snapshot carries both segments
+        assert writer.save_snapshot() > 0
+        assert writer.stats()["dense_index"] == "hnsw"
+        # Written after the snapshot by another handle (as another process would):
+        with MemoryStore.open(folder, embedder, key=KEY, config=NEVER) as other:
+            assert other.opened_from_snapshot
+            other.add_many(_items(260, 300))
+            other.delete(ids[30])
+            other.update(ids[40], kind="error", tags=["t2", "moved"])
+        writer.refresh()
+        expected, expected_memories = _answers(writer), writer.memories()
+
+        with MemoryStore.open(folder, embedder, key=KEY, config=NEVER) as fast:
+            assert fast.opened_from_snapshot
+            assert fast.stats()["count"] == 240 - 12 + 20 + 40 - 1 == len(fast)
+            assert _answers(fast) == expected  # identical scores and explanations, not just ids
+            assert fast.memories() == expected_memories
+            assert fast.get(ids[40]).kind == "error"  # type: ignore[union-attr]
+            assert fast.get(ids[30]) is None and all(h.id != ids[30] for h in fast.search("Memory 30", k=20))
+
+    (folder / SNAPSHOT_NAME).unlink()
+    with MemoryStore.open(folder, embedder, key=KEY, config=NEVER) as slow:  # the full rebuild agrees
+        assert not slow.opened_from_snapshot
+        assert slow.memories() == expected_memories
+
+
+def test_snapshot_is_sealed_and_holds_nothing_removed(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    folder = tmp_path / "s"
+    doomed_text = "zqxsnapgone credentials for the old bucket"
+    kept_text = "zqxsnapkept rotation schedule for deploy keys"
+    with MemoryStore.open(folder, embedder, key=KEY, config=ALWAYS) as store:
+        store.add_many(_items(0, 150))
+        doomed, kept = store.add(doomed_text, tags=["zqxsnaptag"]), store.add(kept_text)
+        store.search("merge the keyword index with the doomed words in it")
+        doomed_vector = store.vector(doomed)
+        store.delete(doomed)  # a plain delete: no scrub in this process
+        store.save_snapshot()
+        token = dict(sqlite3.connect(folder / DB_NAME).execute("SELECT key, value FROM meta").fetchall())[
+            "snapshot_token"]
+        state = read_snapshot(folder, store._sealer, token)
+    raw = (folder / SNAPSHOT_NAME).read_bytes()
+    for needle in [b"zqxsnapkept", b"zqxsnapgone", b"zqxsnaptag", b"rotation schedule"]:
+        assert needle not in raw  # sealed
+    plain = pickle.dumps(state, protocol=5)
+    assert b"zqxsnapkept" in plain                                  # the check can see words...
+    assert b"zqxsnapgone" not in plain and b"zqxsnaptag" not in plain  # ...but not removed ones
+    assert doomed not in state["entries"]["id"] and kept in state["entries"]["id"]
+    assert doomed_vector is not None and doomed_vector[:6].tobytes() not in plain  # its vector was zeroed
+
+
+def test_forget_removes_the_snapshot(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    folder = tmp_path / "s"
+    with MemoryStore.open(folder, embedder, key=KEY, config=NEVER) as store:
+        ids = store.add_many(_items(0, 50))
+        store.save_snapshot()
+        assert (folder / SNAPSHOT_NAME).is_file()
+        assert store.forget(ids[3])
+        assert not (folder / SNAPSHOT_NAME).is_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a removed snapshot is not worth a warning
+        with MemoryStore.open(folder, embedder, key=KEY, config=ALWAYS) as store:
+            assert not store.opened_from_snapshot and len(store) == 49
+    with MemoryStore.open(folder, embedder, key=KEY, config=NEVER) as store:  # the one close() wrote
+        assert store.opened_from_snapshot and len(store) == 49 == store.stats()["count"]
+        assert store.get(ids[3]) is None and ids[3] not in {m.id for m in store.memories()}
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "other_token"])
+def test_a_damaged_or_foreign_snapshot_is_refused(tmp_path: Path, embedder: OnnxEmbedder, damage: str) -> None:
+    folder = tmp_path / "s"
+    with MemoryStore.open(folder, embedder, key=KEY, config=ALWAYS) as store:
+        store.add_many(_items(0, 120))
+        store.save_snapshot()
+        expected = [h.id for h in store.search(QUERIES[0], k=6, mode="dense")]
+    path = folder / SNAPSHOT_NAME
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 1
+        path.write_bytes(bytes(data))
+    elif damage == "truncate":
+        path.write_bytes(bytes(data[:-100]))
+    else:  # the database moved on (restored from a backup, say): its token no longer names this file
+        with sqlite3.connect(folder / DB_NAME) as db:
+            db.execute("UPDATE meta SET value = 'f' || value WHERE key = 'snapshot_token'")
+    with pytest.warns(UserWarning, match="index snapshot of .* not used"):
+        store = MemoryStore.open(folder, embedder, key=KEY, config=NEVER)
+    with store:
+        assert not store.opened_from_snapshot
+        assert [h.id for h in store.search(QUERIES[0], k=6, mode="dense")] == expected
+
+
+def test_close_writes_a_snapshot_only_when_due(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    folder = tmp_path / "s"
+    config = replace(ALWAYS, snapshot_min_memories=60, snapshot_stale_fraction=0.1)
+    path = folder / SNAPSHOT_NAME
+    vectors = np.asarray(embedder.encode_documents([x["text"] for x in _items(0, 90)]))
+    with MemoryStore.open(folder, embedder, key=KEY, config=config) as store:
+        store.add_many(_items(0, 50), vectors=vectors[:50])
+    assert not path.exists()                      # below snapshot_min_memories
+    with MemoryStore.open(folder, embedder, key=KEY, config=config) as store:
+        store.add_many(_items(50, 80), vectors=vectors[50:80])
+    assert path.is_file()                         # 80 memories, all new since no snapshot
+    first = path.stat().st_mtime_ns
+    with MemoryStore.open(folder, embedder, key=KEY, config=config) as store:
+        assert store.opened_from_snapshot
+        store.add_many(_items(80, 85), vectors=vectors[80:85])
+    assert path.stat().st_mtime_ns == first       # 5 of 85 changed: under 10 %, not due
+    with MemoryStore.open(folder, embedder, key=KEY, config=config) as store:
+        store.add_many(_items(85, 90), vectors=vectors[85:90])
+    assert path.stat().st_mtime_ns != first       # 10 of 90 changed since: due
+    with MemoryStore.open(folder, embedder, key=KEY, config=config) as store:
+        assert store.opened_from_snapshot and len(store) == 90 == store.stats()["count"]
