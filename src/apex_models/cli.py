@@ -222,6 +222,29 @@ def memory_search(
                      "why": {**dataclasses.asdict(h.why), "retrievers": h.why.retrievers}} for h in hits])
 
 
+@memory_app.command("plan")
+def memory_plan(
+    goal: Annotated[str, typer.Argument(help="What you want to get done.")],
+    store: StoreOpt,
+    bundle: BundleOpt,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many relevant memories to return as context.")] = 5,
+    min_similarity: Annotated[float, typer.Option(
+        help="The closest 'procedure' memory gives the steps only when its cosine to the goal reaches this.")] = 0.4,
+    passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV, keyring: KeyringOpt = False,
+    precision: PrecisionOpt = None,
+) -> None:
+    """Print steps for GOAL and the memories that bear on it as JSON. Steps come from the
+    closest memory of kind 'procedure' (add one with --kind procedure: a title line, then
+    one step per line); with none close enough, steps is empty and source says so."""
+    with user_errors():
+        with _open_store(store, bundle, precision, passphrase_env, keyring) as memories:
+            result = memories.plan(goal, k=k, min_similarity=min_similarity)
+        print_json({"goal": result.goal, "steps": result.steps, "source": result.source or None,
+                    "similarity": None if result.similarity is None else round(result.similarity, 4),
+                    "context": [{"id": h.id, "score": round(h.score, 6), "text": h.text, "kind": h.kind}
+                                for h in result.context]})
+
+
 @memory_app.command("forget")
 def memory_forget(
     memory_ids: Annotated[list[str], typer.Argument(help="Ids of the memories to erase.")],

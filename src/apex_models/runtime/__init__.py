@@ -8,6 +8,7 @@ from apex_models.runtime.bundle import (Bundle, BundleError, CrossEncoderSpec, E
                                         SequenceClassifierSpec, TokenClassifierSpec, load_bundle, parse_model_spec)
 from apex_models.runtime.embedder import OnnxEmbedder
 from apex_models.runtime.models import OnnxClassifier, OnnxRanker, OnnxTokenClassifier, Span
+from apex_models.runtime.planning import PROCEDURE_KIND, Plan, Planner
 from apex_models.runtime.store import (DEFAULT_INTENT_BOOSTS, Hit, IntentClassifier, Memory, MemoryStore, Related,
                                       Relation, Reranker, StoreConfig, StoreError, Why)
 
@@ -15,4 +16,4 @@ __all__ = ["load_bundle", "Bundle", "BundleError", "Manifest", "ModelSpec", "Onn
            "EmbeddingSpec", "CrossEncoderSpec", "SequenceClassifierSpec", "TokenClassifierSpec", "parse_model_spec",
            "OnnxRanker", "OnnxClassifier", "OnnxTokenClassifier", "Span",
            "MemoryStore", "Hit", "Memory", "StoreError", "StoreConfig", "Why", "Relation", "Related",
-           "Reranker", "IntentClassifier", "DEFAULT_INTENT_BOOSTS"]
+           "Reranker", "IntentClassifier", "DEFAULT_INTENT_BOOSTS", "Plan", "Planner", "PROCEDURE_KIND"]

@@ -961,6 +961,14 @@ class MemoryStore:
         return [self._hit(n, score, dense_at.get(n), keyword_at.get(n), query_tokens, rerank_at.get(n),
                           shaping, boost_of.get(n, 0.0), duplicates.get(n, 0)) for n, score in fused[:k]]
 
+    def plan(self, goal: str, planner: Any = None, k: int = 5, min_similarity: float = 0.4) -> Any:
+        """Steps for `goal` and the `k` memories that bear on it (a `Plan`, see runtime/planning.py):
+        from `planner.plan(goal, context_texts)` when one is given, else from the closest
+        memory of kind "procedure" when its cosine to the goal reaches `min_similarity`."""
+        from apex_models.runtime.planning import plan
+
+        return plan(self, goal, planner=planner, k=k, min_similarity=min_similarity)
+
     def _reranker_for(self, rerank: bool | int | RerankFn, depth: int | None) -> tuple[RerankFn | None, int]:
         """(scoring function, head size) for a search's `rerank` argument; (None, 0) when off."""
         if rerank is False or rerank is None:
