@@ -168,3 +168,4 @@ def test_close_writes_a_snapshot_only_when_due(tmp_path: Path, embedder: OnnxEmb
     assert path.stat().st_mtime_ns != first       # 10 of 90 changed since: due
     with MemoryStore.open(folder, embedder, key=KEY, config=config) as store:
         assert store.opened_from_snapshot and len(store) == 90 == store.stats()["count"]
+        assert not store._keyword._needs_merge()  # merged before it was sealed: no rebuild on first search

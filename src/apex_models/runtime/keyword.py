@@ -148,9 +148,12 @@ class KeywordIndex:
             self._stale = True
         self.remove(rowid)
 
-    def holds_removed(self) -> bool:
-        """Whether main still keeps statistics (and vocabulary) of documents removed since its merge."""
-        return self._stale or not bool(self._alive.all())
+    def settle(self) -> None:
+        """Merge now when a merge is due or main still keeps statistics (and vocabulary) of
+        documents removed since its merge: the state a snapshot should hold, so that the
+        index it restores is clean and its first search does not pay for a merge."""
+        if self._needs_merge() or not bool(self._alive.all()):
+            self.rebuild()
 
     def terms(self, rowid: int) -> set[str]:
         return set(self._tokens(rowid) or ())

@@ -461,12 +461,11 @@ class MemoryStore:
 
         A removed row's vector stays in FAISS as a dead position and its words in the BM25
         vocabulary until the next rebuild; the dead vectors are zeroed and a keyword index
-        holding removed documents is rebuilt first, so a forgotten memory is not written
-        out again by a process that merely saw it go.
+        holding removed documents (or due a merge) is rebuilt first, so a forgotten memory
+        is not written out again by a process that merely saw it go.
         """
         self._dense.zero_dead()
-        if self._keyword.holds_removed():
-            self._keyword.rebuild()
+        self._keyword.settle()
         nums = list(self._entries)
         entries = [self._entries[n] for n in nums]
         columns: dict[str, Any] = {c: [getattr(e, c) for e in entries] for c in _ENTRY_COLUMNS}
