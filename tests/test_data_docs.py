@@ -125,6 +125,31 @@ def test_fetch_debian_doc_never_raises(tmp_path: Path, monkeypatch) -> None:
     assert fetch_debian_doc("python3.11-doc", tmp_path) is None
 
 
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
+def test_fetch_debian_doc_unpacks_without_symlinks(tmp_path: Path) -> None:
+    """Doc packages link to other packages' files (absent here); DVC cannot hash a dangling
+    link in the stage output, so none survives unpacking."""
+    import subprocess
+
+    pkg = tmp_path / "pkg"
+    html = pkg / "usr/share/doc/fixture/html"
+    (html / "_static").mkdir(parents=True)
+    (pkg / "DEBIAN").mkdir()
+    (pkg / "DEBIAN/control").write_text("Package: fixture-doc\nVersion: 1.0\nArchitecture: all\n"
+                                        "Maintainer: t <t@example.org>\nDescription: fixture\n")
+    (html / "index.html").write_text("<html><body><h1>Fixture</h1><p>Real prose here.</p></body></html>")
+    (html / "_static/jquery.js").symlink_to("/usr/share/javascript/nowhere/jquery.js")  # dangling
+    (pkg / "usr/share/doc/fixture-doc").symlink_to("fixture")                          # a folder link
+    dest = tmp_path / "debian"
+    dest.mkdir()
+    subprocess.run(["dpkg-deb", "--build", str(pkg), str(dest / "fixture-doc_1.0_all.deb")], check=True,
+                   capture_output=True)
+    out = fetch_debian_doc("fixture-doc", dest)  # reuses the .deb in dest: no apt, no network
+    assert out is not None and (out / "usr/share/doc/fixture/html/index.html").is_file()
+    assert [p for p in out.rglob("*") if p.is_symlink()] == []
+    assert not (out / "usr/share/doc/fixture-doc").exists()
+
+
 def test_records_roundtrip_atomic(tmp_path: Path) -> None:
     rec = make_record("hello", kind="doc", source="docs", license="MIT", attribution="a", extra=1)
     assert list(rec)[:len(RECORD_FIELDS)] == list(RECORD_FIELDS) and rec["sha256"] == text_sha256("hello")

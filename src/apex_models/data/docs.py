@@ -236,7 +236,28 @@ def fetch_debian_doc(package: str, dest: Path, timeout: int = 900) -> Path | Non
     if proc.returncode != 0:
         log.warning("dpkg-deb -x %s failed (exit %d): %s", debs[-1].name, proc.returncode, proc.stderr.strip()[-500:])
         return None
+    dropped = drop_symlinks(out)
+    if dropped:
+        log.info("%s: removed %d symbolic links from the unpacked tree", package, dropped)
     return out
+
+
+def drop_symlinks(root: Path) -> int:
+    """Delete every symbolic link under `root`; returns how many.
+
+    Debian documentation packages link to files of other packages (python3.11-doc's
+    `_static/jquery.js` -> /usr/share/javascript/...), which are absent here. The walkers
+    never follow links anyway, but DVC hashes the unpacked tree as a stage output and
+    fails on a dangling link, so the links go right after unpacking.
+    """
+    count = 0
+    for folder, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                os.unlink(path)
+                count += 1
+    return count
 
 
 def _read_text(path: Path, max_file_bytes: int, skips: Skips, where: str = "") -> str | None:
