@@ -3,6 +3,8 @@
     python tests/store_worker.py writer STORE BUNDLE NAME COUNT   # adds COUNT memories one by one
     python tests/store_worker.py reader STORE BUNDLE STOPFILE      # searches until STOPFILE exists
     python tests/store_worker.py bulk STORE BUNDLE NAME            # adds batches forever, acking ids
+                                                                   # (and with APEX_TEST_SNAPSHOT_EVERY=N
+                                                                   # seals an index snapshot every N batches)
 
 The raw key comes from the APEX_TEST_STORE_KEY environment variable (hex). Results are
 JSON lines on stdout; `bulk` prints one line per committed batch, flushed at once, so
@@ -47,6 +49,7 @@ def reader(store: str, bundle: str, stopfile: str) -> None:
 
 
 def bulk(store: str, bundle: str, name: str) -> None:
+    snapshot_every = int(os.environ.get("APEX_TEST_SNAPSHOT_EVERY", "0"))  # batches between index snapshots
     with _open(store, bundle) as memories:
         print(json.dumps({"ready": True}), flush=True)
         i = 0
@@ -56,6 +59,8 @@ def bulk(store: str, bundle: str, name: str) -> None:
             ids = memories.add_many(batch)
             print(json.dumps({"ids": ids}), flush=True)
             i += 3
+            if snapshot_every and (i // 3) % snapshot_every == 0:
+                memories.save_snapshot()  # a kill may land inside it too
 
 
 if __name__ == "__main__":
