@@ -24,7 +24,7 @@ def test_help_lists_subcommands() -> None:
     assert runner.invoke(app, ["serve"], env={"APEX_BUNDLE": ""}).exit_code != 0   # no bundle: a clear error
     memory_help = runner.invoke(app, ["memory", "--help"])
     assert memory_help.exit_code == 0
-    for word in ("add", "search", "forget", "stats", "export"):
+    for word in ("add", "search", "plan", "forget", "stats", "export"):
         assert word in memory_help.output
         sub_help = runner.invoke(app, ["memory", word, "--help"])
         assert sub_help.exit_code == 0 and "--passphrase-env" in sub_help.output
