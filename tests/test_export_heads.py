@@ -236,6 +236,28 @@ def test_ranking_parity_golden() -> None:
     assert agree["argmax_agreement"] == 0.75 and agree["disagreements"] == [2]
 
 
+def test_a_failed_int8_gate_ships_fp32_alone_and_a_failed_fp32_gate_fails(heads_bundle: Path, tmp_path: Path) -> None:
+    """int8 that flips close calls costs speed, not correctness: it is dropped and fp32 ships
+    as the default, saying why. fp32 that differs from torch is a broken graph: the export fails."""
+    from apex_models.export.bundle import export_head_artifacts
+    from apex_models.export.parity import ParityError
+
+    fields = {"base_model": BASE, "max_length": 32, "labels": INTENTS, "fallback_label": "out_of_scope",
+              "threshold": 0.5}
+    src = heads_bundle / "intent-torch"
+    impossible_int8 = {"fp32": {"argmax_agreement": 1.0}, "int8": {"argmax_agreement": 1.01}}
+    spec = export_head_artifacts(src, tmp_path / "a", "sequence_classification", fields, gates=impossible_int8,
+                                 n_probe=16, optimize=False)
+    assert spec.onnx == {"fp32": "model.fp32.onnx"} and spec.default_precision == "fp32"
+    assert spec.default_reason.startswith("int8 failed its parity gate and is not shipped")
+    assert not (tmp_path / "a" / "model.int8.onnx").exists()
+    assert "argmax_agreement" in json.loads((tmp_path / "a" / "parity.json").read_text())["int8_dropped"]
+    impossible_fp32 = {"fp32": {"argmax_agreement": 1.01}, "int8": {"argmax_agreement": 0.0}}
+    with pytest.raises(ParityError, match="sequence_classification fp32"):
+        export_head_artifacts(src, tmp_path / "b", "sequence_classification", fields, gates=impossible_fp32,
+                              n_probe=16, optimize=False)
+
+
 def test_export_stage_ships_only_champions(heads_bundle: Path, shared_dir: Path, tmp_path: Path,
                                            monkeypatch) -> None:
     """run_export_heads + the bundle entries: a champion is exported and gated (with its

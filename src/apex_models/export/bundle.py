@@ -154,7 +154,11 @@ def export_head_artifacts(model_dir: Path, out_dir: Path, task: str, fields: dic
     `fields` are the task's own spec fields (max_length, labels, ...), plus base_model.
     With `optimize`, ONNX Runtime's transformer fusions are tried first and kept only if
     both precisions still pass the gates; otherwise the plain graphs ship (the spec's
-    parity says which and why). `parity.json` is written before a gate can raise.
+    parity says which and why). A failed fp32 gate fails the export (the graph is wrong).
+    A failed int8 gate drops the int8 file: the model ships in fp32 alone, and the spec's
+    default_reason and parity["int8_dropped"] say why (dynamic quantisation can flip a
+    trained classifier's close calls; that costs speed, not correctness). `parity.json`
+    is written before a gate can raise.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
     from transformers import AutoTokenizer
@@ -189,22 +193,30 @@ def export_head_artifacts(model_dir: Path, out_dir: Path, task: str, fields: dic
             parity["tried"][name] = {"passed": False, "failures": [f"{type(exc).__name__}: {exc}"[:500]]}
             continue
         result = {p: _head_parity(task, reference, _onnx_outputs(out_dir, spec, p, reference)) for p in ("fp32", "int8")}
-        failures = []
+        failures: dict[str, str] = {}
         for precision in ("fp32", "int8"):
             try:
                 check_floor(f"{task} {precision} ({name})", result[precision], gates[precision])
             except ParityError as exc:
-                failures.append(str(exc))
-        parity["tried"][name] = {"passed": not failures, "failures": failures}
-        if not failures:
-            parity.update(result, graph_optimization=name)
-            break
+                failures[precision] = str(exc)
+        parity["tried"][name] = {"passed": not failures, "failures": list(failures.values()),
+                                 "failed_precisions": sorted(failures)}
         parity.update(result, graph_optimization=name)
+        if not failures:
+            break
     raw.unlink()
-    (out_dir / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
     last = parity["tried"][parity["graph_optimization"]]
-    if not last["passed"]:
+    if "fp32" in last["failed_precisions"]:
+        (out_dir / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
         raise ParityError("; ".join(last["failures"]))
+    if "int8" in last["failed_precisions"]:
+        (out_dir / INT8).unlink()
+        parity["int8_dropped"] = last["failures"][0]
+        (out_dir / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+        return spec.model_copy(update={
+            "parity": parity, "onnx": {"fp32": FP32}, "default_precision": "fp32",
+            "default_reason": f"int8 failed its parity gate and is not shipped ({last['failures'][0]})"})
+    (out_dir / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
     return spec.model_copy(update={"parity": parity,
                                    "default_reason": "int8 passed the parity gates; about 4x smaller and faster"})
 

@@ -164,10 +164,14 @@ def export_head(params: Params, name: str, task: str, out: Path, mlflow) -> dict
                                  per_channel=ex.int8.per_channel, reduce_range=ex.int8.reduce_range,
                                  gates=ex.head_gates[task], n_probe=ex.probe_texts, optimize=ex.optimize_graph)
     runtime = OnnxRanker if task == "cross_encoder" else OnnxClassifier
-    heldout = {p: head.heldout(params, runtime(out, spec, p)) for p in ("fp32", "int8")}
+    heldout = {p: head.heldout(params, runtime(out, spec, p)) if p in spec.onnx else None for p in ("fp32", "int8")}
     metric = heldout["fp32"][0] if heldout["fp32"] else None
     values = {p: (v[1] if v else None) for p, v in heldout.items()}
-    default, reason, drop = accuracy_gate(name, metric, values["fp32"], values["int8"], ex.gates.int8_max_mrr_drop)
+    if "int8" in spec.onnx:
+        default, reason, drop = accuracy_gate(name, metric, values["fp32"], values["int8"],
+                                              ex.gates.int8_max_mrr_drop)
+    else:  # int8 failed parity and was dropped: the spec already says so
+        default, reason, drop = spec.default_precision, spec.default_reason, None
     spec = spec.model_copy(update={"default_precision": default, "default_reason": reason,
                                    "mlflow_run_id": champion["run_id"], "registry_version": version})
     (out / "spec.json").write_text(spec.model_dump_json(indent=2) + "\n")
