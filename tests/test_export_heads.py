@@ -258,10 +258,12 @@ def test_a_failed_int8_gate_ships_fp32_alone_and_a_failed_fp32_gate_fails(heads_
                               n_probe=16, optimize=False)
 
 
+@pytest.mark.parametrize("int8_gate", [0.9, 1.01])
 def test_export_stage_ships_only_champions(heads_bundle: Path, shared_dir: Path, tmp_path: Path,
-                                           monkeypatch) -> None:
+                                           monkeypatch, int8_gate: float) -> None:
     """run_export_heads + the bundle entries: a champion is exported and gated (with its
-    held-out accuracy gate on gold dev), a model without one is skipped with the reason."""
+    held-out accuracy gate on gold dev), a model without one is skipped with the reason;
+    with an int8 gate no graph can pass (1.01), the champion ships in fp32 alone."""
     import mlflow
 
     from apex_models.config import compose, resolve, validate
@@ -273,7 +275,7 @@ def test_export_stage_ships_only_champions(heads_bundle: Path, shared_dir: Path,
     monkeypatch.chdir(tmp_path)
     params = validate(resolve(compose("tiny", [
         f"paths.shared={shared_dir}", f"paths.results={tmp_path / 'results'}", f"paths.data={tmp_path / 'data'}",
-        "export.optimize_graph=false", "export.head_gates.sequence_classification.int8.argmax_agreement=0.9",
+        "export.optimize_graph=false", f"export.head_gates.sequence_classification.int8.argmax_agreement={int8_gate}",
         "export.head_gates.cross_encoder.int8.spearman_mean=0.9"])))
     labels = params.intent.label_names
     model = _head_model(tmp_path / "intent-torch", "sequence_classification", labels)
@@ -296,7 +298,11 @@ def test_export_stage_ships_only_champions(heads_bundle: Path, shared_dir: Path,
     intent = report["intent"]
     assert intent["exported"] and intent["parity"]["fp32"]["argmax_agreement"] == 1.0
     assert intent["heldout"]["metric"] == "gold_dev_macro_f1" and 0.0 <= intent["heldout"]["fp32"] <= 1.0
-    assert intent["default_precision"] in ("fp32", "int8") and "fp32" in intent["default_reason"]
+    if int8_gate > 1:
+        assert intent["default_precision"] == "fp32" and intent["heldout"]["int8"] is None
+        assert intent["default_reason"].startswith("int8 failed its parity gate") and intent["sizes_bytes"].keys() == {"fp32"}
+    else:
+        assert intent["default_precision"] in ("fp32", "int8") and "fp32" in intent["default_reason"]
     write_result(tmp_path / "results" / "export-heads.json", "heads", report)
     entries = _head_entries(params, tmp_path / "onnx")
     assert set(entries) == {"intent"}

@@ -176,7 +176,7 @@ def export_head(params: Params, name: str, task: str, out: Path, mlflow) -> dict
                                    "mlflow_run_id": champion["run_id"], "registry_version": version})
     (out / "spec.json").write_text(spec.model_dump_json(indent=2) + "\n")
     if values["fp32"] is not None:
-        mlflow.log_metrics({f"{name}/heldout/{p}": v for p, v in values.items()})
+        mlflow.log_metrics({f"{name}/heldout/{p}": v for p, v in values.items() if v is not None})
     return {"exported": True, "task": task, "champion": champion, "parity": spec.parity,
             "heldout": {"metric": metric, **values, "relative_drop": drop},
             "default_precision": default, "default_reason": reason,
