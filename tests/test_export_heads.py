@@ -234,6 +234,14 @@ def test_ranking_parity_golden() -> None:
         check_floor("ranker fp32", swapped, {"top_k_order_agreement": 1.0})
     agree = argmax_agreement(np.eye(4), np.eye(4)[[0, 1, 3, 3]])
     assert agree["argmax_agreement"] == 0.75 and agree["disagreements"] == [2]
+    assert agree["argmax_agreement_within_ties"] == 0.75 and agree["ties"] == 0
+    # Row 0 is a near tie in the reference (0.03 apart): picking its runner-up is within ties;
+    # row 1 is decided (0.5 apart): picking its runner-up is a real disagreement.
+    ref = np.array([[1.0, 0.97, 0.0], [1.0, 0.5, 0.0]])
+    cand = np.array([[0.9, 1.0, 0.0], [0.9, 1.0, 0.0]])
+    tied = argmax_agreement(ref, cand)
+    assert tied["argmax_agreement"] == 0.0 and tied["argmax_agreement_within_ties"] == 0.5 and tied["ties"] == 1
+    assert argmax_agreement(ref, cand, tie_margin=0.0)["argmax_agreement_within_ties"] == 0.0
 
 
 def test_a_failed_int8_gate_ships_fp32_alone_and_a_failed_fp32_gate_fails(heads_bundle: Path, tmp_path: Path) -> None:
@@ -275,7 +283,7 @@ def test_export_stage_ships_only_champions(heads_bundle: Path, shared_dir: Path,
     monkeypatch.chdir(tmp_path)
     params = validate(resolve(compose("tiny", [
         f"paths.shared={shared_dir}", f"paths.results={tmp_path / 'results'}", f"paths.data={tmp_path / 'data'}",
-        "export.optimize_graph=false", f"export.head_gates.sequence_classification.int8.argmax_agreement={int8_gate}",
+        "export.optimize_graph=false", f"export.head_gates.sequence_classification.int8.argmax_agreement_within_ties={int8_gate}",
         "export.head_gates.cross_encoder.int8.spearman_mean=0.9"])))
     labels = params.intent.label_names
     model = _head_model(tmp_path / "intent-torch", "sequence_classification", labels)

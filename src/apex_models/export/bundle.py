@@ -20,7 +20,8 @@ import numpy as np
 from apex_models.export.onnx import (export_embedder_onnx, export_head_onnx, optimize_bert_graph, quantize_int8,
                                      save_tokenizer_json)
 from apex_models.export.parity import (ParityError, argmax_agreement, check_embedding_gate, check_floor,
-                                       embedding_parity, probe_ranking_set, probe_texts, ranking_parity)
+                                       embedding_parity, probe_queries, probe_ranking_set, probe_texts,
+                                       ranking_parity)
 from apex_models.runtime.bundle import (SCHEMA_VERSION, EmbeddingSpec, Manifest, ModelSpec, load_bundle,
                                         parse_model_spec, write_manifest)
 
@@ -114,7 +115,8 @@ def _torch_reference(model_dir: Path, task: str, max_length: int, n_probe: int) 
                                   max_length=max_length, return_tensors="pt")
                 scores.append(model(**batch).logits[:, 0].float().numpy())
             return {"queries": queries, "candidates": candidates, "scores": scores}
-        texts = probe_texts(n_probe)
+        # A sequence classifier reads queries: probe it with queries (see parity._QUERY_PROBES).
+        texts = probe_queries(n_probe) if task == "sequence_classification" else probe_texts(n_probe)
         batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         logits = model(**batch).logits.float().numpy()
         if task == "token_classification":
