@@ -330,6 +330,7 @@ class RankerConfig(_Strict):
     registered_model: str        # MLflow registry name; `champion` (if any) is what the export ships
     promotion_margin: float = Field(ge=0)
     lora: LoraConfig
+    data: EmbedderDataConfig     # its own training mix, built by the embedder's mix code
     train: RankerTrainConfig
     eval: RankerEvalConfig
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from apex_models.config import Params
+from apex_models.config import EmbedderDataConfig, Params
 from apex_models.data.embedder_mix import mix_pairs, source_pairs
 from apex_models.evaluation.retrieval import BeirDataset, dense_run, evaluate_run, load_beir
 from apex_models.models.base import resolve_base_model
@@ -119,14 +119,13 @@ def _dev_metric(encoder: TorchEncoder, dev: BeirDataset, limit_queries: int, bat
     return evaluate_run(run, subset.qrels)["mrr@10"]
 
 
-def source_files(params: Params, train_path: Path, sources_dir: Path | None) -> list[Path]:
+def source_files(data: EmbedderDataConfig, train_path: Path, sources_dir: Path | None) -> list[Path]:
     """The files the training pairs come from (train.jsonl, plus the sources a mix reads)."""
     files = [Path(train_path)]
-    mix = params.embedder.data.mix
-    if mix and sources_dir is not None:
+    if data.mix and sources_dir is not None:
         for name in ("stackexchange", "tldr"):
             path = Path(sources_dir) / f"{name}.jsonl"
-            if mix.get(name, 0) > 0 and path.is_file():
+            if data.mix.get(name, 0) > 0 and path.is_file():
                 files.append(path)
     return files
 
@@ -135,17 +134,21 @@ def run_fingerprint(params: Params, train_path: Path, sources_dir: Path | None =
     """What a checkpoint must match to be resumed: the recipe's config and its data."""
     return fingerprint({"seed": params.seed, "embedder": params.embedder.model_dump(mode="json"),
                         "trainer": params.trainer.model_dump(mode="json")},
-                       source_files(params, train_path, sources_dir))
+                       source_files(params.embedder.data, train_path, sources_dir))
 
 
-def training_pairs(params: Params, train_path: Path, sources_dir: Path | None) -> tuple[list[tuple[str, str]], dict]:
-    """Step 1: the mix by weight, or train.jsonl as is; returns the pairs and counts per source."""
-    cfg = params.embedder
-    if cfg.data.mix is None:
-        pairs = read_pairs(train_path, cfg.train.max_train_pairs, params.seed)
+def training_pairs(data: EmbedderDataConfig, limit: int, seed: int, train_path: Path,
+                   sources_dir: Path | None) -> tuple[list[tuple[str, str]], dict]:
+    """Step 1: the mix by weight, or train.jsonl as is; returns the pairs and counts per source.
+
+    The ranker builds its pairs here too (with its own `data` section), so both models
+    read their query-like sources the same way.
+    """
+    if data.mix is None:
+        pairs = read_pairs(train_path, limit, seed)
         return pairs, {"train.jsonl": len(pairs)}
-    pools = source_pairs(train_path, sources_dir, params.seed, cfg.data.conala_query)
-    return mix_pairs(pools, cfg.data.mix, cfg.train.max_train_pairs, params.seed)
+    pools = source_pairs(train_path, sources_dir, seed, data.conala_query)
+    return mix_pairs(pools, data.mix, limit, seed)
 
 
 def mined_negatives(params: Params, pairs: list[tuple[str, str]]) -> tuple[list[list[int]], dict]:
@@ -185,7 +188,7 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # 1-2. data and hard negatives
-    pairs, mix_counts = training_pairs(params, train_path, sources_dir)
+    pairs, mix_counts = training_pairs(cfg.data, train.max_train_pairs, params.seed, train_path, sources_dir)
     mined, mining = mined_negatives(params, pairs) if train.hard_negatives else (None, None)
     dev = load_beir(dev_dir) if dev_dir and Path(dev_dir).exists() else None
 

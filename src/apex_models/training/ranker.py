@@ -1,10 +1,13 @@
 """Recipe: the cross-encoder ranker (query, candidate) -> relevance, from the packaged MiniLM.
 
 The steps, in order (state is set up in one place, the top of `train_ranker`):
-  1. seed; read the embedder's (query, code) training pairs and cut them to `max_train_pairs`;
-  2. mine hard negatives per query with BM25 over the pairs' code (optionally also with
-     the base embedder): a cross-encoder learns little from random negatives, which the
-     first stage already ranks low;
+  1. seed; build (query, document) pairs from the ranker's own mix of the embedder's
+     sources (docstrings, web-style queries, CoNaLa, Stack Exchange, tldr; see
+     apex_models.data.embedder_mix), cut to `max_train_pairs`: the ranker re-ranks web-style
+     code queries (CoSQA) and questions over answers (Stack Exchange), so it trains on both;
+  2. mine hard negatives per query with BM25 over the pairs' documents, and with the
+     current embedder when `embedder_negatives`: at search time the ranker orders the
+     embedder's top-k, so its negatives should be what the embedder ranks high;
   3. AutoModelForSequenceClassification (num_labels=1) with LoRA on the encoder, the
      pooler and the scoring head trained in full;
   4. each step: `batch_size` queries, each with its positive and `negatives` negatives;
@@ -36,7 +39,7 @@ from apex_models.evaluation.retrieval import BeirDataset, bm25_run, dense_run
 from apex_models.models.base import resolve_base_model
 from apex_models.training.common import (CHECKPOINTS, batch_for_step, fingerprint, optimizer_step, prepare_training,
                                          record_step, resume, save_checkpoint, save_selected, with_lora)
-from apex_models.training.embedder import read_pairs
+from apex_models.training.embedder import source_files, training_pairs
 from apex_models.training.seed import set_seed
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,8 @@ def mine_negatives(pairs: list[tuple[str, str]], top_k: int, embedder=None) -> l
     ds = BeirDataset(codes, queries, {f"q{i}": {f"d{i}": 1} for i in range(len(pairs))})
     runs = [bm25_run(ds, k=top_k + 1)]
     if embedder is not None:
-        runs.append(dense_run(ds, embedder.encode_queries, embedder.encode_documents, k=top_k + 1))
+        runs.append(dense_run(ds, embedder.encode_queries,
+                              lambda texts: embedder.encode_documents(texts, progress=True), k=top_k + 1))
     out = []
     norm_queries = [_norm(q) for q, _ in pairs]
     for i, (_, code) in enumerate(pairs):
@@ -96,8 +100,11 @@ def _model(cfg: RankerConfig, trainer_cfg):
 
 
 def train_ranker(params: Params, train_path: Path, out_dir: Path, mlflow=None,
-                 stop_after: int | None = None) -> dict[str, Any]:
+                 stop_after: int | None = None, sources_dir: Path | None = None) -> dict[str, Any]:
     """Run the recipe; resume from the newest checkpoint in `out_dir` if there is one.
+
+    `sources_dir` holds the ingest_sources stage's records (stackexchange.jsonl, tldr.jsonl)
+    the mix may draw from; absent, those sources give no pairs.
 
     `stop_after` ends the loop after that many total steps (as a crash would), leaving
     the checkpoints; the tests use it to prove resume is exact.
@@ -109,15 +116,17 @@ def train_ranker(params: Params, train_path: Path, out_dir: Path, mlflow=None,
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # 1-2. data and hard negatives
-    pairs = read_pairs(train_path, train.max_train_pairs, params.seed)
+    pairs, mix_counts = training_pairs(cfg.data, train.max_train_pairs, params.seed, train_path, sources_dir)
     started = time.perf_counter()
     embedder = None
     if train.embedder_negatives:
         from apex_models.models.embedder import TorchEncoder
 
-        # The current embedder (what the ranker will re-rank behind), else the base model.
+        # The current embedder (what the ranker will re-rank behind), else the base model;
+        # documents cut at the ranker's own length (what it will read of them), half the cost.
         current = Path(params.paths.models) / "embedder" / "merged"
-        embedder = TorchEncoder.from_base(str(current) if (current / "config.json").is_file() else cfg.base)
+        embedder = TorchEncoder.from_base(str(current) if (current / "config.json").is_file() else cfg.base,
+                                          doc_max_length=train.max_length)
     mined = mine_negatives(pairs, train.mine_top_k, embedder)
     mining_seconds = round(time.perf_counter() - started, 1)
 
@@ -127,9 +136,10 @@ def train_ranker(params: Params, train_path: Path, out_dir: Path, mlflow=None,
         model, train, params.trainer, train.batch_size * (train.negatives + 1))
 
     run_fp = fingerprint({"seed": params.seed, "ranker": cfg.model_dump(mode="json"),
-                          "trainer": params.trainer.model_dump(mode="json")}, [train_path])
+                          "trainer": params.trainer.model_dump(mode="json")},
+                         source_files(cfg.data, train_path, sources_dir))
     state, _, _ = resume(accelerator, out_dir, run_fp)
-    summary: dict[str, Any] = {**counts, "pairs": len(pairs),
+    summary: dict[str, Any] = {**counts, "pairs": len(pairs), "mix": mix_counts,
                                "mining_seconds": mining_seconds,
                                "mined_per_query": round(float(np.mean([len(m) for m in mined])), 2)}
 
@@ -245,6 +255,7 @@ def ranker_paths(params: Params) -> dict[str, Path]:
 
 def run_train_ranker(params: Params) -> dict[str, Any]:
     """The train_ranker stage: the embedder's training pairs (or the fallback), one MLflow run."""
+    from apex_models.layout import layout
     from apex_models.tracking import stage_run
 
     if params.ranker is None:
@@ -254,10 +265,12 @@ def run_train_ranker(params: Params) -> dict[str, Any]:
     if not train_path.is_file():
         log.warning("%s not built: training on CoNaLa + standard-library pairs instead", train_path)
         train_path = write_fallback_pairs(Path(params.paths.shared), paths["fallback_pairs"])
-    out = paths["model"]
-    with stage_run("train_ranker", params, ["ranker", "trainer"], data={"pairs": train_path}) as mlflow:
-        summary = train_ranker(params, train_path, out, mlflow=mlflow)
+    out, sources = paths["model"], layout(params).sources
+    with stage_run("train_ranker", params, ["ranker", "trainer"], data={"pairs": train_path, "sources": sources}) as mlflow:
+        summary = train_ranker(params, train_path, out, mlflow=mlflow, sources_dir=sources)
         summary["train_file"] = str(train_path)
+        for name, count in summary["mix"].items():
+            mlflow.log_metric(f"data/pairs/{name}", float(count))
         summary["mlflow_run_id"] = mlflow.active_run().info.run_id
         for key in ("trainable_params", "pairs", "seconds", "mining_seconds"):
             mlflow.log_metric(f"summary/{key}", float(summary[key]))
