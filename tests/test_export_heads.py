@@ -283,7 +283,8 @@ def test_export_stage_ships_only_champions(heads_bundle: Path, shared_dir: Path,
     monkeypatch.chdir(tmp_path)
     params = validate(resolve(compose("tiny", [
         f"paths.shared={shared_dir}", f"paths.results={tmp_path / 'results'}", f"paths.data={tmp_path / 'data'}",
-        "export.optimize_graph=false", f"export.head_gates.sequence_classification.int8.argmax_agreement_within_ties={int8_gate}",
+        "export.optimize_graph=false",
+        f"export.head_gates.sequence_classification.int8.argmax_agreement_within_ties={int8_gate}",
         "export.head_gates.cross_encoder.int8.spearman_mean=0.9"])))
     labels = params.intent.label_names
     model = _head_model(tmp_path / "intent-torch", "sequence_classification", labels)

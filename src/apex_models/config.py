@@ -177,20 +177,26 @@ class EmbedderDataConfig(_Strict):
     conala_query: float = Field(ge=0, le=1)
 
 
-class EmbedderTrainConfig(_Strict):
+class TrainLoopConfig(_Strict):
+    """What every recipe's loop reads (training.common.prepare_training, checkpoints, logging);
+    each recipe's train section adds its own fields."""
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
     warmup_ratio: float = Field(ge=0, lt=1)
-    batch_size: int = Field(ge=2)
+    batch_size: int = Field(ge=1)
     grad_accum: int = Field(ge=1)
     max_steps: int = Field(gt=0)
+    save_every: int = Field(gt=0)
+    log_every: int = Field(gt=0)
+
+
+class EmbedderTrainConfig(TrainLoopConfig):
+    batch_size: int = Field(ge=2)   # this recipe needs at least two examples a step
     doc_max_length: int = Field(gt=0, le=512)
     temperature: float = Field(gt=0)
     eval_every: int = Field(gt=0)
-    save_every: int = Field(gt=0)
     max_train_pairs: int = Field(gt=0)
     eval_dev_queries: int = Field(gt=0)
-    log_every: int = Field(gt=0)
     # GradCache: embed in chunks of this many texts (null: the whole batch at once)
     mini_batch_size: int | None = Field(default=None, gt=0)
     hard_negatives: int = Field(ge=0)          # per query, appended to the in-batch negatives
@@ -267,17 +273,10 @@ class IntentBaselineConfig(_Strict):
     max_iter: int = Field(gt=0)
 
 
-class IntentTrainConfig(_Strict):
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
-    warmup_ratio: float = Field(ge=0, lt=1)
-    batch_size: int = Field(ge=2)
-    grad_accum: int = Field(ge=1)
-    max_steps: int = Field(gt=0)
+class IntentTrainConfig(TrainLoopConfig):
+    batch_size: int = Field(ge=2)   # this recipe needs at least two examples a step
     eval_every: int = Field(gt=0)
     patience: int = Field(ge=1)
-    save_every: int = Field(gt=0)
-    log_every: int = Field(gt=0)
     label_smoothing: float = Field(ge=0, lt=1)
 
 
@@ -298,21 +297,13 @@ class IntentConfig(_Strict):
         return [label.name for label in self.labels]
 
 
-class RankerTrainConfig(_Strict):
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
-    warmup_ratio: float = Field(ge=0, lt=1)
-    batch_size: int = Field(ge=1)
-    grad_accum: int = Field(ge=1)
+class RankerTrainConfig(TrainLoopConfig):
     negatives: int = Field(ge=1)
     mine_top_k: int = Field(gt=1)
     embedder_negatives: bool
     loss: Literal["listwise", "bce"]
     max_length: int = Field(gt=0, le=512)
-    max_steps: int = Field(gt=0)
     max_train_pairs: int = Field(gt=0)
-    save_every: int = Field(gt=0)
-    log_every: int = Field(gt=0)
 
 
 class RankerEvalConfig(_Strict):
@@ -345,18 +336,10 @@ class PlannerDataConfig(_Strict):
     benchmarks: list[Literal["cosqa", "conala", "intent", "qa"]]
 
 
-class PlannerTrainConfig(_Strict):
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
-    warmup_ratio: float = Field(ge=0, lt=1)
-    batch_size: int = Field(ge=1)
-    grad_accum: int = Field(ge=1)
-    max_steps: int = Field(gt=0)
+class PlannerTrainConfig(TrainLoopConfig):
     eval_every: int = Field(gt=0)
     patience: int = Field(ge=1)
     dev_plans: int = Field(gt=0)
-    save_every: int = Field(gt=0)
-    log_every: int = Field(gt=0)
 
 
 class PlannerEvalConfig(_Strict):
@@ -399,17 +382,10 @@ class SensitivityDataConfig(_Strict):
     mix: dict[Literal["none", "secret", "pii", "lookalike"], float]
 
 
-class SensitivityTrainConfig(_Strict):
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
-    warmup_ratio: float = Field(ge=0, lt=1)
-    batch_size: int = Field(ge=2)
-    grad_accum: int = Field(ge=1)
-    max_steps: int = Field(gt=0)
+class SensitivityTrainConfig(TrainLoopConfig):
+    batch_size: int = Field(ge=2)   # this recipe needs at least two examples a step
     eval_every: int = Field(gt=0)
     patience: int = Field(ge=1)
-    save_every: int = Field(gt=0)
-    log_every: int = Field(gt=0)
     secret_weight: float = Field(gt=0)   # loss weight of the span classes against O
 
 
