@@ -170,8 +170,9 @@ class MiningConfig(_Strict):
     max_positive_ratio: float = Field(gt=0, le=1)   # 1: no positive-aware filtering
 
 
-class EmbedderDataConfig(_Strict):
-    """The training mix (apex_models.data.embedder_mix); `mix: null` reads train.jsonl as is."""
+class PairMixConfig(_Strict):
+    """A (query, document) training mix (apex_models.data.embedder_mix), the `data` section of
+    the embedder and of the ranker; `mix: null` reads train.jsonl as is."""
 
     mix: dict[Literal["docstring", "docstring_query", "conala", "stackexchange", "tldr"], float] | None
     conala_query: float = Field(ge=0, le=1)
@@ -210,7 +211,7 @@ class EmbedderConfig(_Strict):
     query_max_length: int = Field(gt=0, le=512)
     doc_max_length: int = Field(gt=0, le=512)
     lora: LoraConfig
-    data: EmbedderDataConfig
+    data: PairMixConfig
     train: EmbedderTrainConfig
 
 
@@ -321,7 +322,7 @@ class RankerConfig(_Strict):
     registered_model: str        # MLflow registry name; `champion` (if any) is what the export ships
     promotion_margin: float = Field(ge=0)
     lora: LoraConfig
-    data: EmbedderDataConfig     # its own training mix, built by the embedder's mix code
+    data: PairMixConfig          # its own weights over the embedder's sources
     train: RankerTrainConfig
     eval: RankerEvalConfig
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from apex_models.config import EmbedderDataConfig, Params
+from apex_models.config import PairMixConfig, Params
 from apex_models.data.embedder_mix import mix_pairs, source_pairs
 from apex_models.evaluation.retrieval import BeirDataset, dense_run, evaluate_run, load_beir
 from apex_models.models.base import resolve_base_model
@@ -119,7 +119,7 @@ def _dev_metric(encoder: TorchEncoder, dev: BeirDataset, limit_queries: int, bat
     return evaluate_run(run, subset.qrels)["mrr@10"]
 
 
-def source_files(data: EmbedderDataConfig, train_path: Path, sources_dir: Path | None) -> list[Path]:
+def source_files(data: PairMixConfig, train_path: Path, sources_dir: Path | None) -> list[Path]:
     """The files the training pairs come from (train.jsonl, plus the sources a mix reads)."""
     files = [Path(train_path)]
     if data.mix and sources_dir is not None:
@@ -137,7 +137,7 @@ def run_fingerprint(params: Params, train_path: Path, sources_dir: Path | None =
                        source_files(params.embedder.data, train_path, sources_dir))
 
 
-def training_pairs(data: EmbedderDataConfig, limit: int, seed: int, train_path: Path,
+def training_pairs(data: PairMixConfig, limit: int, seed: int, train_path: Path,
                    sources_dir: Path | None) -> tuple[list[tuple[str, str]], dict]:
     """Step 1: the mix by weight, or train.jsonl as is; returns the pairs and counts per source.
 
