@@ -23,7 +23,9 @@ vectors with the neighbourhood structure of real embeddings (clusters of near
 neighbours around each real vector), which is what latency and recall@10 depend on.
 Which text a synthetic vector belongs to is arbitrary, so no relevance is measured here.
 
-Re-ranking. `bundle.ranker()` when the bundle has one; otherwise a cost stand-in that runs
+Re-ranking. `bundle.ranker()` when the bundle has one, else the ranker of `--ranker-bundle`
+(for example a trained ranker its promotion gate rejected, exported for timing); otherwise
+a cost stand-in that runs
 the bundle's own MiniLM-L6 graph over the (query, memory) pairs at the ranker's 128 tokens:
 the cross-encoder in conf/ranker is that same architecture, so the time is its time
 (the order it produces is meaningless and is not evaluated).
@@ -369,7 +371,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def save(args: argparse.Namespace, results: dict[str, Any], bundle, reranker, has_ranker: bool, load_before,
+def save(args: argparse.Namespace, results: dict[str, Any], bundle, reranker_label: str, load_before,
          began) -> dict:
     """Write memory.json and memory.md (after every tier, so a long run keeps what it measured)."""
     from apex_models.evaluation.results import write_result
@@ -377,7 +379,7 @@ def save(args: argparse.Namespace, results: dict[str, Any], bundle, reranker, ha
     meta = {"bundle_version": bundle.manifest.bundle_version, "precision": args.precision, "threads": args.threads,
             "build_threads": args.build_threads, "queries": args.queries, "embedded": args.embedded,
             "rerank_depth": args.rerank_depth, "rerank_queries": args.rerank_queries,
-            "reranker": type(reranker).__name__ + ("" if has_ranker else " (cost stand-in, see bench doc)"),
+            "reranker": reranker_label,
             "vectors": f"first {args.embedded} texts embedded by the bundle's {args.precision} model; the rest "
                        f"are those vectors plus N(0, {NOISE_SIGMA}) noise, normalised",
             "load_average_before_after": [round(x, 2) for x in (*load_before, *os.getloadavg())],
@@ -404,6 +406,8 @@ def main() -> None:
     parser.add_argument("--embed-adds", type=int, default=1000, help="adds timed with embedding")
     parser.add_argument("--add-batch", type=int, default=100, help="memories per add_many when embedding")
     parser.add_argument("--rerank-depth", type=int, default=20)
+    parser.add_argument("--ranker-bundle", type=Path, default=None,
+                        help="bundle to take the ranker from when --bundle has none (timing a candidate)")
     parser.add_argument("--rerank-queries", type=int, default=50, help="queries timed with re-ranking (slow on CPU)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime, torch and FAISS threads when searching")
     parser.add_argument("--build-threads", type=int, default=2, help="FAISS threads for bulk HNSW insertion")
@@ -424,8 +428,11 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     bundle = load_bundle(args.bundle)
     embedder = bundle.embedder(precision=args.precision, intra_op_threads=args.threads)
-    has_ranker = bundle.has("ranker")
-    reranker = bundle.ranker(intra_op_threads=args.threads) if has_ranker else PairCostRanker(embedder)
+    ranker_source = bundle if bundle.has("ranker") or args.ranker_bundle is None else load_bundle(args.ranker_bundle)
+    has_ranker = ranker_source.has("ranker")
+    reranker = ranker_source.ranker(intra_op_threads=args.threads) if has_ranker else PairCostRanker(embedder)
+    label = (f"{type(reranker).__name__} ({reranker.precision}, bundle {ranker_source.manifest.bundle_version})"
+             if has_ranker else "PairCostRanker (cost stand-in, see bench doc)")
     items = memory_corpus.memory_items(args.corpus, max(sizes))
     queries = memory_corpus.queries(args.corpus, args.queries)
     real = memory_corpus.cached_vectors(embedder, [x["text"] for x in items[:args.embedded]], args.cache)
@@ -452,9 +459,9 @@ def main() -> None:
                 r = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             results["peers"].setdefault(peer, {})[str(n)] = r
             print(json.dumps({peer: n, **r}), file=sys.stderr, flush=True)
-            save(args, results, bundle, reranker, has_ranker, load_before, began)
-        save(args, results, bundle, reranker, has_ranker, load_before, began)
-    meta = save(args, results, bundle, reranker, has_ranker, load_before, began)
+            save(args, results, bundle, label, load_before, began)
+        save(args, results, bundle, label, load_before, began)
+    meta = save(args, results, bundle, label, load_before, began)
     print(markdown(results, meta))
 
 
