@@ -3,9 +3,11 @@
 For each model and backend, in a fresh process (so peak memory is that backend's alone,
 and the ONNX workers never import torch), end to end with tokenisation:
 - single-input latency p50/p99: one query (embedder, intent), one (query, candidate)
-  pair (ranker);
+  pair (ranker), one whole plan for one goal (planner: greedy decoding to the end token
+  or the spec's max_new_tokens; torch through `generate`, ONNX through the two graphs
+  with the KV cache; `--plan-repeats` plans timed, as each costs tens of milliseconds);
 - batch throughput: inputs per second in batches of `--batch` (the ranker: one query with
-  `--batch` candidates, i.e. re-ranking a top-k);
+  `--batch` candidates, i.e. re-ranking a top-k; the planner: plans per second);
 - peak resident memory of the worker, and the model files' sizes.
 Ratios are to torch fp32 of the same model in the same run. Threads are pinned (default 1).
 
@@ -81,6 +83,16 @@ def _torch_callables(bundle, name: str, spec, threads: int):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(hf)
+    if spec.task == "seq2seq_generation":
+        from transformers import EncoderDecoderModel
+
+        planner = EncoderDecoderModel.from_pretrained(hf).eval()
+
+        def generate(goals):
+            with torch.inference_mode():
+                enc = tok(goals, padding=True, truncation=True, max_length=spec.max_source_length, return_tensors="pt")
+                return planner.generate(**enc, max_new_tokens=spec.max_new_tokens, do_sample=False, num_beams=1)
+        return (lambda q: generate([q]), generate)
     model = AutoModelForSequenceClassification.from_pretrained(hf).eval()
 
     def run(a, b=None):
@@ -99,11 +111,15 @@ def _onnx_callables(bundle, name: str, spec, precision: str, threads: int):
     if spec.task == "cross_encoder":
         m = bundle.ranker(name, precision, intra_op_threads=threads)
         return (lambda pair: m.score(pair[0], [pair[1]]), lambda qd: m.score(qd[0], qd[1], batch_size=len(qd[1])))
+    if spec.task == "seq2seq_generation":
+        m = bundle.planner(name, precision, intra_op_threads=threads)
+        return (lambda q: m.generate_ids([q]), m.generate_ids)
     m = bundle.classifier(name, precision, intra_op_threads=threads)
     return (lambda q: m.classify([q]), lambda qs: m.classify(qs, batch_size=len(qs)))
 
 
-def worker(bundle_dir: str, name: str, backend: str, threads: int, repeats: int, batch: int) -> dict:
+def worker(bundle_dir: str, name: str, backend: str, threads: int, repeats: int, batch: int,
+           plan_repeats: int = 30) -> dict:
     from apex_models.runtime import load_bundle
 
     bundle = load_bundle(bundle_dir)
@@ -120,6 +136,8 @@ def worker(bundle_dir: str, name: str, backend: str, threads: int, repeats: int,
         singles = QUERIES
         texts = (QUERIES * (batch // len(QUERIES) + 1))[:batch]
         batches = [texts]
+    if spec.task == "seq2seq_generation":
+        repeats = plan_repeats
     single = _stats(_timed(single, singles, repeats))
     n_batches = max(3, repeats // 20)
     seconds = _timed(batched, batches, n_batches, warmup=1)
@@ -129,6 +147,8 @@ def worker(bundle_dir: str, name: str, backend: str, threads: int, repeats: int,
 
 def _sizes(bundle, name: str, spec) -> dict[str, int]:
     sizes = {p: bundle.manifest.files[f].bytes for p, f in spec.onnx.items()}
+    for p, f in (getattr(spec, "decoder_onnx", None) or {}).items():   # the planner: both graphs
+        sizes[p] += bundle.manifest.files[f].bytes
     if spec.safetensors_dir:
         sizes["safetensors"] = bundle.manifest.files[f"{spec.safetensors_dir}/model.safetensors"].bytes
     return sizes
@@ -158,11 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for every backend")
     parser.add_argument("--repeats", type=int, default=200, help="single-input calls timed per backend")
     parser.add_argument("--batch", type=int, default=32, help="inputs per batch (ranker: candidates per query)")
+    parser.add_argument("--plan-repeats", type=int, default=30, help="single plans timed per backend (planner)")
     parser.add_argument("--out", type=Path, default=Path("eval/results/models-latency.json"))
     parser.add_argument("--worker", nargs=3, metavar=("BUNDLE", "MODEL", "BACKEND"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.threads, args.repeats, args.batch)))
+        print(json.dumps(worker(*args.worker, args.threads, args.repeats, args.batch, args.plan_repeats)))
         return 0
 
     if not args.bundle:
@@ -187,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[bench] {name} {backend}", file=sys.stderr)
                 proc = subprocess.run([sys.executable, __file__, "--worker", str(bundle_dir), name, backend,
                                        "--threads", str(args.threads), "--repeats", str(args.repeats),
-                                       "--batch", str(args.batch)], capture_output=True, text=True, env=env)
+                                       "--batch", str(args.batch), "--plan-repeats", str(args.plan_repeats)],
+                                      capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
                     raise RuntimeError(f"{name} {backend} failed:\n{proc.stderr[-3000:]}")
                 row["backends"][backend] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -196,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                 b["speedup_p50"] = round(base["p50_ms"] / b["p50_ms"], 2)
                 b["speedup_batch"] = round(b["batch_per_s"] / base["batch_per_s"], 2)
             results[name] = row
-    extra = {"threads": args.threads, "repeats": args.repeats, "batch": args.batch,
+    extra = {"threads": args.threads, "repeats": args.repeats, "plan_repeats": args.plan_repeats,
+             "batch": args.batch,
              "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
              "anchor": "sentence-transformers: ONNX int8 at 3.08x torch fp32 on CPU for short texts"}
     write_result(args.out, "per-model latency, throughput, memory: torch fp32 vs ONNX fp32 vs int8", results,

@@ -6,8 +6,8 @@
 It runs exactly the code of the `export` and `bundle` DVC stages (ONNX fp32 + int8,
 parity and accuracy gates that fail the job, model cards, manifest with checksums) on
 whichever model version the MLflow registry's alias `champion` names, for the embedder
-and for every model of `export.heads` (ranker, intent) that has a champion. It expects the
-pipeline's outputs up to `promote` to be present (`dvc repro promote`, or `dvc pull`
+and for every model of `export.heads` (ranker, intent, planner) that has a champion. It
+expects the pipeline's outputs up to `promote` to be present (`dvc repro promote`, or `dvc pull`
 where a DVC remote holds them) and MLflow's store (local, or MLFLOW_TRACKING_URI).
 Exit code 0 only when every gate passed and the written bundle loads.
 """

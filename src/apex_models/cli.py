@@ -135,9 +135,10 @@ def _bundle_model(loaded: Any, name: str) -> Any:
 
 
 def _open_store(store: Path, bundle: Path, precision: str | None, passphrase_env: str, keyring: bool,
-                create: bool = False, rerank: bool = False, intent: bool = False):
+                create: bool = False, rerank: bool = False, intent: bool = False, planner: bool = False):
     """The store with its key from the OS keyring (--keyring) or the passphrase variable, and
-    the bundle's ranker / intent model when a search asks for them."""
+    the bundle's ranker / intent model when a search asks for them, and its planner (when it
+    ships one) for plan."""
     from apex_models.runtime import MemoryStore, load_bundle
     from apex_models.runtime.keys import DEFAULT_SERVICE
     from apex_models.runtime.store import DB_NAME, StoreError
@@ -149,7 +150,8 @@ def _open_store(store: Path, bundle: Path, precision: str | None, passphrase_env
     return MemoryStore.open(store, loaded.embedder(precision=precision), passphrase=passphrase,
                             keyring_service=DEFAULT_SERVICE if keyring else None, create=create,
                             reranker=_bundle_model(loaded, "ranker") if rerank else None,
-                            intent=_bundle_model(loaded, "intent") if intent else None)
+                            intent=_bundle_model(loaded, "intent") if intent else None,
+                            planner=loaded.planner() if planner and loaded.has("planner") else None)
 
 
 def _memory_json(memory: Any) -> dict[str, Any]:
@@ -233,11 +235,13 @@ def memory_plan(
     passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV, keyring: KeyringOpt = False,
     precision: PrecisionOpt = None,
 ) -> None:
-    """Print steps for GOAL and the memories that bear on it as JSON. Steps come from the
-    closest memory of kind 'procedure' (add one with --kind procedure: a title line, then
-    one step per line); with none close enough, steps is empty and source says so."""
+    """Print steps for GOAL and the memories that bear on it as JSON. When the bundle ships a
+    planner (only once it beat retrieval), it writes the steps with those memories as context;
+    otherwise they come from the closest memory of kind 'procedure' (add one with --kind
+    procedure: a title line, then one step per line); with none close enough, steps is empty
+    and source says so."""
     with user_errors():
-        with _open_store(store, bundle, precision, passphrase_env, keyring) as memories:
+        with _open_store(store, bundle, precision, passphrase_env, keyring, planner=True) as memories:
             result = memories.plan(goal, k=k, min_similarity=min_similarity)
         print_json({"goal": result.goal, "steps": result.steps, "source": result.source or None,
                     "similarity": None if result.similarity is None else round(result.similarity, 4),

@@ -427,7 +427,7 @@ class GatesConfig(_Strict):
     int8_max_mrr_drop: float = Field(ge=0, lt=1)
 
 
-HeadTask = Literal["cross_encoder", "sequence_classification", "token_classification"]
+HeadTask = Literal["cross_encoder", "sequence_classification", "token_classification", "seq2seq_generation"]
 
 
 class ExportConfig(_Strict):

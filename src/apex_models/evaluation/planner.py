@@ -163,9 +163,16 @@ def run_evaluate_planner(params: Params) -> dict[str, Any]:
         results["promotion"] = {"decision": decision,
                                 "champion": None if champion is None else
                                 f"models:/{promo.registered_model}/{champion.version}"}
+        # The export stage reads promotion-<name>.json for every head (export/heads.py).
+        promotion = {"decision": decision, "baseline": {"name": "retrieval_bm25", metric: base},
+                     "champion": None if champion is None else {
+                         "version": str(champion.version), "run_id": champion.run_id,
+                         "source": f"models:/{promo.registered_model}/{champion.version}"}}
         mlflow.log_dict(results, "planner.json")
     results["training"] = {k: train_summary[k] for k in ("seconds", "steps", "best_step", "trainable_params",
                                                          "total_params", "train_plans", "early_stopped")}
     write_result(paths["results"] / "planner.json", "planner", results, command="dvc repro evaluate_planner",
                  extra={"profile": params.profile})
+    write_result(paths["results"] / "promotion-planner.json", "planner promotion", promotion,
+                 command="dvc repro evaluate_planner", extra={"profile": params.profile})
     return {"rouge_l": value, "baseline_rouge_l": base, "promoted": results["promotion"]["decision"]["promoted"]}

@@ -261,6 +261,8 @@ _TASK_WORDS = {
                      "(a logit; higher is more relevant). Used to re-rank a first stage's top-k.",
     "sequence_classification": "A text classifier: a developer query -> one label with a softmax confidence.",
     "token_classification": "A token tagger: text -> character spans of the labelled entity types.",
+    "seq2seq_generation": ("A generator: a goal (and context) -> ordered steps, decoded greedily by an encoder "
+                           "graph and a one-token decoder graph with a KV cache."),
 }
 
 
@@ -279,6 +281,9 @@ def head_model_card(name: str, spec, profile: str, *, training: str = "", data: 
                     intended_use: str = "", limitations: str = "") -> str:
     """A model card for a ranker, classifier or tagger: the same sections as the embedder's."""
     labels = f"\n- **Labels**: {', '.join(spec.labels)}" if hasattr(spec, "labels") else ""
+    if spec.task == "seq2seq_generation":
+        labels = f"\n- **Output**: at most {spec.max_new_tokens} new tokens, greedy"
+    max_length = spec.max_source_length if spec.task == "seq2seq_generation" else spec.max_length
     fallback = (f"\n- **Fallback**: `{spec.fallback_label}` when the best confidence is below {spec.threshold:.3f}"
                 if getattr(spec, "fallback_label", None) else "")
     return f"""# apex-models {name} ({profile} profile)
@@ -286,7 +291,7 @@ def head_model_card(name: str, spec, profile: str, *, training: str = "", data: 
 {_TASK_WORDS[spec.task]}
 
 - **Base model**: `{spec.base_model}`
-- **Input**: at most {spec.max_length} tokens{' for the pair (the longer side is truncated first)' if spec.task == 'cross_encoder' else ''}{labels}{fallback}
+- **Input**: at most {max_length} tokens{' for the pair (the longer side is truncated first)' if spec.task == 'cross_encoder' else ''}{labels}{fallback}
 - **Default precision**: {spec.default_precision} ({spec.default_reason})
 - **Graph optimisation**: {spec.parity.get('graph_optimization', 'none')} (kept only when the parity gates held)
 {training}
@@ -324,14 +329,16 @@ def _copy_model(entry: BundleEntry, sub: Path, prefix: str):
     """Copy one model's referenced files under `sub`; return its spec with bundle-relative paths."""
     spec = entry.spec
     sub.mkdir(parents=True)
-    for rel in (spec.tokenizer, *spec.onnx.values()):
+    decoders = getattr(spec, "decoder_onnx", None)   # the planner's second graph per precision
+    for rel in (spec.tokenizer, *spec.onnx.values(), *(decoders or {}).values()):
         shutil.copy2(Path(entry.artifacts_dir) / rel, sub / rel)
     if spec.safetensors_dir:
         shutil.copytree(Path(entry.artifacts_dir) / spec.safetensors_dir, sub / spec.safetensors_dir)
     (sub / CARD).write_text(entry.card, encoding="utf-8")
     if entry.notice:
         (sub / "NOTICE").write_text(entry.notice, encoding="utf-8")
-    return spec.model_copy(update={"tokenizer": f"{prefix}/{spec.tokenizer}", "card": f"{prefix}/{CARD}",
+    moved = {"decoder_onnx": {p: f"{prefix}/{f}" for p, f in decoders.items()}} if decoders is not None else {}
+    return spec.model_copy(update={**moved, "tokenizer": f"{prefix}/{spec.tokenizer}", "card": f"{prefix}/{CARD}",
                                    "onnx": {p: f"{prefix}/{f}" for p, f in spec.onnx.items()},
                                    "safetensors_dir": f"{prefix}/{spec.safetensors_dir}"
                                    if spec.safetensors_dir else None})

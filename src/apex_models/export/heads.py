@@ -1,4 +1,4 @@
-"""Export of the models beside the embedder (ranker, intent, and any later classifier).
+"""Export of the models beside the embedder (ranker, intent, planner, and any later classifier).
 
 Each model listed in `export.heads` (name -> task) ships when its registry `champion`
 exists, as named by `eval/results/promotion-<name>.json` (written by its evaluate stage).
@@ -119,9 +119,53 @@ def _intent_card(params: Params, results: Path) -> dict[str, str]:
     }
 
 
+def _planner_fields(params: Params, tags: dict[str, str]) -> dict[str, Any]:
+    cfg = params.planner
+    return {"base_model": cfg.base, "max_source_length": cfg.max_source_length,
+            "max_new_tokens": cfg.eval.max_new_tokens}
+
+
+def _planner_heldout(params: Params, planner) -> tuple[str, float] | None:
+    """ROUGE-L of the plans for (a seeded subset of) the planner dataset's dev split."""
+    from apex_models.data.planner_dataset import load_planner_dataset
+    from apex_models.evaluation.planner import score_plans
+    from apex_models.training.planner import planner_paths
+
+    try:
+        dev = load_planner_dataset(planner_paths(params)["dataset"])["dev"]
+    except FileNotFoundError:
+        return None
+    n = min(len(dev), params.planner.eval.test_plans or len(dev))
+    rows = dev.shuffle(seed=params.seed).select(range(n)).to_list()
+    plans = [planner.plan(r["input"]) for r in rows]
+    return "dev_rouge_l", score_plans(plans, [r["steps"] for r in rows], params.planner.eval.step_match)["rouge_l"]
+
+
+def _planner_card(params: Params, results: Path) -> dict[str, str]:
+    cfg = params.planner
+    path = results / "planner.json"
+    evaluation = ""
+    if path.is_file():
+        test = json.loads(path.read_text())["results"]["test"]
+        evaluation = "\n".join(["| system | ROUGE-L | step recall | step precision |", "|---|---|---|---|"] + [
+            f"| {name} | {r['rouge_l']:.4f} | {r['step_recall']:.4f} | {r['step_precision']:.4f} |"
+            for name, r in test.items()]) + "\n\nTest split of the planner dataset (greedy decoding)."
+    return {
+        "training": (f"- **Training**: {cfg.arch} warm-started from {cfg.base} ({cfg.decoder_layers} decoder layers), "
+                     f"{cfg.finetune} fine-tune, {cfg.train.max_steps} steps at most, early stopping on dev loss.\n"),
+        "data": ("Real procedures: ordered lists in Stack Exchange answers (CC BY-SA 4.0) and tldr pages' "
+                 "example descriptions in page order (CC BY 4.0), as recorded in the planner dataset."),
+        "evaluation": evaluation,
+        "intended_use": "Drafting ordered steps for a developer goal, with relevant memories as context.",
+        "limitations": ("Greedy decoding of a small model: steps can repeat or stay generic; the runtime "
+                        "only uses it when it beats retrieving a stored procedure."),
+    }
+
+
 HEADS: dict[str, Head] = {
     "ranker": Head(_ranker_fields, _ranker_heldout, _ranker_card),
     "intent": Head(_intent_fields, _intent_heldout, _intent_card),
+    "planner": Head(_planner_fields, _planner_heldout, _planner_card),
 }
 
 
@@ -147,7 +191,8 @@ def accuracy_gate(name: str, metric: str | None, fp32: float | None, int8: float
 def export_head(params: Params, name: str, task: str, out: Path, mlflow) -> dict[str, Any]:
     """One model: champion -> artifacts + spec.json in `out`, or a report of why it is skipped."""
     from apex_models.export.bundle import export_head_artifacts
-    from apex_models.runtime.models import OnnxClassifier, OnnxRanker
+    from apex_models.export.planner import export_planner_artifacts
+    from apex_models.runtime.models import OnnxClassifier, OnnxPlanner, OnnxRanker
 
     if name not in HEADS:
         raise ValueError(f"export.heads names {name!r}, but apex_models.export.heads.HEADS has no entry for it "
@@ -160,10 +205,15 @@ def export_head(params: Params, name: str, task: str, out: Path, mlflow) -> dict
     model_name, version = champion["source"].split("/")[1:3]
     tags = dict(client.get_model_version(model_name, version).tags)
     merged = Path(mlflow.artifacts.download_artifacts(champion["source"]))
-    spec = export_head_artifacts(merged, out, task, head.fields(params, tags), opset=ex.opset,
-                                 per_channel=ex.int8.per_channel, reduce_range=ex.int8.reduce_range,
-                                 gates=ex.head_gates[task], n_probe=ex.probe_texts, optimize=ex.optimize_graph)
-    runtime = OnnxRanker if task == "cross_encoder" else OnnxClassifier
+    if task == "seq2seq_generation":
+        spec = export_planner_artifacts(merged, out, params.planner, **head.fields(params, tags), opset=ex.opset,
+                                        per_channel=ex.int8.per_channel, reduce_range=ex.int8.reduce_range,
+                                        gates=ex.head_gates[task], n_probe=ex.probe_texts)
+    else:
+        spec = export_head_artifacts(merged, out, task, head.fields(params, tags), opset=ex.opset,
+                                     per_channel=ex.int8.per_channel, reduce_range=ex.int8.reduce_range,
+                                     gates=ex.head_gates[task], n_probe=ex.probe_texts, optimize=ex.optimize_graph)
+    runtime = {"cross_encoder": OnnxRanker, "seq2seq_generation": OnnxPlanner}.get(task, OnnxClassifier)
     heldout = {p: head.heldout(params, runtime(out, spec, p)) if p in spec.onnx else None for p in ("fp32", "int8")}
     metric = heldout["fp32"][0] if heldout["fp32"] else None
     values = {p: (v[1] if v else None) for p, v in heldout.items()}

@@ -20,7 +20,7 @@ from apex_models.hashing import sha256_file
 
 if TYPE_CHECKING:
     from apex_models.runtime.embedder import OnnxEmbedder
-    from apex_models.runtime.models import OnnxClassifier, OnnxRanker, OnnxTokenClassifier
+    from apex_models.runtime.models import OnnxClassifier, OnnxPlanner, OnnxRanker, OnnxTokenClassifier
 
 SCHEMA_VERSION = 2
 # Version 1 bundles held one embedder whose spec has exactly version 2's embedding fields,
@@ -142,15 +142,44 @@ class TokenClassifierSpec(_SpecBase):
         return self
 
 
+class PlannerSpec(_SpecBase):
+    """Encoder-decoder generator with a KV cache (export/planner.py): `onnx` maps precision
+    -> the encoder graph (input_ids, attention_mask) -> `cross_kv`, `decoder_onnx` precision
+    -> the one-token decoder step (input_ids, position_ids, encoder_attention_mask,
+    cross_kv, past) -> (`logits`, `present`). Greedy decoding starts from
+    `decoder_start_token_id` with an empty past of [layers, 2, batch, heads, 0, head_dim]
+    and stops at `eos_token_id` or after `max_new_tokens`."""
+
+    task: Literal["seq2seq_generation"] = "seq2seq_generation"
+    decoder_onnx: dict[str, str]
+    max_source_length: int
+    max_new_tokens: int
+    decoder_start_token_id: int
+    eos_token_id: int
+    layers: int
+    heads: int
+    head_dim: int
+
+    @model_validator(mode="after")
+    def _a_decoder_per_encoder(self) -> "PlannerSpec":
+        if set(self.decoder_onnx) != set(self.onnx):
+            raise ValueError(f"decoder_onnx precisions {sorted(self.decoder_onnx)} differ from onnx's "
+                             f"{sorted(self.onnx)}")
+        return self
+
+    def referenced_files(self) -> list[str]:
+        return super().referenced_files() + list(self.decoder_onnx.values())
+
+
 # One entry per task, told apart by `task`: adding a model to a bundle is one more entry in
 # the manifest's `models`, and a new kind of model is one more spec class here.
-ModelSpec = Annotated[Union[EmbeddingSpec, CrossEncoderSpec, SequenceClassifierSpec, TokenClassifierSpec],
-                      Field(discriminator="task")]
-TASKS = ("embedding", "cross_encoder", "sequence_classification", "token_classification")
+ModelSpec = Annotated[Union[EmbeddingSpec, CrossEncoderSpec, SequenceClassifierSpec, TokenClassifierSpec,
+                            PlannerSpec], Field(discriminator="task")]
+TASKS = ("embedding", "cross_encoder", "sequence_classification", "token_classification", "seq2seq_generation")
 _SPEC_ADAPTER: TypeAdapter = TypeAdapter(ModelSpec)
 
 
-def parse_model_spec(data: dict[str, Any] | str | bytes) -> "EmbeddingSpec | CrossEncoderSpec | SequenceClassifierSpec | TokenClassifierSpec":
+def parse_model_spec(data: dict[str, Any] | str | bytes) -> "EmbeddingSpec | CrossEncoderSpec | SequenceClassifierSpec | TokenClassifierSpec | PlannerSpec":
     """A spec from a dict or JSON text, its class chosen by `task` (BundleError when invalid)."""
     try:
         if isinstance(data, (str, bytes)):
@@ -337,8 +366,8 @@ def load_bundle(path: str | Path, verify: bool = True, public_key: bytes | str |
 class Bundle:
     """A loaded (and normally verified) bundle: its folder and its manifest.
 
-    Each model is asked for by its manifest name; `embedder()`, `ranker()` and `intent()`
-    are the names the pipeline ships, `classifier(name)` and `token_classifier(name)` open
+    Each model is asked for by its manifest name; `embedder()`, `ranker()`, `intent()` and
+    `planner()` are the names the pipeline ships, `classifier(name)` and `token_classifier(name)` open
     any other entry of those tasks. `has(name)` says whether a model is present.
     """
 
@@ -412,3 +441,11 @@ class Bundle:
 
         spec, chosen, _ = self._open(name, "token_classification", precision)
         return OnnxTokenClassifier(self.root, spec, chosen, intra_op_threads=intra_op_threads)
+
+    def planner(self, name: str = "planner", precision: str | None = None,
+                intra_op_threads: int = 1) -> "OnnxPlanner":
+        """The planner: `.plan(goal, context) -> [step]`, greedy decoding with a KV cache."""
+        from apex_models.runtime.models import OnnxPlanner
+
+        spec, chosen, _ = self._open(name, "seq2seq_generation", precision)
+        return OnnxPlanner(self.root, spec, chosen, intra_op_threads=intra_op_threads)

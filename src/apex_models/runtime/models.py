@@ -1,9 +1,9 @@
-"""Ranker, classifiers and token taggers from a bundle's ONNX graphs: `tokenizers` + ONNX Runtime.
+"""Ranker, classifiers, token taggers and the planner from a bundle's ONNX graphs: `tokenizers` + ONNX Runtime.
 
 Each class takes one manifest spec at one precision and does only what the graph cannot:
 tokenise (pairs for the cross-encoder, with offsets for the tagger), pad each batch to its
 longest row, run the graph, and turn logits into answers (softmax confidences, labels,
-character spans). No torch, no transformers.
+character spans, or greedy decoding with a KV cache for the planner). No torch, no transformers.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from apex_models.runtime.bundle import (BundleError, CrossEncoderSpec, SequenceClassifierSpec,
+from apex_models.data.planner_dataset import model_input, parse_steps
+from apex_models.runtime.bundle import (BundleError, CrossEncoderSpec, PlannerSpec, SequenceClassifierSpec,
                                         TokenClassifierSpec)
 
 PAD_TOKENS = ("[PAD]", "<pad>", "<|padding|>")
@@ -189,3 +190,51 @@ def decode_spans(probs: np.ndarray, offsets: list[tuple[int, int]], special: lis
     if current:
         spans.append(Span(current[0], current[1], current[2], current[3]))
     return spans
+
+
+class OnnxPlanner:
+    """goal (+ context) -> ordered steps: the two planner graphs (export/planner.py) in a
+    greedy loop. The encoder runs once per batch of goals; each new token is one decoder
+    call that appends its keys and values to the cache (`present` becomes the next `past`)."""
+
+    def __init__(self, root: Path, spec: PlannerSpec, precision: str, intra_op_threads: int = 1) -> None:
+        if precision not in spec.onnx:
+            raise BundleError(f"no precision {precision!r}; available: {', '.join(sorted(spec.onnx))}")
+        self.root, self.spec, self.precision = Path(root), spec, precision
+        self.tokenizer = Tokenizer.from_file(str(self.root / spec.tokenizer))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=spec.max_source_length)
+        self._pad = pad_id(self.tokenizer)
+        self.encoder = make_session(self.root / spec.onnx[precision], intra_op_threads)
+        self.decoder = make_session(self.root / spec.decoder_onnx[precision], intra_op_threads)
+
+    def generate_ids(self, sources: list[str], max_new_tokens: int | None = None) -> list[list[int]]:
+        """Greedy token ids per source text, up to and including the end token."""
+        if not sources:
+            return []
+        spec, limit = self.spec, max_new_tokens or self.spec.max_new_tokens
+        feeds = pad_batch([e.ids for e in self.tokenizer.encode_batch(list(sources))], self._pad)
+        mask = feeds["attention_mask"]
+        cross = self.encoder.run(None, {"input_ids": feeds["input_ids"], "attention_mask": mask})[0]
+        batch = len(sources)
+        past = np.zeros((spec.layers, 2, batch, spec.heads, 0, spec.head_dim), dtype=np.float32)
+        token = np.full((batch, 1), spec.decoder_start_token_id, dtype=np.int64)
+        out: list[list[int]] = [[] for _ in range(batch)]
+        done = np.zeros(batch, dtype=bool)
+        for step in range(limit):
+            logits, past = self.decoder.run(None, {
+                "input_ids": token, "position_ids": np.full((batch, 1), step, dtype=np.int64),
+                "encoder_attention_mask": mask, "cross_kv": cross, "past": past})
+            token = logits.argmax(axis=-1).astype(np.int64).reshape(batch, 1)
+            for row in np.flatnonzero(~done):
+                out[row].append(int(token[row, 0]))
+            done |= token[:, 0] == spec.eos_token_id
+            if done.all():
+                break
+        return out
+
+    def plan(self, goal: str, context: list[str] | None = None) -> list[str]:
+        """Ordered steps for a goal; `context` (relevant memories' texts) joins the encoder input
+        as in training (data/planner_dataset.model_input), cut to max_source_length tokens."""
+        ids = self.generate_ids([model_input(goal, " ".join(context) if context else None)])[0]
+        return parse_steps(self.tokenizer.decode(ids, skip_special_tokens=True))

@@ -329,11 +329,12 @@ class MemoryStore:
 
     def __init__(self, path: Path, conn: sqlite3.Connection, embedder: Embedder, sealer: Sealer,
                  config: StoreConfig, reranker: Reranker | None = None,
-                 intent: IntentClassifier | None = None) -> None:
+                 intent: IntentClassifier | None = None, planner: Any = None) -> None:
         self.path = path
         self.embedder = embedder
         self.reranker = reranker
         self.intent = intent
+        self.planner = planner
         self.config = config
         self._conn = conn
         self._mutex = threading.RLock()
@@ -360,7 +361,8 @@ class MemoryStore:
     @classmethod
     def open(cls, path: str | Path, embedder: Embedder, *, passphrase: str | None = None,
              key: bytes | None = None, keyring_service: str | None = None, create: bool = True,
-             config: StoreConfig | None = None, reranker: Reranker | None = None, intent: IntentClassifier | None = None) -> "MemoryStore":
+             config: StoreConfig | None = None, reranker: Reranker | None = None, intent: IntentClassifier | None = None,
+             planner: Any = None) -> "MemoryStore":
         """Open (or, with `create`, make) the store in folder `path`.
 
         Exactly one key source is needed: `passphrase` (scrypt-derived key), `key` (32 raw
@@ -368,8 +370,9 @@ class MemoryStore:
         under that service and the store's path, made when the store is created).
         Fails with StoreError on a wrong key, another embedder, or a tampered row.
         `reranker` (e.g. `bundle.ranker()`) enables `search(rerank=True)`; `intent` (e.g.
-        `bundle.intent()`) lets each query's intent shape its search. Neither is stored:
-        they change how this process ranks, never what is on disk.
+        `bundle.intent()`) lets each query's intent shape its search; `planner` (e.g.
+        `bundle.planner()`) writes the steps of `plan()`. None is stored: they change how
+        this process ranks and plans, never what is on disk.
         """
         if sum(x is not None for x in (passphrase, key, keyring_service)) != 1:
             raise StoreError("give exactly one of passphrase, key or keyring_service to open a memory store")
@@ -399,7 +402,7 @@ class MemoryStore:
             if not sealer.verify_key_check(bytes.fromhex(meta["key_check"])):
                 raise StoreError(f"wrong key for store {path}")
             _check_identity(meta, path, embedder)
-            return cls(path, conn, embedder, sealer, config, reranker=reranker, intent=intent)
+            return cls(path, conn, embedder, sealer, config, reranker=reranker, intent=intent, planner=planner)
         except BaseException:
             conn.close()
             raise
@@ -962,11 +965,11 @@ class MemoryStore:
 
     def plan(self, goal: str, planner: Any = None, k: int = 5, min_similarity: float = 0.4) -> Any:
         """Steps for `goal` and the `k` memories that bear on it (a `Plan`, see runtime/planning.py):
-        from `planner.plan(goal, context_texts)` when one is given, else from the closest
-        memory of kind "procedure" when its cosine to the goal reaches `min_similarity`."""
+        from `planner.plan(goal, context_texts)` when one is given here or at open, else from
+        the closest memory of kind "procedure" when its cosine to the goal reaches `min_similarity`."""
         from apex_models.runtime.planning import plan
 
-        return plan(self, goal, planner=planner, k=k, min_similarity=min_similarity)
+        return plan(self, goal, planner=planner or self.planner, k=k, min_similarity=min_similarity)
 
     def _reranker_for(self, rerank: bool | int | RerankFn, depth: int | None) -> tuple[RerankFn | None, int]:
         """(scoring function, head size) for a search's `rerank` argument; (None, 0) when off."""
