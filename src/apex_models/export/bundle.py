@@ -284,6 +284,8 @@ def head_model_card(name: str, spec, profile: str, *, training: str = "", data: 
     if spec.task == "seq2seq_generation":
         labels = f"\n- **Output**: at most {spec.max_new_tokens} new tokens, greedy"
     max_length = spec.max_source_length if spec.task == "seq2seq_generation" else spec.max_length
+    window = (f" per window (a longer text is read in windows overlapping by {spec.stride} tokens; a token is "
+              f"tagged at probability >= {spec.threshold})" if getattr(spec, "stride", None) is not None else "")
     fallback = (f"\n- **Fallback**: `{spec.fallback_label}` when the best confidence is below {spec.threshold:.3f}"
                 if getattr(spec, "fallback_label", None) else "")
     return f"""# apex-models {name} ({profile} profile)
@@ -291,7 +293,7 @@ def head_model_card(name: str, spec, profile: str, *, training: str = "", data: 
 {_TASK_WORDS[spec.task]}
 
 - **Base model**: `{spec.base_model}`
-- **Input**: at most {max_length} tokens{' for the pair (the longer side is truncated first)' if spec.task == 'cross_encoder' else ''}{labels}{fallback}
+- **Input**: at most {max_length} tokens{window}{' for the pair (the longer side is truncated first)' if spec.task == 'cross_encoder' else ''}{labels}{fallback}
 - **Default precision**: {spec.default_precision} ({spec.default_reason})
 - **Graph optimisation**: {spec.parity.get('graph_optimization', 'none')} (kept only when the parity gates held)
 {training}

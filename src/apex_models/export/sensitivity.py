@@ -8,8 +8,10 @@ fixed probe set (fp32 must agree everywhere, int8 on at least the configured sha
 
 The output folder is self-contained and read by
 :class:`apex_models.sensitivity.classifier.SensitivityClassifier`: ``sensitivity.json``
-(files with sha256, labels, window, threshold, gate results) beside the ONNX files and
-``tokenizer.json``.
+(files with sha256, labels, window, threshold, gate results) beside the ONNX files,
+``tokenizer.json`` and ``hf/`` (safetensors). Once the model is promoted, the bundle
+stage ships the folder as the bundle's ``sensitivity`` model (`bundle_spec`), and
+``SensitivityClassifier.from_bundle`` reads it from there.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from apex_models.hashing import sha256_file
 from apex_models.sensitivity.classifier import FORMAT_VERSION, MANIFEST
 from apex_models.sensitivity.synth import TOKEN_LABELS, lookalike_line, pii_line, secret_line
 
+HF = "hf"   # full precision in Hugging Face layout, as for every model of the bundle
 _PROBE_CODE = ("def connect(cfg):", "    return psycopg.connect(**cfg)", "import os", "",
                "# settings for the worker", "retries: 3", "timeout = 30", "    logger.info('ready')")
 
@@ -121,6 +124,7 @@ def export_sensitivity(model_dir: Path, out_dir: Path, cfg, threshold: float, in
     int8 = quantize_int8(fp32, out_dir / "sensitivity-int8.onnx", per_channel=int8_cfg.per_channel,
                          reduce_range=int8_cfg.reduce_range)
     tok = save_tokenizer_json(model_dir, out_dir / "tokenizer.json", cfg.max_length)
+    save_full_precision_tagger(model_dir, out_dir / HF)
     probes = probe_texts(cfg.export.probe_texts)
     gates = {"fp32": argmax_agreement(model_dir, fp32, probes, cfg.max_length),
              "int8": argmax_agreement(model_dir, int8, probes, cfg.max_length)}
@@ -144,6 +148,32 @@ def export_sensitivity(model_dir: Path, out_dir: Path, cfg, threshold: float, in
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def save_full_precision_tagger(model_dir: Path, out_dir: Path) -> Path:
+    """The merged model as safetensors in Hugging Face layout (AutoModelForTokenClassification loads it)."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    AutoModelForTokenClassification.from_pretrained(model_dir).save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out_dir)
+    return out_dir
+
+
+def bundle_spec(folder: Path, base_model: str, champion: dict[str, Any] | None = None):
+    """The export folder's own manifest as a bundle spec (task token_classification, windowed),
+    so the bundle stage can ship the sensitivity model beside the others."""
+    from apex_models.runtime.bundle import TokenClassifierSpec
+
+    m = json.loads((Path(folder) / MANIFEST).read_text())
+    onnx_files = {p: m["files"][p]["path"] for p in ("fp32", "int8") if p in m["files"]}
+    kinds = list(dict.fromkeys(tag[2:] for tag in m["labels"] if tag != "O"))   # SECRET, PII
+    return TokenClassifierSpec(
+        base_model=base_model, tokenizer=m["files"]["tokenizer"]["path"], onnx=onnx_files,
+        default_precision=m["default_precision"], default_reason=m["default_precision_reason"],
+        parity={k: v for k, v in m["gates"].items()}, safetensors_dir=HF if (Path(folder) / HF).is_dir() else None,
+        max_length=m["max_length"], labels=m["labels"], scheme="BIO", span_labels=kinds,
+        document_labels=list(m["doc_labels"]), stride=m["stride"], threshold=m["threshold"],
+        mlflow_run_id=(champion or {}).get("run_id"), registry_version=(champion or {}).get("version"))
 
 
 def run_export_sensitivity(params) -> dict[str, Any]:

@@ -135,6 +135,48 @@ def _head_entries(params: Params, export_root: Path) -> dict[str, Any]:
     return entries
 
 
+def _sensitivity_entry(params: Params) -> dict[str, Any]:
+    """The sensitivity tagger, when its evaluate stage promoted the candidate it evaluated.
+
+    That stage evaluates the exported ONNX folder and then decides, so the folder is the
+    champion exactly when the decision promoted it; otherwise the bundle ships without it
+    (as for a head without a champion) and the log says why.
+    """
+    import logging
+
+    from apex_models.export.bundle import BundleEntry, head_model_card
+    from apex_models.export.sensitivity import bundle_spec
+    from apex_models.sensitivity.classifier import MANIFEST
+    from apex_models.training.sensitivity import sensitivity_paths
+
+    if params.sensitivity is None:
+        return {}
+    paths = sensitivity_paths(params)
+    result = paths.results / "sensitivity.json"
+    if not result.is_file() or not (paths.export / MANIFEST).is_file():
+        return {}
+    results = json.loads(result.read_text())["results"]
+    promotion = results.get("promotion", {})
+    if not promotion.get("promoted"):
+        logging.getLogger(__name__).warning("bundle: the sensitivity model is not shipped (%s)",
+                                            promotion.get("reason", "not promoted"))
+        return {}
+    train = json.loads((paths.model / "train_summary.json").read_text())
+    spec = bundle_spec(paths.export, params.sensitivity.base,
+                       {"version": promotion["candidate_version"], "run_id": train.get("mlflow_run_id")})
+    spec = spec.model_copy(update={"metrics": {"synthetic_test": results.get("synthetic_test", {}).get("combined")}})
+    card = head_model_card(
+        "sensitivity", spec, params.profile,
+        training=(f"- **Training**: LoRA r={params.sensitivity.lora.r} token classification (BIO tags), "
+                  f"threshold {spec.threshold} tuned on dev.\n"),
+        data=("Real code and prose windows with generated secrets, personal data and look-alike non-secrets "
+              "injected at known spans (data/datasets/sensitivity, its card lists sources and licences)."),
+        evaluation="See eval/results/sensitivity.json: span precision/recall/F1 on synthetic test and CredSweeper.",
+        intended_use="Deciding, with the rule detectors, which memories must stay on the machine (hybrid runtime).",
+        limitations="Trained on synthetic secrets in real context; the rule detectors stay on beside it.")
+    return {"sensitivity": BundleEntry(paths.export, spec, card)}
+
+
 def run_bundle(params: Params) -> Path:
     """Assemble the bundle from the export stage's artifacts, with metrics and provenance."""
     from apex_models.evaluation.stages import markdown_table
@@ -161,6 +203,7 @@ def run_bundle(params: Params) -> Path:
     with stage_run("bundle", params, ["paths"], data={"export/embedder": src}) as mlflow:
         entries = {"embedder": BundleEntry(src, spec, card, notice.read_text() if notice.is_file() else "")}
         entries.update(_head_entries(params, src.parent))
+        entries.update(_sensitivity_entry(params))
         manifest = assemble_bundle(
             lay.bundle, entries, profile=params.profile,
             bundle_version=f"{__version__}+{params.profile}.{commit[:12]}", git_commit=commit,

@@ -51,6 +51,12 @@ class ModelClassifier:
 
         return cls(SensitivityClassifier.load(folder, precision=precision))
 
+    @classmethod
+    def from_bundle(cls, bundle: Any, name: str = "sensitivity", precision: str = "auto") -> "ModelClassifier":
+        from apex_models.sensitivity.classifier import SensitivityClassifier
+
+        return cls(SensitivityClassifier.from_bundle(bundle, name, precision=precision))
+
     def classify(self, text: str) -> Verdict:
         label, spans = self.classifier.classify(text)
         return Verdict(label, [Span(s.source if s.source != "model" else f"{s.kind.lower()}_model", s.start, s.end,

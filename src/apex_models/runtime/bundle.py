@@ -126,6 +126,11 @@ class TokenClassifierSpec(_SpecBase):
     scheme: Literal["BIO", "IO"] = "BIO"
     span_labels: list[str]
     document_labels: list[str] = []
+    # Windowed reading (the sensitivity model): a text longer than max_length tokens is cut
+    # into windows of max_length overlapping by `stride` tokens, and a token is tagged when
+    # its best non-O probability reaches `threshold` (apex_models.sensitivity.classifier).
+    stride: int | None = None
+    threshold: float | None = None
 
     @model_validator(mode="after")
     def _tags_match_spans(self) -> "TokenClassifierSpec":

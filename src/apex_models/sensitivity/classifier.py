@@ -10,7 +10,9 @@ follows from them: ``secret`` if any credential span, ``internal`` if any person
 internal-infrastructure span, else ``public``.
 
 The folder holds ``sensitivity.json`` (this module's manifest: files and their sha256,
-labels, window size, the dev-tuned threshold), the ONNX files and ``tokenizer.json``.
+labels, window size, the dev-tuned threshold), the ONNX files and ``tokenizer.json``;
+a bundle that ships the model (``sensitivity``, a windowed token_classification spec)
+serves the same classifier through :meth:`SensitivityClassifier.from_bundle`.
 """
 
 from __future__ import annotations
@@ -66,9 +68,6 @@ class SensitivityClassifier:
         `precision` ``auto`` takes the manifest's default: int8 when it passed its export
         gate, else fp32.
         """
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
         folder = Path(folder)
         manifest_path = folder / MANIFEST
         if not manifest_path.is_file():
@@ -87,15 +86,45 @@ class SensitivityClassifier:
                 raise SensitivityModelError(f"{path} missing")
             if verify and _sha256(path) != files[key]["sha256"]:
                 raise SensitivityModelError(f"{path.name}: sha256 does not match the manifest (tampered or stale)")
+        return cls._open(folder / files[precision]["path"], folder / files["tokenizer"]["path"], manifest,
+                         manifest["threshold"] if threshold is None else threshold, precision, threads)
+
+    @classmethod
+    def from_bundle(cls, bundle: Any, name: str = "sensitivity", precision: str = "auto", threads: int = 1,
+                    threshold: float | None = None) -> "SensitivityClassifier":
+        """The bundle's windowed token classifier (`load_bundle` has verified every file).
+
+        `precision` ``auto`` takes the spec's default precision."""
+        from tokenizers import Tokenizer
+
+        spec = bundle.spec(name, "token_classification")
+        chosen = bundle.resolve_precision(name, None if precision == "auto" else precision)
+        if spec.stride is None or spec.threshold is None:
+            raise SensitivityModelError(f"bundle model {name!r} is not a windowed sensitivity tagger "
+                                        "(its spec has no stride or threshold)")
+        vocab = Tokenizer.from_file(str(bundle.root / spec.tokenizer))
+        special = {k: vocab.token_to_id(t) for k, t in (("cls", "[CLS]"), ("sep", "[SEP]"), ("pad", "[PAD]"))}
+        if None in special.values():
+            raise SensitivityModelError(f"{spec.tokenizer} lacks [CLS], [SEP] or [PAD]")
+        manifest = {"labels": spec.labels, "max_length": spec.max_length, "stride": spec.stride,
+                    "special": special, "default_precision": spec.default_precision}
+        return cls._open(bundle.root / spec.onnx[chosen], bundle.root / spec.tokenizer, manifest,
+                         spec.threshold if threshold is None else threshold, chosen, threads)
+
+    @classmethod
+    def _open(cls, onnx_path: Path, tokenizer_path: Path, manifest: dict[str, Any], threshold: float, precision: str,
+              threads: int) -> "SensitivityClassifier":
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(folder / files[precision]["path"]), options,
-                                       providers=["CPUExecutionProvider"])
-        tokenizer = Tokenizer.from_file(str(folder / files["tokenizer"]["path"]))
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        tokenizer = Tokenizer.from_file(str(tokenizer_path))
         tokenizer.no_truncation()
         tokenizer.no_padding()
-        return cls(session, tokenizer, manifest, manifest["threshold"] if threshold is None else threshold, precision)
+        return cls(session, tokenizer, manifest, threshold, precision)
 
     def token_probs(self, text: str, batch_size: int = 16) -> tuple[list[tuple[int, int]], np.ndarray]:
         """(char offsets, [n_tokens, n_labels] probabilities) over the whole text.
