@@ -135,6 +135,34 @@ def test_keyword_delta_scores_match_a_merged_index() -> None:
     assert merged.search(["module", "3"], 5) and merged.rebuilds == 1 and merged.pending == 0
 
 
+def test_a_restored_keyword_index_keeps_numpys_fast_paths() -> None:
+    """Unpickled arrays carry fresh dtype objects, which numpy's fast paths (np.add.at in
+    bm25s's scoring) do not recognise: from_state must hand bm25s canonical dtypes, and
+    score exactly as the index it was saved from."""
+    import pickle
+
+    import numpy as np
+
+    from apex_models.runtime.keyword import KeywordIndex
+
+    index = KeywordIndex(merge_min=10**6)
+    for i, (text, *_) in enumerate(NOTES * 20):
+        index.add(i, f"{text} variant {i}")
+    index.rebuild()
+    buffers: list = []
+    payload = pickle.dumps(index.state(), protocol=5, buffer_callback=lambda b: buffers.append(b.raw()) or False)
+    raw = pickle.loads(payload, buffers=[bytes(b) for b in buffers])
+    assert raw["bm25"].scores["data"].dtype is not np.dtype(np.float32)   # what unpickling does
+    restored = KeywordIndex.from_state(raw)
+    for name, array in restored._bm25.scores.items():
+        if isinstance(array, np.ndarray):
+            assert array.dtype is np.dtype(array.dtype.str), name
+    assert restored._main_rowids.dtype is np.dtype(np.int64)
+    query = ["parse", "timestamp", "variant"]
+    for a, b in zip(index.scores(query), restored.scores(query)):
+        assert np.array_equal(a, b)
+
+
 def test_another_instance_sees_updates_and_deletes(tmp_path: Path, embedder: OnnxEmbedder) -> None:
     with MemoryStore.open(tmp_path / "s", embedder, key=KEY) as a, \
             MemoryStore.open(tmp_path / "s", embedder, key=KEY) as b:

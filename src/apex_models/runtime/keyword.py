@@ -36,6 +36,17 @@ def tokens(text: str) -> list[str]:
     return [sys.intern(t) for t in code_tokens(text)]
 
 
+def _canonical(array: np.ndarray) -> np.ndarray:
+    """The same memory typed with numpy's own dtype instance (a view, no copy).
+
+    Unpickling gives every array a fresh dtype object, and numpy's fast paths test dtypes
+    by identity: np.add.at, which bm25s scores with, fell back to its slow loop, so an
+    index restored from a snapshot scored 20x slower than a freshly built one (2.0 ms
+    against 0.1 ms a query at 100k memories; 16 ms a keyword search at 1M).
+    """
+    return array.view(np.dtype(array.dtype.str))
+
+
 class _Packed:
     """Documents restored from a snapshot: token ids in one array, decoded one at a time on demand
     (unpickling 100k lists of strings costs more than the whole rest of a snapshot)."""
@@ -201,9 +212,12 @@ class KeywordIndex:
         """The index `state()` described: main restored as it was, delta postings rebuilt."""
         index = cls(*state["params"])
         vocab = [sys.intern(t) for t in state["vocab"]]
-        index._packed = _Packed(vocab, state["ids"], state["offsets"],
+        index._packed = _Packed(vocab, _canonical(state["ids"]), _canonical(state["offsets"]),
                                 {r: i for i, r in enumerate(state["rowids"].tolist())})
-        index._bm25, index._main_rowids = state["bm25"], state["main_rowids"]
+        index._bm25, index._main_rowids = state["bm25"], _canonical(state["main_rowids"])
+        if index._bm25 is not None:
+            index._bm25.scores = {k: _canonical(v) if isinstance(v, np.ndarray) else v
+                                  for k, v in index._bm25.scores.items()}
         index._alive = np.array(state["alive"], dtype=bool)  # written on removes; restored read-only
         index._main_pos = {r: i for i, r in enumerate(index._main_rowids.tolist()) if index._alive[i]}
         index._main_df, index._main_n, index._main_len = state["main_df"], state["main_n"], state["main_len"]
