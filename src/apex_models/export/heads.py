@@ -99,14 +99,20 @@ def _or_nan(x: float | None) -> float:
     return float("nan") if x is None else x
 
 
+def _test_table(path: Path, columns: list[str], values: Callable[[dict], list[float]], caption: str) -> str:
+    """A model card's evaluation table: one row per system of the results file's `test` split."""
+    if not path.is_file():
+        return ""
+    test = json.loads(path.read_text())["results"]["test"]
+    rows = [f"| {name} | " + " | ".join(f"{v:.4f}" for v in values(r)) + " |" for name, r in test.items()]
+    header = ["| system | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    return "\n".join(header + rows) + f"\n\n{caption}"
+
+
 def _intent_card(params: Params, results: Path) -> dict[str, str]:
-    path = results / "intent.json"
-    evaluation = ""
-    if path.is_file():
-        test = json.loads(path.read_text())["results"]["test"]
-        evaluation = "\n".join(["| system | accuracy | macro-F1 | out_of_scope recall |", "|---|---|---|---|"] + [
-            f"| {name} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {_or_nan(r.get('oos_recall')):.4f} |"
-            for name, r in test.items()]) + "\n\nGold intent set, test split (dev tuned selection and threshold)."
+    evaluation = _test_table(results / "intent.json", ["accuracy", "macro-F1", "out_of_scope recall"],
+                             lambda r: [r["accuracy"], r["macro_f1"], _or_nan(r.get("oos_recall"))],
+                             "Gold intent set, test split (dev tuned selection and threshold).")
     return {
         "training": (f"- **Training**: LoRA r={params.intent.lora.r}, label-smoothed cross-entropy, "
                      f"{params.intent.train.max_steps} steps at most, early stopping on gold dev macro-F1.\n"),
@@ -143,13 +149,9 @@ def _planner_heldout(params: Params, planner) -> tuple[str, float] | None:
 
 def _planner_card(params: Params, results: Path) -> dict[str, str]:
     cfg = params.planner
-    path = results / "planner.json"
-    evaluation = ""
-    if path.is_file():
-        test = json.loads(path.read_text())["results"]["test"]
-        evaluation = "\n".join(["| system | ROUGE-L | step recall | step precision |", "|---|---|---|---|"] + [
-            f"| {name} | {r['rouge_l']:.4f} | {r['step_recall']:.4f} | {r['step_precision']:.4f} |"
-            for name, r in test.items()]) + "\n\nTest split of the planner dataset (greedy decoding)."
+    evaluation = _test_table(results / "planner.json", ["ROUGE-L", "step recall", "step precision"],
+                             lambda r: [r["rouge_l"], r["step_recall"], r["step_precision"]],
+                             "Test split of the planner dataset (greedy decoding).")
     return {
         "training": (f"- **Training**: {cfg.arch} warm-started from {cfg.base} ({cfg.decoder_layers} decoder layers), "
                      f"{cfg.finetune} fine-tune, {cfg.train.max_steps} steps at most, early stopping on dev loss.\n"),
