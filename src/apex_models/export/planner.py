@@ -32,8 +32,6 @@ import numpy as np
 import onnx
 import torch
 
-from apex_models.runtime.models import pad_batch
-
 ENCODER_INPUTS = ["input_ids", "attention_mask"]
 DECODER_INPUTS = ["input_ids", "position_ids", "encoder_attention_mask", "cross_kv", "past"]
 
@@ -199,16 +197,12 @@ def forced_choices(planner, goals: list[str], reference: list[list[int]]) -> lis
     """Teacher-forced decoding in ONNX: fed torch's own tokens, the graphs' argmax at each
     position. Unlike free decoding, one close call does not derail the rest of the
     sequence, so comparing these with torch measures the graphs, not the cascade."""
-    spec, out = planner.spec, []
+    out = []
     for goal, ref in zip(goals, reference):
-        feeds = pad_batch([planner.tokenizer.encode(goal).ids], planner._pad)
-        cross = planner.encoder.run(None, {"input_ids": feeds["input_ids"], "attention_mask": feeds["attention_mask"]})[0]
-        past = np.zeros((spec.layers, 2, 1, spec.heads, 0, spec.head_dim), dtype=np.float32)
+        mask, cross, past = planner.start([goal])
         picks = []
-        for step, token in enumerate([spec.decoder_start_token_id] + ref[:-1]):
-            logits, past = planner.decoder.run(None, {
-                "input_ids": np.array([[token]], dtype=np.int64), "position_ids": np.array([[step]], dtype=np.int64),
-                "encoder_attention_mask": feeds["attention_mask"], "cross_kv": cross, "past": past})
+        for position, token in enumerate([planner.spec.decoder_start_token_id] + ref[:-1]):
+            logits, past = planner.step(np.array([[token]], dtype=np.int64), position, mask, cross, past)
             picks.append(int(logits[0].argmax()))
         out.append(picks)
     return out

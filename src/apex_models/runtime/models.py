@@ -208,23 +208,33 @@ class OnnxPlanner:
         self.encoder = make_session(self.root / spec.onnx[precision], intra_op_threads)
         self.decoder = make_session(self.root / spec.decoder_onnx[precision], intra_op_threads)
 
+    def start(self, sources: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(encoder attention mask, cross_kv, empty past) for a batch of source texts."""
+        spec = self.spec
+        feeds = pad_batch([e.ids for e in self.tokenizer.encode_batch(list(sources))], self._pad)
+        mask = feeds["attention_mask"]
+        cross = self.encoder.run(None, {"input_ids": feeds["input_ids"], "attention_mask": mask})[0]
+        past = np.zeros((spec.layers, 2, len(sources), spec.heads, 0, spec.head_dim), dtype=np.float32)
+        return mask, cross, past
+
+    def step(self, tokens: np.ndarray, position: int, mask: np.ndarray, cross: np.ndarray,
+             past: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One decoder call: the batch's current tokens [B, 1] at `position` -> (logits [B, V], past + 1)."""
+        return self.decoder.run(None, {
+            "input_ids": tokens, "position_ids": np.full((len(tokens), 1), position, dtype=np.int64),
+            "encoder_attention_mask": mask, "cross_kv": cross, "past": past})
+
     def generate_ids(self, sources: list[str], max_new_tokens: int | None = None) -> list[list[int]]:
         """Greedy token ids per source text, up to and including the end token."""
         if not sources:
             return []
-        spec, limit = self.spec, max_new_tokens or self.spec.max_new_tokens
-        feeds = pad_batch([e.ids for e in self.tokenizer.encode_batch(list(sources))], self._pad)
-        mask = feeds["attention_mask"]
-        cross = self.encoder.run(None, {"input_ids": feeds["input_ids"], "attention_mask": mask})[0]
-        batch = len(sources)
-        past = np.zeros((spec.layers, 2, batch, spec.heads, 0, spec.head_dim), dtype=np.float32)
+        spec, limit, batch = self.spec, max_new_tokens or self.spec.max_new_tokens, len(sources)
+        mask, cross, past = self.start(sources)
         token = np.full((batch, 1), spec.decoder_start_token_id, dtype=np.int64)
         out: list[list[int]] = [[] for _ in range(batch)]
         done = np.zeros(batch, dtype=bool)
         for step in range(limit):
-            logits, past = self.decoder.run(None, {
-                "input_ids": token, "position_ids": np.full((batch, 1), step, dtype=np.int64),
-                "encoder_attention_mask": mask, "cross_kv": cross, "past": past})
+            logits, past = self.step(token, step, mask, cross, past)
             token = logits.argmax(axis=-1).astype(np.int64).reshape(batch, 1)
             for row in np.flatnonzero(~done):
                 out[row].append(int(token[row, 0]))
