@@ -14,7 +14,10 @@ every chunk is sealed with AES-256-GCM under associated data that names the toke
 layout and the chunk's place, so chunks cannot be reordered, dropped or spliced in from
 another snapshot. The pickle is only unpickled after every chunk authenticated: only a
 holder of the store's key can have written it. Arrays restored from out-of-band buffers
-are read-only; a caller copies what it will change.
+are read-only; a caller copies what it will change. They also carry fresh dtype objects
+(unpickling makes one per array), which numpy's fast paths do not recognise: code that
+keeps a restored array on a hot path views it with `canonical` (the keyword index does;
+the other restored arrays become lists at once).
 
 The token ties the file to the database: the store writes it into its meta table in the
 same transaction that publishes the file, and an open uses a snapshot only when the two
@@ -31,6 +34,8 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from apex_models.runtime.crypto import DecryptionError, Sealer
 
 SNAPSHOT_NAME = "index.snapshot"
@@ -42,6 +47,17 @@ OUT_OF_BAND_BYTES = 1 << 20     # buffers this large travel beside the pickle, n
 
 class SnapshotError(Exception):
     """The snapshot cannot be used (missing, torn, from another database or another key)."""
+
+
+def canonical(array: np.ndarray) -> np.ndarray:
+    """The same memory typed with numpy's own dtype instance (a view, no copy).
+
+    numpy's fast paths test dtypes by identity: np.add.at, which bm25s scores with, took
+    its slow loop on restored arrays, so a keyword index restored from a snapshot scored
+    20x slower than a freshly built one (2.0 ms against 0.1 ms a query at 100k memories;
+    16 ms a keyword search at 1M).
+    """
+    return array.view(np.dtype(array.dtype.str))
 
 
 def _aad(token: str, layout: str, segment: int, chunk: int) -> bytes:
