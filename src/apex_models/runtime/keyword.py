@@ -63,6 +63,51 @@ class _Packed:
         return toks
 
 
+class _Main:
+    """The main segment's BM25 scores: bm25s's precomputed (token x document) score matrix in
+    CSC form, scored the way bm25s scores it (the slices of the query's tokens summed with
+    np.add.at, duplicates counted), so results are bit-identical to `bm25s.BM25.get_scores`.
+
+    bm25s builds it at a merge; searching and snapshots need only these arrays, so neither
+    imports bm25s (with scipy, about 0.2 s of a fresh process's first open).
+    """
+
+    __slots__ = ("vocab_dict", "data", "indices", "indptr", "num_docs")
+
+    def __init__(self, vocab_dict: dict[str, int], data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
+                 num_docs: int) -> None:
+        self.vocab_dict, self.data, self.indices, self.indptr, self.num_docs = (
+            vocab_dict, canonical(data), canonical(indices), canonical(indptr), int(num_docs))
+
+    @classmethod
+    def from_bm25s(cls, bm25) -> "_Main":
+        s = bm25.scores
+        return cls(dict(bm25.vocab_dict), s["data"], s["indices"], s["indptr"], s["num_docs"])
+
+    def get_scores(self, query_tokens: list[str]) -> np.ndarray:
+        ids = [self.vocab_dict[t] for t in query_tokens if t in self.vocab_dict]
+        scores = np.zeros(self.num_docs, dtype=np.float32)
+        if ids:
+            starts, ends = self.indptr[ids].tolist(), self.indptr[np.asarray(ids) + 1].tolist()
+            np.add.at(scores, np.concatenate([self.indices[a:b] for a, b in zip(starts, ends)]),
+                      np.concatenate([self.data[a:b] for a, b in zip(starts, ends)]))
+        return scores
+
+    def state(self) -> dict:
+        return {"vocab": list(self.vocab_dict), "vocab_ids": np.fromiter(self.vocab_dict.values(), dtype=np.int64,
+                                                                         count=len(self.vocab_dict)),
+                "data": self.data, "indices": self.indices, "indptr": self.indptr, "num_docs": self.num_docs}
+
+    @classmethod
+    def from_state(cls, state: dict | None) -> "_Main | None":
+        if state is None:
+            return None
+        if not isinstance(state, dict):  # snapshots before this class pickled the bm25s object itself
+            return cls.from_bm25s(state)
+        return cls(dict(zip(state["vocab"], state["vocab_ids"].tolist())), state["data"], state["indices"],
+                   state["indptr"], state["num_docs"])
+
+
 class KeywordIndex:
     """BM25 over the current documents, keyed by store row number."""
 
@@ -74,7 +119,7 @@ class KeywordIndex:
         self._docs: dict[int, list[str]] = {}
         self._packed = _Packed.empty()  # documents restored from a snapshot, not yet needed
         # main segment
-        self._bm25 = None
+        self._bm25: _Main | None = None
         self._main_rowids = np.zeros(0, dtype=np.int64)
         self._main_pos: dict[int, int] = {}
         self._alive = np.zeros(0, dtype=bool)
@@ -175,8 +220,9 @@ class KeywordIndex:
         self._main_len = sum(len(doc) for doc in corpus)
         self._bm25 = None
         if rowids:
-            self._bm25 = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
-            self._bm25.index(corpus, show_progress=False)
+            bm25 = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
+            bm25.index(corpus, show_progress=False)
+            self._bm25 = _Main.from_bm25s(bm25)
         self._delta, self._postings, self._delta_len, self._stale = set(), {}, 0, False
         self.rebuilds += 1
         self.last_rebuild_s = time.perf_counter() - start
@@ -193,7 +239,8 @@ class KeywordIndex:
         return {"params": (self.k1, self.b, self.merge_min, self.merge_ratio),
                 "rowids": np.asarray(rowids, dtype=np.int64), "vocab": list(vocab), "ids": ids,
                 "offsets": np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(lengths)]),
-                "bm25": self._bm25, "main_rowids": self._main_rowids, "alive": self._alive,
+                "bm25": self._bm25.state() if self._bm25 is not None else None,
+                "main_rowids": self._main_rowids, "alive": self._alive,
                 "main_df": self._main_df, "main_n": self._main_n, "main_len": self._main_len,
                 "delta": sorted(self._delta), "stale": self._stale}
 
@@ -203,13 +250,13 @@ class KeywordIndex:
         index = cls(*state["params"])
         vocab = [sys.intern(t) for t in state["vocab"]]
         index._packed = _Packed(vocab, canonical(state["ids"]), canonical(state["offsets"]),
-                                {r: i for i, r in enumerate(state["rowids"].tolist())})
-        index._bm25, index._main_rowids = state["bm25"], canonical(state["main_rowids"])
-        if index._bm25 is not None:
-            index._bm25.scores = {k: canonical(v) if isinstance(v, np.ndarray) else v
-                                  for k, v in index._bm25.scores.items()}
+                                dict(zip(state["rowids"].tolist(), range(len(state["rowids"])))))
+        index._bm25, index._main_rowids = _Main.from_state(state["bm25"]), canonical(state["main_rowids"])
         index._alive = np.array(state["alive"], dtype=bool)  # written on removes; restored read-only
-        index._main_pos = {r: i for i, r in enumerate(index._main_rowids.tolist()) if index._alive[i]}
+        index._main_pos = dict(zip(index._main_rowids.tolist(), range(len(index._main_rowids))))
+        if not index._alive.all():
+            for rowid in index._main_rowids[~index._alive].tolist():
+                del index._main_pos[rowid]
         index._main_df, index._main_n, index._main_len = state["main_df"], state["main_n"], state["main_len"]
         for rowid in state["delta"]:  # searches read delta documents' lengths: keep them decoded
             index._add_delta(rowid, index._packed.pop(rowid) or [])
