@@ -199,6 +199,38 @@ def test_main_segment_scores_exactly_as_bm25s_and_without_importing_it() -> None
     assert out.decode().split() == ["3", "False", "False"]
 
 
+def test_main_segment_top_k_equals_sorting_every_score() -> None:
+    """`top` cuts the scores at a floor taken from the rarest words' documents before
+    picking the best k: the answer must be exactly that of sorting every alive document's
+    score (ties to the lower position), with removed documents, repeated and unknown words,
+    and k beyond the number of matches."""
+    import numpy as np
+
+    from apex_models.runtime.keyword import KeywordIndex, _top_k
+
+    rng = np.random.default_rng(3)
+    words = [f"w{i}" for i in range(60)]
+    index = KeywordIndex(merge_min=10**6)
+    for i in range(3000):  # Zipf-like: a few words in most documents, most words in few
+        picked = rng.choice(words, size=int(rng.integers(2, 12)), p=np.arange(60, 0, -1) / 1830)
+        index.add(i, " ".join(picked) + (" same same" if i % 10 == 0 else ""))
+    index.rebuild()
+    for rowid in range(0, 3000, 7):
+        index.remove(rowid)  # masked in main: never returned
+    main, alive = index._bm25, index._alive
+    for query in (["w0"], ["w0", "w1", "w2"], ["w59", "w0"], ["w3", "w3", "w40"], ["same"], ["same", "w1"],
+                  ["nope", "w58"], ["nope"]):
+        for k in (1, 10, 50, 5000):
+            scores = main.get_scores(query)
+            hit = np.flatnonzero((scores > 0) & alive)
+            expected = _top_k(hit, scores[hit], k)
+            got = main.top(query, k, alive)
+            assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]), (query, k)
+            assert not set(index._main_rowids[got[0]].tolist()) & set(range(0, 3000, 7))
+    ties = _top_k(np.array([2, 5, 7, 9]), np.array([1.0, 3.0, 1.0, 1.0], dtype=np.float32), 2)
+    assert ties[0].tolist() == [5, 2]  # equal scores at the cut: the lower position
+
+
 def test_another_instance_sees_updates_and_deletes(tmp_path: Path, embedder: OnnxEmbedder) -> None:
     with MemoryStore.open(tmp_path / "s", embedder, key=KEY) as a, \
             MemoryStore.open(tmp_path / "s", embedder, key=KEY) as b:
