@@ -78,3 +78,25 @@ def test_scrub_zeroes_the_vector_inside_faiss(data, storage: str) -> None:
 def test_unknown_storage_is_refused() -> None:
     with pytest.raises(ValueError, match="hnsw storage"):
         DenseIndex(DIM, "hnsw", hnsw_storage="int4")
+
+
+def test_search_among_rows_by_hnsw_walk_and_by_exact_scan(data, monkeypatch: pytest.MonkeyPatch) -> None:
+    import apex_models.runtime.dense as dense_module
+
+    base, queries = data
+    index = _hnsw("fp16", base)
+    rows = np.arange(100, 100 + len(base), 10)  # a filter keeping one row in ten
+    index.remove([110, 120])                    # removed rows never come back, even when asked for
+    allowed = set(rows.tolist()) - {110, 120}
+    monkeypatch.setattr(dense_module, "HNSW_VISIT_COST", 10**9)  # the bitmap-selected exact scan
+    exact = [index.search_among(q, rows, 10) for q in queries]
+    for q, hits in zip(queries, exact):
+        scores = {r: float(q @ base[r - 100]) for r in allowed}
+        assert [r for r, _ in hits] == sorted(scores, key=lambda r: -scores[r])[:10]
+    monkeypatch.setattr(dense_module, "HNSW_VISIT_COST", 0)      # HNSW restricted to the rows
+    monkeypatch.setattr(DenseIndex, "_flat_search", lambda *a: pytest.fail("fell back to the exact scan"))
+    walked = [index.search_among(q, rows, 10) for q in queries]
+    assert all(len(hits) == 10 and {r for r, _ in hits} <= allowed for hits in walked)
+    recall = np.mean([len({r for r, _ in w} & {r for r, _ in e}) / 10 for w, e in zip(walked, exact)])
+    assert recall >= 0.95, recall
+    assert index.search_among(queries[0], np.array([110, 99999, -1]), 5) == []

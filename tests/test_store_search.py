@@ -260,18 +260,41 @@ def test_hnsw_and_the_automatic_switch(tmp_path: Path, embedder: OnnxEmbedder) -
         assert time.perf_counter() - start < 2.0
 
 
-def test_filtered_dense_paths_agree(store: MemoryStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Exact search over a small filtered subset and over-fetching a large one give the same list."""
-    import apex_models.runtime.store as store_module
+def test_filtered_paths_agree(tmp_path: Path, embedder: OnnxEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filtered search on an HNSW store by its exact path (a bitmap-selected flat scan)
+    and by HNSW restricted to the same rows gives the same hits, keyword delta included;
+    and the cached rows of a filter follow every write."""
+    import apex_models.runtime.dense as dense_module
 
-    store.add_many([{"text": f"decision {i}: keep service {i} on {tool}", "kind": "decision", "tags": ["bulk"]}
-                    for i, tool in enumerate(["Redis", "Kafka", "Celery", "nginx"] * 10)])
-    queries = ["which message broker do we use", "cache choices", "web server"]
-    exact = [[h.id for h in store.search(q, k=5, kind="decision", mode="dense")] for q in queries]
-    monkeypatch.setattr(store_module, "EXACT_SUBSET_MAX", 0)
-    fetched = [[h.id for h in store.search(q, k=5, kind="decision", mode="dense")] for q in queries]
-    assert exact == fetched and all(len(ids) == 5 for ids in exact)
-    assert len(store.search("service", k=50, tags=["bulk"], kind="decision")) == 40
+    with MemoryStore.open(tmp_path / "s", embedder, key=KEY, config=StoreConfig(hnsw_threshold=50)) as store:
+        store.add_many([{"text": t, "kind": k, "tags": g, "source": src} for t, k, g, src in NOTES])
+        store.add_many([{"text": f"decision {i}: keep service {i} on {tool}", "kind": "decision", "tags": ["bulk"]}
+                        for i, tool in enumerate(["Redis", "Kafka", "Celery", "nginx"] * 10)])
+        store.search("merge the keyword index")  # main segment now; the next adds stay in the delta
+        store.add_many([{"text": f"decision late {i}: Kafka topic {i} replaces a Redis queue", "kind": "decision"}
+                        for i in range(3)] + [{"text": "Kafka for the audit log", "kind": "note", "tags": ["bulk"]}])
+        assert store.stats()["dense_index"] == "hnsw"
+        queries = ["which message broker: kafka or redis", "cache service choices", "nginx web server",
+                   "kafka redis queue"]
+        filters = [{"kind": "decision"}, {"tags": ["bulk"]}, {"kind": ["note", "decision"], "tags": ["bulk"]}]
+
+        def answers() -> list:
+            return [[(h.id, round(h.score, 6), h.why.dense_rank, h.why.keyword_rank)
+                     for h in store.search(q, k=5, mode=mode, **f)]
+                    for q in queries for f in filters for mode in ("dense", "keyword", "hybrid")]
+
+        monkeypatch.setattr(dense_module, "HNSW_VISIT_COST", 10**9)  # always the exact scan
+        exact = answers()
+        monkeypatch.setattr(dense_module, "HNSW_VISIT_COST", 0)      # always HNSW among the rows
+        walked = answers()
+        assert exact == walked and all(len(hits) == 5 for hits in exact[0::3])  # dense: always 5
+        assert all(exact[1::3])  # keyword: every query matches words of the filtered memories
+        assert all(h.kind == "decision" for h in store.search("kafka", k=20, kind="decision"))
+        assert len(store.search("service", k=60, tags=["bulk"], kind="decision")) == 40
+        late = store.add("decision latest: Kafka Connect replaces the Redis queue", kind="decision", tags=["bulk"])
+        assert late in [h.id for h in store.search("kafka connect redis", k=3, tags=["bulk"], kind="decision")]
+        store.update(late, kind="note")  # the cached rows of a filter follow every write
+        assert late not in [h.id for h in store.search("kafka connect redis", k=50, kind="decision")]
 
 
 def test_a_given_query_vector_gives_the_same_hits(store: MemoryStore) -> None:

@@ -28,7 +28,7 @@ import psycopg
 
 from apex_models.runtime.dense import DenseIndex
 from apex_models.runtime.keyword import tokens
-from apex_models.runtime.store import EXACT_SUBSET_MAX, StoreConfig, _rrf, collapse_near_duplicates
+from apex_models.runtime.store import StoreConfig, _rrf, collapse_near_duplicates
 
 Reranker = Callable[[str, list[str]], Sequence[float]]
 
@@ -96,7 +96,7 @@ class SearchEngine:
                 allowed = [r["num"] for r in conn.execute(
                     f"SELECT num FROM memories WHERE team_id = %s AND NOT deleted AND {' AND '.join(where)}",
                     (team_id, *params)).fetchall()]
-                dense = _dense_filtered(dense_index, vector, depth, allowed)
+                dense = dense_index.search_among(vector, np.asarray(allowed, dtype=np.int64), depth)
             else:
                 dense = dense_index.search(vector, depth)
         query_tokens = list(dict.fromkeys(tokens(request.query)))
@@ -144,23 +144,6 @@ def _filters(request: Any) -> tuple[list[str], list[Any]]:
         where.append("starts_with(coalesce(source, ''), %s)")
         params.append(request.source_prefix)
     return where, params
-
-
-def _dense_filtered(index: DenseIndex, vector: np.ndarray, depth: int, allowed: list[int]) -> list[tuple[int, float]]:
-    """As the runtime: exact over a small allowed set, else over-fetch by the filter's selectivity."""
-    allowed = [n for n in allowed if n in index]
-    if not allowed:
-        return []
-    if len(allowed) <= EXACT_SUBSET_MAX:
-        return index.exact(vector, allowed, depth)
-    members, live = set(allowed), index.live
-    fetch = min(live, int(depth * live / len(allowed) * 2) + depth)
-    while True:
-        found = index.search(vector, fetch)
-        kept = [(n, s) for n, s in found if n in members]
-        if len(kept) >= depth or len(found) < fetch or fetch >= live:
-            return kept[:depth]
-        fetch = min(live, fetch * 4)
 
 
 def _rows(conn: psycopg.Connection, team_id: uuid.UUID, nums: list[int]) -> dict[int, dict[str, Any]]:

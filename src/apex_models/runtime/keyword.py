@@ -37,6 +37,22 @@ def tokens(text: str) -> list[str]:
     return [sys.intern(t) for t in code_tokens(text)]
 
 
+def row_mask(rows: np.ndarray) -> np.ndarray:
+    """A boolean array over row numbers, True at `rows` (sorted, non-negative): a filter that
+    membership tests ask of many rows at once."""
+    mask = np.zeros(int(rows[-1]) + 1 if len(rows) else 0, dtype=bool)
+    mask[rows] = True
+    return mask
+
+
+def rows_in(mask: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Which of `rows` the mask lets through (rows past its end: not)."""
+    out = np.zeros(len(rows), dtype=bool)
+    inside = rows < len(mask)
+    out[inside] = mask[rows[inside]]
+    return out
+
+
 class _Packed:
     """Documents restored from a snapshot: token ids in one array, decoded one at a time on demand
     (unpickling 100k lists of strings costs more than the whole rest of a snapshot)."""
@@ -349,16 +365,22 @@ class KeywordIndex:
             scores = np.concatenate([scores, np.fromiter(delta.values(), dtype=np.float32, count=len(delta))])
         return rowids, scores
 
-    def search(self, query_tokens: list[str], fetch: int) -> list[tuple[int, float]]:
-        """Top `fetch` rows by BM25 score, best first: main's best `fetch` (pruned, see
-        `_Main.top`) and every scoring delta document compete for the places."""
+    def search(self, query_tokens: list[str], fetch: int, allowed: np.ndarray | None = None
+               ) -> list[tuple[int, float]]:
+        """Top `fetch` rows by BM25 score, best first: main's best `fetch` (see `_Main.top`)
+        and every scoring delta document compete for the places. `allowed`, a `row_mask`,
+        keeps only the rows it lets through (a filtered search)."""
         if self._needs_merge():
             self.rebuild()
         rowids, scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         if self._bm25 is not None and query_tokens and fetch > 0:
-            positions, scores = self._bm25.top(query_tokens, fetch, self._alive)
+            alive = self._alive if allowed is None else self._alive & rows_in(allowed, self._main_rowids)
+            positions, scores = self._bm25.top(query_tokens, fetch, alive)
             rowids = self._main_rowids[positions]
         rowids, scores = self._with_delta(query_tokens, rowids, scores)
+        if allowed is not None and len(rowids):
+            keep = rows_in(allowed, rowids)
+            rowids, scores = rowids[keep], scores[keep]
         if len(rowids) > fetch:
             top = np.argpartition(-scores, fetch - 1)[:fetch]
             rowids, scores = rowids[top], scores[top]
