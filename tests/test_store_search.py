@@ -297,6 +297,28 @@ def test_filtered_paths_agree(tmp_path: Path, embedder: OnnxEmbedder, monkeypatc
         assert late not in [h.id for h in store.search("kafka connect redis", k=50, kind="decision")]
 
 
+def test_keyword_beside_the_embedding_gives_the_same_hits(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    """Scoring BM25 on a second thread while the query embeds changes timing only; an
+    embedding that fails still fails the search, after the keyword thread is done."""
+    queries = ["loadTenantSettings KeyError", "how do we retry flaky http calls", "alembic", "zzz"]
+    with MemoryStore.open(tmp_path / "s", embedder, key=KEY) as serial:
+        serial.add_many([{"text": t, "kind": k, "tags": g, "source": src} for t, k, g, src in NOTES])
+        expected = [[(h.id, h.score, h.why) for h in serial.search(q, k=5, **f)]
+                    for q in queries for f in ({}, {"kind": "error"})]
+    with MemoryStore.open(tmp_path / "s", embedder, key=KEY, config=StoreConfig(parallel_keyword_min=0)) as store:
+        assert [[(h.id, h.score, h.why) for h in store.search(q, k=5, **f)]
+                for q in queries for f in ({}, {"kind": "error"})] == expected
+        assert store._keyword_thread is not None  # the parallel path ran
+
+        def broken(texts: list[str]):
+            raise RuntimeError("embedding failed")
+
+        store.embedder = type("Broken", (), {"encode_queries": staticmethod(broken)})()
+        with pytest.raises(RuntimeError, match="embedding failed"):
+            store.search("retry", k=3)
+    assert store._keyword_thread is None  # close() shut it down
+
+
 def test_a_given_query_vector_gives_the_same_hits(store: MemoryStore) -> None:
     """Search with the query's vector precomputed (one embedding for several stores) is the same search."""
     query = "how do we retry flaky http calls"

@@ -38,6 +38,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -142,6 +143,10 @@ class StoreConfig:
     rrf_k: int = 60
     duplicate_cosine: float = 0.97     # hits closer than this to a better hit are dropped
     rerank_depth: int = 20             # fused hits the reranker re-scores when search(rerank=True)
+    # From this many memories a hybrid search scores BM25 on a second thread while the query
+    # is embedded (ONNX Runtime and FAISS release the GIL): at 1M memories keyword scoring
+    # costs 2-6 ms, as much as the embedding. Below it a thread hand-off costs more than it saves.
+    parallel_keyword_min: int = 50_000
     intent_min_confidence: float = 0.5  # below this an intent is reported in `why` but shapes nothing
     intent_boosts: dict[str, dict[str, float]] = field(default_factory=lambda: {
         label: dict(boosts) for label, boosts in DEFAULT_INTENT_BOOSTS.items()})
@@ -368,6 +373,7 @@ class MemoryStore:
         self._by_tag: dict[str, set[int]] = {}
         self._times: tuple[np.ndarray, np.ndarray] | None = None
         self._filters: dict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray] = {}  # kinds, tags -> rows
+        self._keyword_thread: ThreadPoolExecutor | None = None  # see StoreConfig.parallel_keyword_min
         self._dense = DenseIndex(embedder.dimension, self._dense_kind(0), config.hnsw_m,
                                  config.hnsw_ef_construction, config.hnsw_ef_search, config.hnsw_storage)
         self._keyword = KeywordIndex()
@@ -958,11 +964,24 @@ class MemoryStore:
         if allowed is not None and len(allowed) == 0:
             return []
         depth = max(self.config.candidates, 2 * k, head_size)
-        if mode != "keyword" and query_vector is None:
-            query_vector = self.embedder.encode_queries([query])[0]
-        dense = self._dense_candidates(query_vector, depth, allowed) if mode != "keyword" else []
         query_tokens = list(dict.fromkeys(tokens(query)))
-        keyword = self._keyword_candidates(query_tokens, depth, allowed) if mode != "dense" else []
+        beside: Future | None = None  # keyword scoring on the second thread while the query embeds
+        if mode == "hybrid" and query_vector is None and len(self._entries) >= self.config.parallel_keyword_min:
+            if self._keyword_thread is None:
+                self._keyword_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apex-keyword")
+            beside = self._keyword_thread.submit(self._keyword_candidates, query_tokens, depth, allowed)
+        try:
+            if mode != "keyword" and query_vector is None:
+                query_vector = self.embedder.encode_queries([query])[0]
+            dense = self._dense_candidates(query_vector, depth, allowed) if mode != "keyword" else []
+        except BaseException:
+            if beside is not None:
+                wait([beside])  # never leave it reading the indexes after this call returns
+            raise
+        if beside is not None:
+            keyword = beside.result()
+        else:
+            keyword = self._keyword_candidates(query_tokens, depth, allowed) if mode != "dense" else []
         fused = _rrf([dense, keyword], self.config.rrf_k)
         boost_of = {n: boosts.get(self._entries[n].kind, 0.0) for n, _ in fused} if boosts else {}
         if boost_of:
@@ -1145,6 +1164,9 @@ class MemoryStore:
         finally:
             self._conn.close()
             self._conn = None  # type: ignore[assignment]
+            if self._keyword_thread is not None:
+                self._keyword_thread.shutdown()
+                self._keyword_thread = None
 
     def __enter__(self) -> "MemoryStore":
         return self
