@@ -133,7 +133,7 @@ class PairCostRanker:
 def dense_recall(store, query_vectors: np.ndarray) -> dict[str, Any]:
     """recall@10 of the store's own dense index against exact search over the very vectors it
     holds (read back from it: the int8 model's vectors depend a little on the batch a text
-    was embedded in, so the input array is not the reference), at its ef_search, 2x and 4x."""
+    was embedded in, so the input array is not the reference), at its efSearch, 2x and 4x."""
     import faiss
 
     dense = store._dense
@@ -144,8 +144,8 @@ def dense_recall(store, query_vectors: np.ndarray) -> dict[str, Any]:
     _, found_at = flat.search(np.ascontiguousarray(query_vectors, dtype=np.float32), 10)
     truth = [[rows[i] for i in row] for row in found_at]
     out: dict[str, Any] = {"index": dense.kind}
-    configured = dense.ef_search
-    efs = [configured, 2 * configured, 4 * configured] if dense.kind == "hnsw" else [None]
+    configured, base = dense.ef_search, dense.base_ef()
+    efs = [base, 2 * base, 4 * base] if dense.kind == "hnsw" else [None]
     for ef in efs:
         if ef is not None:
             dense.ef_search = ef  # DenseIndex.search sets FAISS's efSearch from it on every call

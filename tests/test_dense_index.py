@@ -100,3 +100,17 @@ def test_search_among_rows_by_hnsw_walk_and_by_exact_scan(data, monkeypatch: pyt
     recall = np.mean([len({r for r, _ in w} & {r for r, _ in e}) / 10 for w, e in zip(walked, exact)])
     assert recall >= 0.95, recall
     assert index.search_among(queries[0], np.array([110, 99999, -1]), 5) == []
+
+
+def test_an_unset_ef_search_widens_with_size(data, monkeypatch: pytest.MonkeyPatch) -> None:
+    import apex_models.runtime.dense as dense_module
+
+    base, queries = data
+    index = DenseIndex(DIM, "hnsw", hnsw_m=16, ef_construction=80)  # ef_search None: by size
+    index.add(list(range(len(base))), base)
+    assert index.base_ef() == dense_module.AUTO_EF
+    monkeypatch.setattr(dense_module, "AUTO_EF_LARGE_FROM", len(base))
+    assert index.base_ef() == dense_module.AUTO_EF_LARGE
+    index.search(queries[0], 10)
+    assert index._index.hnsw.efSearch == dense_module.AUTO_EF_LARGE
+    assert DenseIndex(DIM, "hnsw", ef_search=40).base_ef() == 40  # a configured beam is kept

@@ -39,13 +39,17 @@ HNSW_STORAGE = ("fp16", "fp32")
 # One HNSW node visit costs about this many flat distances (100k fp16 vectors: 2.5 us per
 # beam slot against 0.07 us per row of a bitmap-selected flat scan): see `search_among`.
 HNSW_VISIT_COST = 35
+# efSearch when none is configured: recall@10 against exact on real-text vectors is 0.976
+# at 128 for 100k memories but 0.92 at 1M, where 256 gives 0.96 for +0.2 ms
+# (eval/results/memory.json), so the beam widens from AUTO_EF_LARGE_FROM memories.
+AUTO_EF, AUTO_EF_LARGE, AUTO_EF_LARGE_FROM = 128, 256, 500_000
 
 
 class DenseIndex:
     """Vectors by store row number; `kind` is "flat" (exact) or "hnsw" (approximate)."""
 
     def __init__(self, dimension: int, kind: str = "flat", hnsw_m: int = 32, ef_construction: int = 80,
-                 ef_search: int = 64, hnsw_storage: str = "fp16") -> None:
+                 ef_search: int | None = None, hnsw_storage: str = "fp16") -> None:
         if kind not in ("flat", "hnsw"):
             raise ValueError(f"dense index kind must be flat or hnsw, not {kind!r}")
         if hnsw_storage not in HNSW_STORAGE:
@@ -56,10 +60,10 @@ class DenseIndex:
         self.hnsw_m = hnsw_m
         self.ef_construction = ef_construction
         self.ef_search = ef_search
-        self._index = self._new_index()
         self._rowid_at: list[int] = []  # position -> row number, -1 when dead
         self._pos_of: dict[int, int] = {}
         self._pos_array = np.full(0, -1, dtype=np.int64)  # the same map as an array: row -> position, -1
+        self._index = self._new_index()
 
     def _new_index(self) -> faiss.Index:
         if self.kind == "flat":
@@ -70,8 +74,14 @@ class DenseIndex:
             index = faiss.IndexHNSWSQ(self.dimension, faiss.ScalarQuantizer.QT_fp16, self.hnsw_m,
                                       faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = self.ef_construction
-        index.hnsw.efSearch = self.ef_search
+        index.hnsw.efSearch = self.base_ef()
         return index
+
+    def base_ef(self) -> int:
+        """HNSW's beam for a plain top-k search: `ef_search`, or by size when it is None."""
+        if self.ef_search is not None:
+            return self.ef_search
+        return AUTO_EF_LARGE if len(self._pos_of) >= AUTO_EF_LARGE_FROM else AUTO_EF
 
     # -- size --------------------------------------------------------------------------------
     @property
@@ -171,13 +181,13 @@ class DenseIndex:
                 "rowid_at": np.asarray(self._rowid_at, dtype=np.int64)}
 
     @classmethod
-    def from_state(cls, state: dict, ef_search: int) -> "DenseIndex":
+    def from_state(cls, state: dict, ef_search: int | None) -> "DenseIndex":
         """The index `state()` described; `ef_search` comes from the caller's config, not the file."""
         index = cls(state["dimension"], state["kind"], state["hnsw_m"], state["ef_construction"], ef_search,
                     state.get("hnsw_storage", "fp32"))  # snapshots before fp16 storage hold fp32
         index._index = faiss.read_index(_buffer_reader(state["faiss"]))
         if state["kind"] == "hnsw":
-            index._index.hnsw.efSearch = ef_search
+            index._index.hnsw.efSearch = index.base_ef()
         index._rowid_at = state["rowid_at"].tolist()
         index._pos_of = dict(zip(index._rowid_at, range(len(index._rowid_at))))
         index._pos_of.pop(-1, None)  # dead positions (zeroed) all map to -1
@@ -202,7 +212,7 @@ class DenseIndex:
             return []
         want = min(self.ntotal, fetch + self.dead)
         if self.kind == "hnsw":
-            self._index.hnsw.efSearch = max(self.ef_search, want)
+            self._index.hnsw.efSearch = max(self.base_ef(), want)
         scores, positions = self._index.search(np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1), want)
         out = []
         for pos, score in zip(positions[0], scores[0]):
@@ -237,7 +247,7 @@ class DenseIndex:
             return []
         want = min(fetch, count)
         if self.kind == "hnsw" and count * count > 2 * HNSW_VISIT_COST * want * self.ntotal:
-            beam = max(self.ef_search, min(count, int(2 * want * self.ntotal / count)))
+            beam = max(self.base_ef(), min(count, int(2 * want * self.ntotal / count)))
             scores, found = self._index.search(np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1), want,
                                                params=faiss.SearchParametersHNSW(sel=selector, efSearch=beam))
             hits = [(self._rowid_at[p], float(s)) for p, s in zip(found[0], scores[0]) if p >= 0]
