@@ -151,6 +151,29 @@ def test_a_damaged_or_foreign_snapshot_is_refused(tmp_path: Path, embedder: Onnx
         assert [h.id for h in store.search(QUERIES[0], k=6, mode="dense")] == expected
 
 
+@pytest.mark.parametrize("version, used", [(b"1", True), (b"2", True), (b"3", False)])
+def test_snapshot_format_versions(tmp_path: Path, embedder: OnnxEmbedder, version: bytes, used: bool) -> None:
+    """This reader takes versions 1 (its compatibility paths restore the older layout) and 2;
+    a newer file is refused with a warning and the store opens the slow way, which is what
+    a version-1 reader does with the files written now."""
+    folder = tmp_path / "s"
+    with MemoryStore.open(folder, embedder, key=KEY, config=ALWAYS) as store:
+        store.add_many(_items(0, 120))
+        store.save_snapshot()
+        expected = [h.id for h in store.search(QUERIES[1], k=6)]
+    path = folder / SNAPSHOT_NAME
+    data = path.read_bytes()
+    assert data.split(b" ", 2)[1] == b"2"  # what this version writes
+    path.write_bytes(data.replace(b" 2 ", b" " + version + b" ", 1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        store = MemoryStore.open(folder, embedder, key=KEY, config=NEVER)
+    with store:
+        assert store.opened_from_snapshot is used
+        assert any("not a snapshot of this format" in str(w.message) for w in caught) is not used
+        assert [h.id for h in store.search(QUERIES[1], k=6)] == expected
+
+
 def test_close_writes_a_snapshot_only_when_due(tmp_path: Path, embedder: OnnxEmbedder) -> None:
     folder = tmp_path / "s"
     config = replace(ALWAYS, snapshot_min_memories=60, snapshot_stale_fraction=0.1)

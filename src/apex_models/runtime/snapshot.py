@@ -40,7 +40,11 @@ from apex_models.runtime.crypto import DecryptionError, Sealer
 
 SNAPSHOT_NAME = "index.snapshot"
 MAGIC = b"apex-memory-snapshot"
-FORMAT_VERSION = 1
+# 2: the keyword index's BM25 matrix as arrays (no pickled bm25s object), fp16 HNSW, kind
+# and tag postings. Version 1 files still load; readers of version 1 refuse version 2
+# files as "not a snapshot of this format" and rebuild from the rows, as they should.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (b"1", b"2")
 CHUNK_BYTES = 1 << 30  # AES-GCM via cryptography takes at most 2**31 - 1 bytes at once
 OUT_OF_BAND_BYTES = 1 << 20     # buffers this large travel beside the pickle, not inside it
 
@@ -119,7 +123,7 @@ def read_snapshot(folder: Path, sealer: Sealer, token: str) -> dict[str, Any]:
         raise SnapshotError("not a snapshot of this format") from None
     newline = data.find(b"\n", 0, 4096)
     fields = data[:max(newline, 0)].split(b" ")
-    if newline < 0 or len(fields) != 4 or fields[0] != MAGIC or fields[1] != str(FORMAT_VERSION).encode():
+    if newline < 0 or len(fields) != 4 or fields[0] != MAGIC or fields[1] not in READABLE_VERSIONS:
         raise SnapshotError("not a snapshot of this format")
     if fields[2].decode() != token:
         raise SnapshotError("the snapshot belongs to another state of the database")
