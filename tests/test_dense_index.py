@@ -68,7 +68,7 @@ def test_a_state_written_before_fp16_storage_restores_as_fp32(data) -> None:
 def test_scrub_zeroes_the_vector_inside_faiss(data, storage: str) -> None:
     base, _ = data
     index = _hnsw(storage, base)
-    position = index._pos_of[105]
+    position = index._position(105)
     assert index._stored_rows()[position].any()
     index.scrub(105)
     assert not index._stored_rows()[position].any() and 105 not in index

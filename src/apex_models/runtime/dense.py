@@ -61,8 +61,8 @@ class DenseIndex:
         self.ef_construction = ef_construction
         self.ef_search = ef_search
         self._rowid_at: list[int] = []  # position -> row number, -1 when dead
-        self._pos_of: dict[int, int] = {}
-        self._pos_array = np.full(0, -1, dtype=np.int64)  # the same map as an array: row -> position, -1
+        self._pos = np.full(0, -1, dtype=np.int64)  # row number -> position, -1 when none (grows by doubling)
+        self._live = 0
         self._index = self._new_index()
 
     def _new_index(self) -> faiss.Index:
@@ -81,12 +81,12 @@ class DenseIndex:
         """HNSW's beam for a plain top-k search: `ef_search`, or by size when it is None."""
         if self.ef_search is not None:
             return self.ef_search
-        return AUTO_EF_LARGE if len(self._pos_of) >= AUTO_EF_LARGE_FROM else AUTO_EF
+        return AUTO_EF_LARGE if self._live >= AUTO_EF_LARGE_FROM else AUTO_EF
 
     # -- size --------------------------------------------------------------------------------
     @property
     def live(self) -> int:
-        return len(self._pos_of)
+        return self._live
 
     @property
     def ntotal(self) -> int:
@@ -98,45 +98,55 @@ class DenseIndex:
         return self.ntotal - self.live
 
     def __contains__(self, rowid: int) -> bool:
-        return rowid in self._pos_of
+        return self._position(rowid) >= 0
+
+    def _position(self, rowid: int) -> int:
+        return int(self._pos[rowid]) if 0 <= rowid < len(self._pos) else -1
+
+    def _positions(self, rowids: np.ndarray) -> np.ndarray:
+        """Positions of these rows, -1 for a row not held."""
+        out = np.full(len(rowids), -1, dtype=np.int64)
+        known = (rowids >= 0) & (rowids < len(self._pos))
+        out[known] = self._pos[rowids[known]]
+        return out
 
     # -- writes ------------------------------------------------------------------------------
     def add(self, rowids: list[int], vectors: np.ndarray) -> None:
         """Add (or replace) vectors; a replaced row's old position becomes dead."""
         if not rowids:
             return
-        self.remove([r for r in rowids if r in self._pos_of])
+        self.remove([r for r in rowids if r in self])
         start = self.ntotal
         self._index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        for offset, rowid in enumerate(rowids):
-            self._rowid_at.append(rowid)
-            self._pos_of[rowid] = start + offset
+        self._rowid_at.extend(rowids)
         self._place(np.asarray(rowids, dtype=np.int64), np.arange(start, start + len(rowids), dtype=np.int64))
         self._maybe_compact()
 
     def _place(self, rowids: np.ndarray, positions: np.ndarray) -> None:
-        """Record rows' positions in the array map, growing it (doubling) to the largest row."""
+        """Record new rows' positions, growing the map (doubling) to the largest row."""
         if not len(rowids):
             return
         need = int(rowids.max()) + 1
-        if need > len(self._pos_array):
-            grown = np.full(max(need, 2 * len(self._pos_array)), -1, dtype=np.int64)
-            grown[:len(self._pos_array)] = self._pos_array
-            self._pos_array = grown
-        self._pos_array[rowids] = positions
+        if need > len(self._pos):
+            grown = np.full(max(need, 2 * len(self._pos)), -1, dtype=np.int64)
+            grown[:len(self._pos)] = self._pos
+            self._pos = grown
+        self._pos[rowids] = positions
+        self._live += len(rowids)
 
     def remove(self, rowids: list[int]) -> None:
         for rowid in rowids:
-            pos = self._pos_of.pop(rowid, None)
-            if pos is not None:
+            pos = self._position(rowid)
+            if pos >= 0:
                 self._rowid_at[pos] = -1
-                self._pos_array[rowid] = -1
+                self._pos[rowid] = -1
+                self._live -= 1
         self._maybe_compact()
 
     def scrub(self, rowid: int) -> None:
         """Zero a row's vector inside FAISS, then drop it (forget: no copy left in this process)."""
-        pos = self._pos_of.get(rowid)
-        if pos is None:
+        pos = self._position(rowid)
+        if pos < 0:
             return
         self._stored_rows()[pos] = 0
         self.remove([rowid])
@@ -164,11 +174,11 @@ class DenseIndex:
 
     def compact(self, kind: str | None = None) -> None:
         """Rebuild from the live vectors (optionally switching kind): no dead positions left."""
-        rowids = list(self._pos_of)
+        rowids = [r for r in self._rowid_at if r >= 0]  # in position order
         vectors = self.vectors(rowids)
         self.kind = kind or self.kind
         self._index = self._new_index()
-        self._rowid_at, self._pos_of, self._pos_array = [], {}, np.full(0, -1, dtype=np.int64)
+        self._rowid_at, self._pos, self._live = [], np.full(0, -1, dtype=np.int64), 0
         if rowids:
             self.add(rowids, vectors)
 
@@ -189,11 +199,8 @@ class DenseIndex:
         if state["kind"] == "hnsw":
             index._index.hnsw.efSearch = index.base_ef()
         index._rowid_at = state["rowid_at"].tolist()
-        index._pos_of = dict(zip(index._rowid_at, range(len(index._rowid_at))))
-        index._pos_of.pop(-1, None)  # dead positions (zeroed) all map to -1
-        rowid_at = state["rowid_at"]
-        live = np.flatnonzero(rowid_at >= 0)
-        index._place(rowid_at[live], live)
+        live = np.flatnonzero(state["rowid_at"] >= 0)
+        index._place(state["rowid_at"][live], live)
         if index._index.ntotal != len(index._rowid_at):
             raise ValueError("dense index state is inconsistent (FAISS size differs from its row map)")
         return index
@@ -203,7 +210,9 @@ class DenseIndex:
         """The stored vectors of these rows, in order (FAISS keeps them; no second copy)."""
         if not rowids:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        positions = np.array([self._pos_of[r] for r in rowids], dtype=np.int64)
+        positions = self._positions(np.asarray(rowids, dtype=np.int64))
+        if (positions < 0).any():
+            raise KeyError(f"rows not in the dense index: {np.asarray(rowids)[positions < 0][:5].tolist()}")
         return self._index.reconstruct_batch(positions)
 
     def search(self, query: np.ndarray, fetch: int) -> list[tuple[int, float]]:
@@ -219,18 +228,6 @@ class DenseIndex:
             if pos >= 0 and (rowid := self._rowid_at[pos]) >= 0:
                 out.append((rowid, float(score)))
         return out[:fetch]
-
-    def exact(self, query: np.ndarray, rowids, top: int) -> list[tuple[int, float]]:
-        """Exact inner product over a subset of rows (a selective filter's candidates).
-
-        Runs in FAISS's flat storage with a bitmap selector: only those rows are scored, in
-        FAISS's own single-query loop (a numpy product here would wake BLAS's thread pool,
-        which costs milliseconds on a busy machine).
-        """
-        selector, count, _bits = self._selector(np.asarray(rowids, dtype=np.int64))
-        if count == 0:
-            return []
-        return self._flat_search(query, min(top, count), selector)
 
     def search_among(self, query: np.ndarray, rowids: np.ndarray, fetch: int) -> list[tuple[int, float]]:
         """The best `fetch` of these rows (a filter's), by whichever path costs less.
@@ -258,8 +255,7 @@ class DenseIndex:
     def _selector(self, rowids: np.ndarray) -> tuple[faiss.IDSelector, int, np.ndarray]:
         """(FAISS selector of these rows' live positions, how many, the bitmap it reads: keep it
         alive while the selector is used)."""
-        rowids = rowids[(rowids >= 0) & (rowids < len(self._pos_array))]
-        positions = self._pos_array[rowids]
+        positions = self._positions(rowids)
         positions = positions[positions >= 0]
         bitmap = np.zeros(self.ntotal, dtype=bool)
         bitmap[positions] = True
@@ -267,6 +263,9 @@ class DenseIndex:
         return faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(bits)), len(positions), bits
 
     def _flat_search(self, query: np.ndarray, k: int, selector: faiss.IDSelector) -> list[tuple[int, float]]:
+        """Exact inner product over the selected positions, in FAISS's flat storage and its own
+        single-query loop (a numpy product here would wake BLAS's thread pool, which costs
+        milliseconds on a busy machine)."""
         flat = self._index if self.kind == "flat" else faiss.downcast_index(self._index.storage)
         scores, found = flat.search(np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1), k,
                                     params=faiss.SearchParameters(sel=selector))
