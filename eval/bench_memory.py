@@ -137,7 +137,7 @@ def dense_recall(store, query_vectors: np.ndarray) -> dict[str, Any]:
     import faiss
 
     dense = store._dense
-    rows = sorted(store._entries)
+    rows = store._records.nums().tolist()
     flat = faiss.IndexFlatIP(dense.dimension)
     for start in range(0, len(rows), 65536):
         flat.add(np.ascontiguousarray(dense.vectors(rows[start:start + 65536])))

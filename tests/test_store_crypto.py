@@ -152,5 +152,5 @@ def test_vectors_decrypt_to_the_embedding(tmp_path: Path, embedder: OnnxEmbedder
         text = "Vectors are sealed but must come back bit for bit"
         memory_id = store.add(text)
         expected = embedder.encode_documents([text])[0]
-        got = store._dense.vectors([store._num_of[memory_id]])[0]
+        got = store._dense.vectors([store._records.num_of(memory_id)])[0]
         np.testing.assert_allclose(got, expected, atol=1e-6)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from apex_models.runtime import MemoryStore, OnnxEmbedder, load_bundle
-from apex_models.runtime.snapshot import SNAPSHOT_NAME, read_snapshot
+from apex_models.runtime.records import Records
+from apex_models.runtime.snapshot import SNAPSHOT_NAME, read_snapshot, write_snapshot
 from apex_models.runtime.store import DB_NAME, StoreConfig
 
 KEY = bytes(range(7, 39))
@@ -103,7 +104,8 @@ def test_snapshot_is_sealed_and_holds_nothing_removed(tmp_path: Path, embedder: 
     plain = pickle.dumps(state, protocol=5)
     assert b"zqxsnapkept" in plain                                  # the check can see words...
     assert b"zqxsnapgone" not in plain and b"zqxsnaptag" not in plain  # ...but not removed ones
-    assert doomed not in state["entries"]["id"] and kept in state["entries"]["id"]
+    stored_ids = [i.decode() for i in state["entries"]["ids"]]
+    assert doomed not in stored_ids and kept in stored_ids
     assert doomed_vector is not None and kept_vector is not None
     assert kept_vector[:6].astype(np.float16).tobytes() in plain  # the check can see HNSW's fp16 vectors...
     for encoding in (np.float32, np.float16):                     # ...and the removed one was zeroed
@@ -151,11 +153,11 @@ def test_a_damaged_or_foreign_snapshot_is_refused(tmp_path: Path, embedder: Onnx
         assert [h.id for h in store.search(QUERIES[0], k=6, mode="dense")] == expected
 
 
-@pytest.mark.parametrize("version, used", [(b"1", True), (b"2", True), (b"3", False)])
+@pytest.mark.parametrize("version, used", [(b"1", True), (b"2", True), (b"3", True), (b"4", False)])
 def test_snapshot_format_versions(tmp_path: Path, embedder: OnnxEmbedder, version: bytes, used: bool) -> None:
-    """This reader takes versions 1 (its compatibility paths restore the older layout) and 2;
-    a newer file is refused with a warning and the store opens the slow way, which is what
-    a version-1 reader does with the files written now."""
+    """This reader takes versions 1 to 3 (its compatibility paths restore the older layouts,
+    see the next test); a newer file is refused with a warning and the store opens the slow
+    way, which is what an older reader does with the files written now."""
     folder = tmp_path / "s"
     with MemoryStore.open(folder, embedder, key=KEY, config=ALWAYS) as store:
         store.add_many(_items(0, 120))
@@ -163,8 +165,8 @@ def test_snapshot_format_versions(tmp_path: Path, embedder: OnnxEmbedder, versio
         expected = [h.id for h in store.search(QUERIES[1], k=6)]
     path = folder / SNAPSHOT_NAME
     data = path.read_bytes()
-    assert data.split(b" ", 2)[1] == b"2"  # what this version writes
-    path.write_bytes(data.replace(b" 2 ", b" " + version + b" ", 1))
+    assert data.split(b" ", 2)[1] == b"3"  # what this version writes
+    path.write_bytes(data.replace(b" 3 ", b" " + version + b" ", 1))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         store = MemoryStore.open(folder, embedder, key=KEY, config=NEVER)
@@ -172,6 +174,33 @@ def test_snapshot_format_versions(tmp_path: Path, embedder: OnnxEmbedder, versio
         assert store.opened_from_snapshot is used
         assert any("not a snapshot of this format" in str(w.message) for w in caught) is not used
         assert [h.id for h in store.search(QUERIES[1], k=6)] == expected
+
+
+def test_a_snapshot_with_records_as_lists_still_opens(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    """Versions 1 and 2 kept the records as one list per field; such a file restores the
+    same records and answers, and the next snapshot is written as columns."""
+    folder = tmp_path / "s"
+    with MemoryStore.open(folder, embedder, key=KEY, config=ALWAYS) as store:
+        ids = store.add_many(_items(0, 130))
+        store.save_snapshot()
+        expected, expected_memories = _answers(store), store.memories()
+        token = dict(sqlite3.connect(folder / DB_NAME).execute("SELECT key, value FROM meta").fetchall())[
+            "snapshot_token"]
+        state = read_snapshot(folder, store._sealer, token)
+        entries = list(Records.from_columns(state["entries"]).entries())
+        state["entries"] = {field: [getattr(e, field) for e in entries] for field in
+                            ("id", "text", "kind", "tags", "source", "created_at", "updated_at")}
+        state["entries"].update(nums=np.array([e.num for e in entries]),
+                                created_ts=np.array([e.created_ts for e in entries]))
+        write_snapshot(folder, store._sealer, token, state)
+    with MemoryStore.open(folder, embedder, key=KEY, config=NEVER) as old:
+        assert old.opened_from_snapshot
+        assert _answers(old) == expected and old.memories() == expected_memories
+        old.delete(ids[3])
+        old.save_snapshot()
+    with MemoryStore.open(folder, embedder, key=KEY, config=NEVER) as new:
+        assert new.opened_from_snapshot and len(new) == 129
+        assert new.memories() == [m for m in expected_memories if m.id != ids[3]]
 
 
 def test_close_writes_a_snapshot_only_when_due(tmp_path: Path, embedder: OnnxEmbedder) -> None:

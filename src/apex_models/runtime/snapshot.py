@@ -41,10 +41,11 @@ from apex_models.runtime.crypto import DecryptionError, Sealer
 SNAPSHOT_NAME = "index.snapshot"
 MAGIC = b"apex-memory-snapshot"
 # 2: the keyword index's BM25 matrix as arrays (no pickled bm25s object), fp16 HNSW, kind
-# and tag postings. Version 1 files still load; readers of version 1 refuse version 2
-# files as "not a snapshot of this format" and rebuild from the rows, as they should.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (b"1", b"2")
+# and tag postings. 3: the records as columns (runtime/records.py). Older files still
+# load; older readers refuse newer files as "not a snapshot of this format" and rebuild
+# from the rows, as they should.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (b"1", b"2", b"3")
 CHUNK_BYTES = 1 << 30  # AES-GCM via cryptography takes at most 2**31 - 1 bytes at once
 OUT_OF_BAND_BYTES = 1 << 20     # buffers this large travel beside the pickle, not inside it
 

@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Protocol
+from typing import Any, Iterable, Protocol
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -52,6 +52,7 @@ from apex_models.hashing import sha256_file
 from apex_models.runtime.crypto import DecryptionError, KdfParams, Sealer, derive_key
 from apex_models.runtime.dense import DenseIndex
 from apex_models.runtime.keyword import KeywordIndex, row_mask, tokens
+from apex_models.runtime.records import Entry, Records
 from apex_models.runtime.snapshot import SNAPSHOT_NAME, SnapshotError, read_snapshot, remove_snapshot, write_snapshot
 
 DB_NAME = "memories.db"
@@ -226,34 +227,13 @@ class Related:
     via: str
 
 
-class _Entry(NamedTuple):
-    """A decrypted memory held in memory for filtering and for building hits.
-
-    A named tuple, not a Memory: 100k of them are built on every open, and a tuple is
-    made about ten times faster than a frozen dataclass.
-    """
-
-    num: int
-    id: str
-    text: str
-    kind: str
-    tags: list[str]
-    source: str | None
-    created_at: str
-    updated_at: str
-    created_ts: float
-
-    @classmethod
-    def of(cls, num: int, m: Memory) -> "_Entry":
-        return cls(num, m.id, m.text, m.kind, m.tags, m.source, m.created_at, m.updated_at, _timestamp(m.created_at))
-
-    @property
-    def memory(self) -> Memory:
-        return Memory(id=self.id, text=self.text, kind=self.kind, tags=list(self.tags), source=self.source,
-                      created_at=self.created_at, updated_at=self.updated_at)
+def _entry(num: int, m: Memory) -> Entry:
+    return Entry(num, m.id, m.text, m.kind, m.tags, m.source, m.created_at, m.updated_at, _timestamp(m.created_at))
 
 
-_ENTRY_COLUMNS = ("id", "text", "kind", "tags", "source", "created_at", "updated_at")  # snapshot columns
+def _memory(e: Entry) -> Memory:
+    return Memory(id=e.id, text=e.text, kind=e.kind, tags=list(e.tags), source=e.source,
+                  created_at=e.created_at, updated_at=e.updated_at)
 
 
 def _posting_arrays(postings: dict[str, set[int]]) -> dict[str, np.ndarray]:
@@ -264,16 +244,16 @@ def _posting_arrays(postings: dict[str, set[int]]) -> dict[str, np.ndarray]:
 
 
 def _restore_postings(by_kind: dict[str, np.ndarray] | None, by_tag: dict[str, np.ndarray] | None,
-                      entries: dict[int, "_Entry"]) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
+                      records: Records) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
     """The kind and tag postings of a snapshot; rebuilt from the entries when it predates them."""
     if by_kind is not None and by_tag is not None:
         return ({k: set(v.tolist()) for k, v in by_kind.items()}, {t: set(v.tolist()) for t, v in by_tag.items()})
     kinds: dict[str, set[int]] = {}
     tags: dict[str, set[int]] = {}
-    for num, e in entries.items():
-        kinds.setdefault(e.kind, set()).add(num)
+    for e in records.entries():
+        kinds.setdefault(e.kind, set()).add(e.num)
         for tag in e.tags:
-            tags.setdefault(tag, set()).add(num)
+            tags.setdefault(tag, set()).add(e.num)
     return kinds, tags
 
 
@@ -367,8 +347,7 @@ class MemoryStore:
         self._mutex = threading.RLock()
         self._sealer = sealer
         self._lock = FileLock(str(path / LOCK_NAME), timeout=config.lock_timeout_s)
-        self._entries: dict[int, _Entry] = {}
-        self._num_of: dict[str, int] = {}
+        self._records = Records()
         self._by_kind: dict[str, set[int]] = {}
         self._by_tag: dict[str, set[int]] = {}
         self._times: tuple[np.ndarray, np.ndarray] | None = None
@@ -462,15 +441,19 @@ class MemoryStore:
         if not token or not (self.path / SNAPSHOT_NAME).is_file():  # none yet, or removed by forget()
             return False
         collecting = gc.isenabled()
-        gc.disable()  # 100k new tuples would trigger full collections over everything loaded so far
+        gc.disable()  # an older snapshot's 100k tuples would trigger full collections over everything loaded
         try:
             state = read_snapshot(self.path, self._sealer, token)
-            columns = state["entries"]
-            nums = columns["nums"].tolist()
-            entries = dict(zip(nums, map(_Entry._make, zip(
-                nums, *(columns[c] for c in _ENTRY_COLUMNS), columns["created_ts"].tolist()))))
-            dense = DenseIndex.from_state(state["dense"], self.config.hnsw_ef_search)
-            keyword = KeywordIndex.from_state(state["keyword"])
+            # FAISS parses its 100 MB (at 100k memories) without the GIL, so it runs beside
+            # the Python work of restoring the rest: about 50 ms off an open at 100k.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="apex-restore") as beside:
+                parsing = beside.submit(DenseIndex.from_state, state["dense"], self.config.hnsw_ef_search)
+                try:
+                    records = Records.from_columns(state["entries"])
+                    keyword = KeywordIndex.from_state(state["keyword"])
+                    by_kind, by_tag = _restore_postings(state.get("by_kind"), state.get("by_tag"), records)
+                finally:
+                    dense = parsing.result()
         except (SnapshotError, KeyError, ValueError, TypeError) as exc:
             warnings.warn(f"index snapshot of {self.path} not used ({exc}); rebuilding from the rows",
                           stacklevel=4)
@@ -478,9 +461,8 @@ class MemoryStore:
         finally:
             if collecting:
                 gc.enable()
-        self._entries, self._dense, self._keyword = entries, dense, keyword
-        self._num_of = dict(zip(columns["id"], nums))
-        self._by_kind, self._by_tag = _restore_postings(state.get("by_kind"), state.get("by_tag"), entries)
+        self._records, self._dense, self._keyword = records, dense, keyword
+        self._by_kind, self._by_tag = by_kind, by_tag
         self._filters.clear()
         self._seq, self._deletes = state["seq"], state["deletes"]
         self._snapshot_seq, self._snapshot_deletes = self._seq, self._deletes
@@ -497,12 +479,7 @@ class MemoryStore:
         """
         self._dense.zero_dead()
         self._keyword.settle()
-        nums = list(self._entries)
-        entries = [self._entries[n] for n in nums]
-        columns: dict[str, Any] = {c: [getattr(e, c) for e in entries] for c in _ENTRY_COLUMNS}
-        columns["nums"] = np.asarray(nums, dtype=np.int64)
-        columns["created_ts"] = np.asarray([e.created_ts for e in entries], dtype=np.float64)
-        return {"seq": self._seq, "deletes": self._deletes, "entries": columns,
+        return {"seq": self._seq, "deletes": self._deletes, "entries": self._records.columns(),
                 "dense": self._dense.state(), "keyword": self._keyword.state(),
                 "by_kind": _posting_arrays(self._by_kind), "by_tag": _posting_arrays(self._by_tag)}
 
@@ -526,7 +503,7 @@ class MemoryStore:
         return size
 
     def _snapshot_due(self) -> bool:
-        count = len(self._entries)
+        count = len(self._records)
         if count < self.config.snapshot_min_memories:
             return False
         changed = self._conn.execute("SELECT COUNT(*) FROM memories WHERE seq > ?",
@@ -640,8 +617,9 @@ class MemoryStore:
                                   (self._seq,)).fetchall()
         self._apply_rows(rows)
         if deletes != self._deletes:
-            present = {r[0] for r in self._conn.execute("SELECT num FROM memories")}
-            self._drop([num for num in self._entries if num not in present])
+            present = np.fromiter((r[0] for r in self._conn.execute("SELECT num FROM memories")), dtype=np.int64)
+            nums = self._records.nums()
+            self._drop(nums[~np.isin(nums, present)].tolist())
         self._seq, self._deletes = counter, deletes
         return True
 
@@ -659,9 +637,7 @@ class MemoryStore:
         self._maybe_switch_index()
 
     def _remember(self, num: int, memory: Memory, bulk: bool = False) -> None:
-        self._unindex_metadata(num)
-        self._entries[num] = _Entry.of(num, memory)
-        self._num_of[memory.id] = num
+        self._unindex_metadata(self._records.put(_entry(num, memory)))
         self._by_kind.setdefault(memory.kind, set()).add(num)
         for tag in memory.tags:
             self._by_tag.setdefault(tag, set()).add(num)
@@ -670,23 +646,20 @@ class MemoryStore:
         else:
             self._keyword.add(num, memory.text)
 
-    def _unindex_metadata(self, num: int) -> None:
-        """Forget a row's kind and tag postings (before it changes or goes)."""
+    def _unindex_metadata(self, entry: Entry | None) -> None:
+        """Forget the kind and tag postings of a record that changed or went (and the
+        filters cached from them)."""
         self._times = None
         self._filters.clear()
-        entry = self._entries.get(num)
         if entry is None:
             return
-        self._by_kind.get(entry.kind, set()).discard(num)
+        self._by_kind.get(entry.kind, set()).discard(entry.num)
         for tag in entry.tags:
-            self._by_tag.get(tag, set()).discard(num)
+            self._by_tag.get(tag, set()).discard(entry.num)
 
     def _drop(self, nums: list[int]) -> None:
         for num in nums:
-            self._unindex_metadata(num)
-            entry = self._entries.pop(num, None)
-            if entry is not None:
-                self._num_of.pop(entry.id, None)
+            self._unindex_metadata(self._records.pop(num))
             self._keyword.remove(num)
         self._dense.remove(nums)
 
@@ -785,14 +758,14 @@ class MemoryStore:
         with self._write(deleting=True):
             removed = sum(self._conn.execute("DELETE FROM memories WHERE id = ?", (i,)).rowcount
                           for i in memory_ids)
-        self._drop([self._num_of[i] for i in memory_ids if i in self._num_of])
+        self._drop([n for n in map(self._records.num_of, memory_ids) if n is not None])
         return removed
 
     @_serialised
     def _delete(self, memory_id: str, scrub: bool) -> bool:
         with self._write(deleting=True):
             cur = self._conn.execute("DELETE FROM memories WHERE id = ?", (memory_id,))
-        num = self._num_of.get(memory_id)
+        num = self._records.num_of(memory_id)
         if num is not None:
             if scrub:  # the in-process indexes keep no copy either
                 self._dense.scrub(num)
@@ -914,7 +887,7 @@ class MemoryStore:
     def memories(self) -> list[Memory]:
         """Every memory (fresh), oldest first: what `apex memory export` writes."""
         self.refresh()
-        return [self._entries[n].memory for n in sorted(self._entries)]
+        return [_memory(e) for e in self._records.entries()]
 
     @_serialised
     def classify_intent(self, query: str) -> tuple[str, float]:
@@ -958,7 +931,7 @@ class MemoryStore:
         scorer, head_size = self._reranker_for(rerank, rerank_depth)
         label, confidence, boosts = self._intent_for(query, intent)
         self.refresh()
-        if k <= 0 or not self._entries:
+        if k <= 0 or not len(self._records):
             return []
         allowed = self._allowed(kind, tags, since, until, source_prefix)
         if allowed is not None and len(allowed) == 0:
@@ -966,7 +939,7 @@ class MemoryStore:
         depth = max(self.config.candidates, 2 * k, head_size)
         query_tokens = list(dict.fromkeys(tokens(query)))
         beside: Future | None = None  # keyword scoring on the second thread while the query embeds
-        if mode == "hybrid" and query_vector is None and len(self._entries) >= self.config.parallel_keyword_min:
+        if mode == "hybrid" and query_vector is None and len(self._records) >= self.config.parallel_keyword_min:
             if self._keyword_thread is None:
                 self._keyword_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apex-keyword")
             beside = self._keyword_thread.submit(self._keyword_candidates, query_tokens, depth, allowed)
@@ -983,7 +956,7 @@ class MemoryStore:
         else:
             keyword = self._keyword_candidates(query_tokens, depth, allowed) if mode != "dense" else []
         fused = _rrf([dense, keyword], self.config.rrf_k)
-        boost_of = {n: boosts.get(self._entries[n].kind, 0.0) for n, _ in fused} if boosts else {}
+        boost_of = {n: boosts.get(self._records.kind(n), 0.0) for n, _ in fused} if boosts else {}
         if boost_of:
             fused = sorted(((n, s * (1 + boost_of[n])) for n, s in fused), key=lambda p: -p[1])
         duplicates: dict[int, int] = {}
@@ -992,7 +965,7 @@ class MemoryStore:
         rerank_at: dict[int, tuple[int, float]] = {}
         if scorer is not None:
             head = fused[:head_size]
-            raw = np.asarray(scorer(query, [self._entries[n].text for n, _ in head]), dtype=np.float64)
+            raw = np.asarray(scorer(query, [self._records.text(n) for n, _ in head]), dtype=np.float64)
             if raw.shape != (len(head),):
                 raise StoreError(f"the reranker returned {raw.shape[0] if raw.ndim else 'no'} scores "
                                  f"for {len(head)} texts")
@@ -1049,9 +1022,9 @@ class MemoryStore:
                  until: TimeLike | None, source_prefix: str | None) -> np.ndarray | None:
         """Sorted row numbers that pass every filter, or None when nothing is filtered.
 
-        Kinds and tags come from in-memory postings (set operations), times from a
-        column of creation timestamps (numpy), so a filter costs little even at 100k
-        memories; only a source prefix is checked row by row, on what is left.
+        Kinds and tags come from in-memory postings (set operations), times and source
+        prefixes from the records' columns (numpy), so a filter costs little even at 1M
+        memories.
         """
         kinds = [kind] if isinstance(kind, str) else list(kind or [])
         allowed = self._kind_tag_rows(kinds, list(tags or ())) if kinds or tags else None
@@ -1065,9 +1038,8 @@ class MemoryStore:
             timed = nums[mask]
             allowed = timed if allowed is None else np.intersect1d(allowed, timed, assume_unique=True)
         if source_prefix is not None:
-            pool = allowed.tolist() if allowed is not None else sorted(self._entries)
-            allowed = np.array([n for n in pool if (self._entries[n].source or "").startswith(source_prefix)],
-                               dtype=np.int64)
+            sourced = self._records.with_source_prefix(source_prefix)
+            allowed = sourced if allowed is None else np.intersect1d(allowed, sourced, assume_unique=True)
         return allowed
 
     def _kind_tag_rows(self, kinds: list[str], tags: list[str]) -> np.ndarray:
@@ -1091,9 +1063,7 @@ class MemoryStore:
     def _time_column(self) -> tuple[np.ndarray, np.ndarray]:
         """(row numbers, creation times) as arrays; rebuilt after writes, on the first time filter."""
         if self._times is None:
-            nums = np.array(sorted(self._entries), dtype=np.int64)
-            created = np.array([self._entries[n].created_ts for n in nums.tolist()], dtype=np.float64)
-            self._times = (nums, created)
+            self._times = self._records.created()
         return self._times
 
     def _dense_candidates(self, vector: np.ndarray, depth: int, allowed: np.ndarray | None
@@ -1115,7 +1085,7 @@ class MemoryStore:
     def _hit(self, num: int, score: float, dense: tuple[int, float] | None, keyword: tuple[int, float] | None,
              query_tokens: list[str], rerank: tuple[int, float] | None, shaping: dict[str, Any],
              boost: float, duplicates: int) -> Hit:
-        m = self._entries[num]
+        m = self._records[num]
         terms = self._keyword.terms(num)
         why = Why(dense_rank=dense[0] if dense else None, dense_score=round(dense[1], 6) if dense else None,
                   keyword_rank=keyword[0] if keyword else None,
@@ -1131,15 +1101,12 @@ class MemoryStore:
     def nearest(self, vector: np.ndarray, k: int = 10) -> list[tuple[str, float]]:
         """Dense search by a vector (no text, no fusion): (id, cosine) best first."""
         self.refresh()
-        return [(self._entries[n].id, s) for n, s in self._dense.search(np.asarray(vector), k)]
+        return [(self._records[n].id, s) for n, s in self._dense.search(np.asarray(vector), k)]
 
     @_serialised
     def stats(self) -> dict[str, Any]:
         self.refresh()
-        kinds: dict[str, int] = {}
-        for entry in self._entries.values():
-            kinds[entry.kind] = kinds.get(entry.kind, 0) + 1
-        return {"count": len(self._entries), "kinds": dict(sorted(kinds.items())),
+        return {"count": len(self._records), "kinds": dict(sorted(self._records.kind_counts().items())),
                 "indexed": self._dense.live, "dense_index": self._dense.kind, "faiss_ntotal": self._dense.ntotal,
                 "keyword_docs": len(self._keyword), "change_counter": self._seq,
                 "dimension": self.embedder.dimension, "precision": self.embedder.precision,
