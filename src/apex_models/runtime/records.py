@@ -224,22 +224,22 @@ class Records:
         return entry
 
     def text(self, num: int) -> str:
-        entry = self._extra.get(num)
-        if entry is not None:
-            return entry.text
-        row = self._row(num)
-        if row is None:
-            raise KeyError(num)
-        return self._table.strings["text"][row]  # type: ignore[return-value]
+        return self._field(num, "text")
 
     def kind(self, num: int) -> str:
+        return self._field(num, "kind")
+
+    def _field(self, num: int, name: str) -> Any:
+        """One field of a record, without decoding the rest (a search reads many kinds)."""
         entry = self._extra.get(num)
         if entry is not None:
-            return entry.kind
+            return getattr(entry, name)
         row = self._row(num)
         if row is None:
             raise KeyError(num)
-        return self._table.kind_names[self._table.kinds[row]]
+        if name == "kind":
+            return self._table.kind_names[self._table.kinds[row]]
+        return self._table.strings[name][row]
 
     def num_of(self, memory_id: str) -> int | None:
         """The row number of a live memory id, or None."""
