@@ -427,7 +427,8 @@ class GatesConfig(_Strict):
     int8_max_mrr_drop: float = Field(ge=0, lt=1)
 
 
-HeadTask = Literal["cross_encoder", "sequence_classification", "token_classification", "seq2seq_generation"]
+HeadTask = Literal["cross_encoder", "sequence_classification", "token_classification", "seq2seq_generation",
+                   "causal_generation"]
 
 
 class ExportConfig(_Strict):

@@ -332,14 +332,21 @@ def _copy_model(entry: BundleEntry, sub: Path, prefix: str):
     spec = entry.spec
     sub.mkdir(parents=True)
     decoders = getattr(spec, "decoder_onnx", None)   # the planner's second graph per precision
-    for rel in (spec.tokenizer, *spec.onnx.values(), *(decoders or {}).values()):
+    genai = getattr(spec, "genai_files", None)        # a decoder-only planner's files beside its graph
+    for rel in (spec.tokenizer, *spec.onnx.values(), *(decoders or {}).values(),
+                *(f for files in (genai or {}).values() for f in files)):
+        (sub / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(Path(entry.artifacts_dir) / rel, sub / rel)
     if spec.safetensors_dir:
         shutil.copytree(Path(entry.artifacts_dir) / spec.safetensors_dir, sub / spec.safetensors_dir)
     (sub / CARD).write_text(entry.card, encoding="utf-8")
     if entry.notice:
         (sub / "NOTICE").write_text(entry.notice, encoding="utf-8")
-    moved = {"decoder_onnx": {p: f"{prefix}/{f}" for p, f in decoders.items()}} if decoders is not None else {}
+    moved: dict[str, Any] = {}
+    if decoders is not None:
+        moved["decoder_onnx"] = {p: f"{prefix}/{f}" for p, f in decoders.items()}
+    if genai is not None:
+        moved["genai_files"] = {p: [f"{prefix}/{f}" for f in files] for p, files in genai.items()}
     return spec.model_copy(update={**moved, "tokenizer": f"{prefix}/{spec.tokenizer}", "card": f"{prefix}/{CARD}",
                                    "onnx": {p: f"{prefix}/{f}" for p, f in spec.onnx.items()},
                                    "safetensors_dir": f"{prefix}/{spec.safetensors_dir}"

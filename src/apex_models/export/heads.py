@@ -194,7 +194,8 @@ def export_head(params: Params, name: str, task: str, out: Path, mlflow) -> dict
     """One model: champion -> artifacts + spec.json in `out`, or a report of why it is skipped."""
     from apex_models.export.bundle import export_head_artifacts
     from apex_models.export.planner import export_planner_artifacts
-    from apex_models.runtime.models import OnnxClassifier, OnnxPlanner, OnnxRanker
+    from apex_models.export.planner_genai import export_causal_planner_artifacts
+    from apex_models.runtime.models import GenaiPlanner, OnnxClassifier, OnnxPlanner, OnnxRanker
 
     if name not in HEADS:
         raise ValueError(f"export.heads names {name!r}, but apex_models.export.heads.HEADS has no entry for it "
@@ -207,7 +208,10 @@ def export_head(params: Params, name: str, task: str, out: Path, mlflow) -> dict
     model_name, version = champion["source"].split("/")[1:3]
     tags = dict(client.get_model_version(model_name, version).tags)
     merged = Path(mlflow.artifacts.download_artifacts(champion["source"]))
-    if task == "seq2seq_generation":
+    if task == "causal_generation":
+        spec = export_causal_planner_artifacts(merged, out, params.planner, **head.fields(params, tags),
+                                               gates=ex.head_gates[task], n_probe=ex.probe_texts)
+    elif task == "seq2seq_generation":
         spec = export_planner_artifacts(merged, out, params.planner, **head.fields(params, tags), opset=ex.opset,
                                         per_channel=ex.int8.per_channel, reduce_range=ex.int8.reduce_range,
                                         gates=ex.head_gates[task], n_probe=ex.probe_texts)
@@ -215,7 +219,8 @@ def export_head(params: Params, name: str, task: str, out: Path, mlflow) -> dict
         spec = export_head_artifacts(merged, out, task, head.fields(params, tags), opset=ex.opset,
                                      per_channel=ex.int8.per_channel, reduce_range=ex.int8.reduce_range,
                                      gates=ex.head_gates[task], n_probe=ex.probe_texts, optimize=ex.optimize_graph)
-    runtime = {"cross_encoder": OnnxRanker, "seq2seq_generation": OnnxPlanner}.get(task, OnnxClassifier)
+    runtime = {"cross_encoder": OnnxRanker, "seq2seq_generation": OnnxPlanner,
+               "causal_generation": GenaiPlanner}.get(task, OnnxClassifier)
     heldout = {p: head.heldout(params, runtime(out, spec, p)) if p in spec.onnx else None for p in ("fp32", "int8")}
     metric = heldout["fp32"][0] if heldout["fp32"] else None
     values = {p: (v[1] if v else None) for p, v in heldout.items()}
@@ -232,7 +237,7 @@ def export_head(params: Params, name: str, task: str, out: Path, mlflow) -> dict
     return {"exported": True, "task": task, "champion": champion, "parity": spec.parity,
             "heldout": {"metric": metric, **values, "relative_drop": drop},
             "default_precision": default, "default_reason": reason,
-            "sizes_bytes": {p: (out / f).stat().st_size for p, f in spec.onnx.items()}}
+            "sizes_bytes": {p: sum((out / f).stat().st_size for f in spec.precision_files(p)) for p in spec.onnx}}
 
 
 def run_export_heads(params: Params, export_root: Path, mlflow) -> dict[str, Any]:

@@ -126,7 +126,8 @@ def export_planner_onnx(model, tokenizer, encoder_path: Path, decoder_path: Path
     check them with onnx.checker; returns cache_shape."""
     if model.config.decoder.model_type != "bert":
         raise ValueError(f"the planner export handles a BERT decoder, not {model.config.decoder.model_type!r} "
-                         "(a causal_lm planner is not exported)")
+                         "(a causal_lm planner exports through onnxruntime-genai: export.heads.planner: "
+                         "causal_generation, as in the gpu profile)")
     model.eval()
     shape = cache_shape(model)
     sample = tokenizer(["a goal to plan", "another, longer goal to plan for"], padding=True, return_tensors="pt")

@@ -20,7 +20,7 @@ from apex_models.hashing import sha256_file
 
 if TYPE_CHECKING:
     from apex_models.runtime.embedder import OnnxEmbedder
-    from apex_models.runtime.models import OnnxClassifier, OnnxPlanner, OnnxRanker, OnnxTokenClassifier
+    from apex_models.runtime.models import GenaiPlanner, OnnxClassifier, OnnxPlanner, OnnxRanker, OnnxTokenClassifier
 
 SCHEMA_VERSION = 2
 # Version 1 bundles held one embedder whose spec has exactly version 2's embedding fields,
@@ -62,6 +62,10 @@ class _SpecBase(BaseModel):
     # Full precision in Hugging Face layout (transformers loads it, and sentence-transformers
     # for the embedder): a folder relative to the bundle root, its files listed in `files`.
     safetensors_dir: str | None = None
+
+    def precision_files(self, precision: str) -> list[str]:
+        """The files that one precision runs from (what its size is the sum of)."""
+        return [self.onnx[precision]]
 
     def referenced_files(self) -> list[str]:
         """Every bundle-relative path this model needs at run time (or documents)."""
@@ -172,19 +176,52 @@ class PlannerSpec(_SpecBase):
                              f"{sorted(self.onnx)}")
         return self
 
+    def precision_files(self, precision: str) -> list[str]:
+        return [self.onnx[precision], self.decoder_onnx[precision]]
+
     def referenced_files(self) -> list[str]:
         return super().referenced_files() + list(self.decoder_onnx.values())
+
+
+class CausalPlannerSpec(_SpecBase):
+    """Decoder-only generator (the gpu profile's planner, export/planner_genai.py): per
+    precision an onnxruntime-genai model folder, `onnx` naming its graph and `genai_files`
+    the rest of it (external weights, genai_config.json with the KV-cache layout). The
+    prompt is the model input plus `prompt_suffix`, tokenised without special tokens and
+    cut to `max_source_length` tokens; greedy decoding stops at one of `eos_token_ids` or
+    after `max_new_tokens`."""
+
+    task: Literal["causal_generation"] = "causal_generation"
+    genai_files: dict[str, list[str]]
+    max_source_length: int
+    max_new_tokens: int
+    prompt_suffix: str
+    eos_token_ids: list[int]
+
+    @model_validator(mode="after")
+    def _files_for_every_graph(self) -> "CausalPlannerSpec":
+        if set(self.genai_files) != set(self.onnx):
+            raise ValueError(f"genai_files precisions {sorted(self.genai_files)} differ from onnx's "
+                             f"{sorted(self.onnx)}")
+        return self
+
+    def precision_files(self, precision: str) -> list[str]:
+        return [self.onnx[precision], *self.genai_files[precision]]
+
+    def referenced_files(self) -> list[str]:
+        return super().referenced_files() + [f for files in self.genai_files.values() for f in files]
 
 
 # One entry per task, told apart by `task`: adding a model to a bundle is one more entry in
 # the manifest's `models`, and a new kind of model is one more spec class here.
 ModelSpec = Annotated[Union[EmbeddingSpec, CrossEncoderSpec, SequenceClassifierSpec, TokenClassifierSpec,
-                            PlannerSpec], Field(discriminator="task")]
-TASKS = ("embedding", "cross_encoder", "sequence_classification", "token_classification", "seq2seq_generation")
+                            PlannerSpec, CausalPlannerSpec], Field(discriminator="task")]
+TASKS = ("embedding", "cross_encoder", "sequence_classification", "token_classification", "seq2seq_generation",
+         "causal_generation")
 _SPEC_ADAPTER: TypeAdapter = TypeAdapter(ModelSpec)
 
 
-def parse_model_spec(data: dict[str, Any] | str | bytes) -> "EmbeddingSpec | CrossEncoderSpec | SequenceClassifierSpec | TokenClassifierSpec | PlannerSpec":
+def parse_model_spec(data: dict[str, Any] | str | bytes) -> "EmbeddingSpec | CrossEncoderSpec | SequenceClassifierSpec | TokenClassifierSpec | PlannerSpec | CausalPlannerSpec":
     """A spec from a dict or JSON text, its class chosen by `task` (BundleError when invalid)."""
     try:
         if isinstance(data, (str, bytes)):
@@ -448,9 +485,14 @@ class Bundle:
         return OnnxTokenClassifier(self.root, spec, chosen, intra_op_threads=intra_op_threads)
 
     def planner(self, name: str = "planner", precision: str | None = None,
-                intra_op_threads: int = 1) -> "OnnxPlanner":
-        """The planner: `.plan(goal, context) -> [step]`, greedy decoding with a KV cache."""
-        from apex_models.runtime.models import OnnxPlanner
+                intra_op_threads: int = 1) -> "OnnxPlanner | GenaiPlanner":
+        """The planner: `.plan(goal, context) -> [step]`, greedy decoding with a KV cache (an
+        encoder-decoder through ONNX Runtime, or a decoder-only LM through onnxruntime-genai)."""
+        from apex_models.runtime.models import GenaiPlanner, OnnxPlanner
 
-        spec, chosen, _ = self._open(name, "seq2seq_generation", precision)
-        return OnnxPlanner(self.root, spec, chosen, intra_op_threads=intra_op_threads)
+        task = self.spec(name).task
+        if task not in ("seq2seq_generation", "causal_generation"):
+            raise BundleError(f"model {name!r} is a {task!r} model, not a planner")
+        spec, chosen, _ = self._open(name, task, precision)
+        runtime = GenaiPlanner if task == "causal_generation" else OnnxPlanner
+        return runtime(self.root, spec, chosen, intra_op_threads=intra_op_threads)

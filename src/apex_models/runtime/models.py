@@ -3,7 +3,8 @@
 Each class takes one manifest spec at one precision and does only what the graph cannot:
 tokenise (pairs for the cross-encoder, with offsets for the tagger), pad each batch to its
 longest row, run the graph, and turn logits into answers (softmax confidences, labels,
-character spans, or greedy decoding with a KV cache for the planner). No torch, no transformers.
+character spans, or greedy decoding with a KV cache for the planner). No torch, no transformers;
+a decoder-only planner runs through onnxruntime-genai, which owns its KV cache.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from apex_models.data.planner_dataset import model_input, parse_steps
-from apex_models.runtime.bundle import (BundleError, CrossEncoderSpec, PlannerSpec, SequenceClassifierSpec,
-                                        TokenClassifierSpec)
+from apex_models.runtime.bundle import (BundleError, CausalPlannerSpec, CrossEncoderSpec, PlannerSpec,
+                                        SequenceClassifierSpec, TokenClassifierSpec)
 
 PAD_TOKENS = ("[PAD]", "<pad>", "<|padding|>")
 
@@ -246,5 +247,61 @@ class OnnxPlanner:
     def plan(self, goal: str, context: list[str] | None = None) -> list[str]:
         """Ordered steps for a goal; `context` (relevant memories' texts) joins the encoder input
         as in training (data/planner_dataset.model_input), cut to max_source_length tokens."""
+        ids = self.generate_ids([model_input(goal, " ".join(context) if context else None)])[0]
+        return parse_steps(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+
+class GenaiPlanner:
+    """goal (+ context) -> ordered steps from a decoder-only planner (export/planner_genai.py):
+    onnxruntime-genai runs the graph and keeps the KV cache, greedy, one goal at a time; the
+    prompt is tokenised here exactly as in training (training/planner.encode_batch)."""
+
+    def __init__(self, root: Path, spec: CausalPlannerSpec, precision: str, intra_op_threads: int = 1) -> None:
+        import json
+
+        import onnxruntime_genai as og
+
+        if precision not in spec.onnx:
+            raise BundleError(f"no precision {precision!r}; available: {', '.join(sorted(spec.onnx))}")
+        self.root, self.spec, self.precision = Path(root), spec, precision
+        self.tokenizer = Tokenizer.from_file(str(self.root / spec.tokenizer))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        config = og.Config(str((self.root / spec.onnx[precision]).parent))
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+            "intra_op_num_threads": intra_op_threads, "inter_op_num_threads": 1}}}}))
+        self.model = og.Model(config)
+
+    def prompt_ids(self, source: str) -> list[int]:
+        ids = self.tokenizer.encode(source + self.spec.prompt_suffix, add_special_tokens=False).ids
+        return ids[:self.spec.max_source_length]
+
+    def start(self, prompt: list[int], max_new_tokens: int):
+        """A greedy generator that has read `prompt` (its logits predict the first new token)."""
+        import onnxruntime_genai as og
+
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(do_sample=False, num_beams=1, max_length=len(prompt) + max_new_tokens)
+        generator = og.Generator(self.model, params)
+        generator.append_tokens(prompt)
+        return generator
+
+    def decode(self, prompt: list[int], max_new_tokens: int | None = None) -> list[int]:
+        """Greedy token ids after a tokenised prompt, up to and including the end token."""
+        limit, stop = max_new_tokens or self.spec.max_new_tokens, set(self.spec.eos_token_ids)
+        generator, ids = self.start(prompt, limit), []
+        while len(ids) < limit:
+            generator.generate_next_token()
+            ids.append(int(generator.get_next_tokens()[0]))
+            if ids[-1] in stop:
+                break
+        return ids
+
+    def generate_ids(self, sources: list[str], max_new_tokens: int | None = None) -> list[list[int]]:
+        """Greedy token ids per source text (one at a time), up to and including the end token."""
+        return [self.decode(self.prompt_ids(source), max_new_tokens) for source in sources]
+
+    def plan(self, goal: str, context: list[str] | None = None) -> list[str]:
+        """Ordered steps for a goal; `context` joins the prompt as in training."""
         ids = self.generate_ids([model_input(goal, " ".join(context) if context else None)])[0]
         return parse_steps(self.tokenizer.decode(ids, skip_special_tokens=True))
