@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import onnx
@@ -212,21 +212,31 @@ def forced_choices(planner, goals: list[str], reference: list[list[int]]) -> lis
 @torch.no_grad()
 def forced_agreement(model, tokenizer, goals: list[str], reference: list[list[int]], choices: list[list[int]],
                      max_source_length: int, tie_margin: float | None = None) -> dict[str, Any]:
-    """How often the teacher-forced ONNX pick (forced_choices) is torch's next token:
-    `forced_token_agreement` strictly, and `forced_agreement_within_ties` also counting a
-    pick whose torch logit is within `tie_margin` of torch's best (a step torch does not
-    decide either; the classifiers' int8 measure, parity.TIE_MARGIN)."""
+    """How often the teacher-forced ONNX pick (forced_choices) is torch's next token (see
+    score_forced_picks), torch's logits coming from one forward over its own tokens."""
+    def rows():
+        for goal, ref in zip(goals, reference):
+            enc = tokenizer([goal], max_length=max_source_length, truncation=True, return_tensors="pt")
+            fed = torch.tensor([[model.config.decoder_start_token_id] + ref[:-1]])
+            yield model(**enc, decoder_input_ids=fed).logits[0]
+
+    return score_forced_picks(rows(), reference, choices, tie_margin)
+
+
+def score_forced_picks(logits: Iterable[torch.Tensor], reference: list[list[int]], choices: list[list[int]],
+                       tie_margin: float | None = None) -> dict[str, Any]:
+    """`forced_token_agreement`: the share of teacher-forced picks equal to torch's token;
+    `forced_agreement_within_ties`: also counting a pick whose torch logit is within
+    `tie_margin` of torch's best (a step torch does not decide either; the classifiers'
+    int8 measure, parity.TIE_MARGIN). `logits` holds torch's [positions, vocab] per probe."""
     from apex_models.export.parity import TIE_MARGIN
 
     margin = TIE_MARGIN if tie_margin is None else tie_margin
     exact = close = total = 0
-    for goal, ref, picks in zip(goals, reference, choices):
-        enc = tokenizer([goal], max_length=max_source_length, truncation=True, return_tensors="pt")
-        fed = torch.tensor([[model.config.decoder_start_token_id] + ref[:-1]])
-        logits = model(**enc, decoder_input_ids=fed).logits[0]
-        chosen = logits[torch.arange(len(picks)), torch.tensor(picks)]
+    for scores, ref, picks in zip(logits, reference, choices):
+        chosen = scores[torch.arange(len(picks)), torch.tensor(picks, dtype=torch.long)]
         exact += sum(int(p == r) for p, r in zip(picks, ref))
-        close += int((logits.max(dim=-1).values - chosen <= margin).sum())
+        close += int((scores.max(dim=-1).values - chosen <= margin).sum())
         total += len(picks)
     return {"forced_token_agreement": exact / max(total, 1), "forced_agreement_within_ties": close / max(total, 1),
             "tokens": total, "tie_margin": margin}

@@ -106,23 +106,14 @@ def genai_forced_choices(planner, prompts: list[list[int]], reference: list[list
 
 @torch.no_grad()
 def causal_forced_agreement(model, prompts: list[list[int]], reference: list[list[int]],
-                            choices: list[list[int]], tie_margin: float | None = None) -> dict[str, Any]:
+                            choices: list[list[int]]) -> dict[str, Any]:
     """How often the teacher-forced pick is torch's next token, strictly and within ties
-    (the same measure as export/planner.forced_agreement)."""
-    from apex_models.export.parity import TIE_MARGIN
+    (export/planner.score_forced_picks), torch's logits from one forward over prompt + tokens."""
+    from apex_models.export.planner import score_forced_picks
 
-    margin = TIE_MARGIN if tie_margin is None else tie_margin
-    exact = close = total = 0
-    for prompt, ref, picks in zip(prompts, reference, choices):
-        if not ref:
-            continue
-        logits = model(torch.tensor([prompt + ref[:-1]])).logits[0, len(prompt) - 1:]
-        chosen = logits[torch.arange(len(picks)), torch.tensor(picks)]
-        exact += sum(int(p == r) for p, r in zip(picks, ref))
-        close += int((logits.max(dim=-1).values - chosen <= margin).sum())
-        total += len(picks)
-    return {"forced_token_agreement": exact / max(total, 1), "forced_agreement_within_ties": close / max(total, 1),
-            "tokens": total, "tie_margin": margin}
+    logits = (model(torch.tensor([prompt + ref[:-1]])).logits[0, len(prompt) - 1:]
+              for prompt, ref in zip(prompts, reference))
+    return score_forced_picks(logits, reference, choices)
 
 
 def export_causal_planner_artifacts(model_dir: Path, out_dir: Path, cfg, *, base_model: str, max_source_length: int,
