@@ -9,7 +9,6 @@ a decoder-only planner runs through onnxruntime-genai, which owns its KV cache.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -258,6 +257,8 @@ class GenaiPlanner:
     prompt is tokenised here exactly as in training (training/planner.encode_batch)."""
 
     def __init__(self, root: Path, spec: CausalPlannerSpec, precision: str, intra_op_threads: int = 1) -> None:
+        import json
+
         import onnxruntime_genai as og
 
         if precision not in spec.onnx:
