@@ -331,10 +331,7 @@ def _copy_model(entry: BundleEntry, sub: Path, prefix: str):
     """Copy one model's referenced files under `sub`; return its spec with bundle-relative paths."""
     spec = entry.spec
     sub.mkdir(parents=True)
-    decoders = getattr(spec, "decoder_onnx", None)   # the planner's second graph per precision
-    genai = getattr(spec, "genai_files", None)        # a decoder-only planner's files beside its graph
-    for rel in (spec.tokenizer, *spec.onnx.values(), *(decoders or {}).values(),
-                *(f for files in (genai or {}).values() for f in files)):
+    for rel in (spec.tokenizer, *(f for p in spec.onnx for f in spec.precision_files(p))):
         (sub / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(Path(entry.artifacts_dir) / rel, sub / rel)
     if spec.safetensors_dir:
@@ -342,15 +339,7 @@ def _copy_model(entry: BundleEntry, sub: Path, prefix: str):
     (sub / CARD).write_text(entry.card, encoding="utf-8")
     if entry.notice:
         (sub / "NOTICE").write_text(entry.notice, encoding="utf-8")
-    moved: dict[str, Any] = {}
-    if decoders is not None:
-        moved["decoder_onnx"] = {p: f"{prefix}/{f}" for p, f in decoders.items()}
-    if genai is not None:
-        moved["genai_files"] = {p: [f"{prefix}/{f}" for f in files] for p, files in genai.items()}
-    return spec.model_copy(update={**moved, "tokenizer": f"{prefix}/{spec.tokenizer}", "card": f"{prefix}/{CARD}",
-                                   "onnx": {p: f"{prefix}/{f}" for p, f in spec.onnx.items()},
-                                   "safetensors_dir": f"{prefix}/{spec.safetensors_dir}"
-                                   if spec.safetensors_dir else None})
+    return spec.model_copy(update={**spec.moved_under(prefix), "card": f"{prefix}/{CARD}"})
 
 
 def assemble_bundle(bundle_dir: Path, models: dict[str, BundleEntry], *, profile: str, bundle_version: str,

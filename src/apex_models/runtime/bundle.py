@@ -67,6 +67,12 @@ class _SpecBase(BaseModel):
         """The files that one precision runs from (what its size is the sum of)."""
         return [self.onnx[precision]]
 
+    def moved_under(self, prefix: str) -> dict[str, Any]:
+        """This spec's path fields with `prefix/` in front (its place inside a bundle), as a
+        model_copy update; a spec with more file fields adds them."""
+        return {"tokenizer": f"{prefix}/{self.tokenizer}", "onnx": {p: f"{prefix}/{f}" for p, f in self.onnx.items()},
+                "safetensors_dir": f"{prefix}/{self.safetensors_dir}" if self.safetensors_dir else None}
+
     def referenced_files(self) -> list[str]:
         """Every bundle-relative path this model needs at run time (or documents)."""
         paths = [self.tokenizer, *self.onnx.values()]
@@ -179,6 +185,9 @@ class PlannerSpec(_SpecBase):
     def precision_files(self, precision: str) -> list[str]:
         return [self.onnx[precision], self.decoder_onnx[precision]]
 
+    def moved_under(self, prefix: str) -> dict[str, Any]:
+        return {**super().moved_under(prefix), "decoder_onnx": {p: f"{prefix}/{f}" for p, f in self.decoder_onnx.items()}}
+
     def referenced_files(self) -> list[str]:
         return super().referenced_files() + list(self.decoder_onnx.values())
 
@@ -207,6 +216,10 @@ class CausalPlannerSpec(_SpecBase):
 
     def precision_files(self, precision: str) -> list[str]:
         return [self.onnx[precision], *self.genai_files[precision]]
+
+    def moved_under(self, prefix: str) -> dict[str, Any]:
+        return {**super().moved_under(prefix),
+                "genai_files": {p: [f"{prefix}/{f}" for f in files] for p, files in self.genai_files.items()}}
 
     def referenced_files(self) -> list[str]:
         return super().referenced_files() + [f for files in self.genai_files.values() for f in files]
