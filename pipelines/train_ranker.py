@@ -1,4 +1,4 @@
-"""DVC stage `train_ranker`: the cross-encoder on the embedder's pairs with BM25-mined negatives (one MLflow run)."""
+"""DVC stage `train_ranker`: the cross-encoder on the ranker dataset (pairs with mined hard negatives), one MLflow run."""
 
 from apex_models.stage_cli import run_stage
 from apex_models.training.ranker import run_train_ranker

@@ -10,6 +10,7 @@ from _data_fixtures import CORE_PY, COSQA_CODE, COSQA_CODE_2, make_shared, share
 from apex_models.data.conala import load_conala_pairs
 from apex_models.data.embedder_dataset import (build_embedder_dataset, split_packages, write_cosqa_beir,
                                                write_pairs_beir)
+from apex_models.data.task_data import read_split, rows_sha256
 from apex_models.evaluation.retrieval import load_beir
 
 PAIRS_CFG = {"min_code_lines": 3, "max_code_chars": 4000, "min_query_words": 3, "max_pairs_per_package": 6,
@@ -61,7 +62,11 @@ def test_build_dataset(tmp_path):
     out = tmp_path / "ds"
     report = build_embedder_dataset(files, shared, out, PAIRS_CFG, include_conala=True,
                                     decontaminate_names=ALL, seed=13)
-    splits = {s: _read(out / f"{s}.jsonl") for s in ("train", "dev", "test")}
+    splits = {s: read_split(out / s) for s in ("train", "dev", "test")}
+    from datasets import load_from_disk
+
+    assert sorted(load_from_disk(str(out))) == ["dev", "test", "train"]  # a DatasetDict anyone can open
+    assert {s: rows_sha256(rows) for s, rows in splits.items()} == {s: v["sha256"] for s, v in report["splits"].items()}
     packages = {s: {p["package"] for p in rows} for s, rows in splits.items()}
     assert all(packages[s] for s in packages)
     assert not (packages["train"] & packages["dev"] or packages["train"] & packages["test"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from apex_models.data.embedder_mix import mix_pairs, source_pairs, stackexchange_pairs, web_query
+from apex_models.data.task_data import write_split
 from apex_models.training.negatives import mine_hard_negatives, pick_negatives
 
 
@@ -40,10 +41,10 @@ def test_stackexchange_pairs_take_the_first_code_block() -> None:
 def test_mix_follows_weights_and_never_repeats_a_function(tmp_path) -> None:
     rows = [{"query": f"Return item {i}", "code": f"def f{i}(): return {i}\n", "source": "pypi"} for i in range(200)]
     rows += [{"query": f"sort list {i}", "code": f"sorted(x{i})", "source": "conala"} for i in range(100)]
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_split(tmp_path / "train", rows)
     (tmp_path / "tldr.jsonl").write_text("".join(json.dumps({"query": f"List files {i}", "code": f"ls {i}"}) + "\n"
                                                  for i in range(50)))
-    pools = source_pairs(tmp_path / "train.jsonl", tmp_path, seed=1, conala_query=0.0)
+    pools = source_pairs(tmp_path / "train", tmp_path, seed=1, conala_query=0.0)
     assert {k: len(v) for k, v in pools.items()} == {"docstring": 200, "docstring_query": 200, "conala": 100,
                                                      "stackexchange": 0, "tldr": 50}
     pairs, counts = mix_pairs(pools, {"docstring": 1, "docstring_query": 1, "conala": 1, "tldr": 1}, 200, seed=1)

@@ -12,6 +12,7 @@ import json
 import pytest
 
 from apex_models.config import compose, validate
+from apex_models.data.task_data import write_split
 from apex_models.training.common import batch_for_step
 from apex_models.training.intent import train_baseline, train_intent
 
@@ -45,10 +46,8 @@ HELD_OUT = [("sort a list of tuples by the second item", "code_search"), ("panda
 
 @pytest.fixture(scope="module")
 def train_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("intent") / "train.jsonl"
     rows = [{"text": t, "label": label, "source": "test", "lf": "fixed"} for label, texts in TRAIN.items() for t in texts]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_split(tmp_path_factory.mktemp("intent") / "train", rows)
 
 
 def _params(steps: int = 6, **extra):

@@ -10,6 +10,7 @@ from apex_models.config import compose, validate
 from apex_models.data.intent_weak import (TextDecontaminator, apply_lfs, build_intent_dataset, names_a_library,
                                           stdlib_error_messages)
 from apex_models.data.decontam import normalize_text
+from apex_models.data.task_data import read_split
 
 # (text, source) -> (label, deciding LF): the golden votes of the labelling functions.
 GOLDEN_VOTES = [
@@ -82,7 +83,7 @@ def test_taxonomy_in_conf_equals_labels_json(shared_dir) -> None:
 def test_dataset_is_balanced_clean_and_traced(tmp_path, shared_dir) -> None:
     params = validate(compose("tiny"))
     report = build_intent_dataset(shared_dir, tmp_path, params.intent.weak, params.intent.label_names, params.seed)
-    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    rows = read_split(tmp_path / "train")
     cap = params.intent.weak.cap_per_class
     assert set(report["per_label"]) == set(params.intent.label_names)
     assert all(params.intent.weak.min_per_class <= n <= cap for n in report["per_label"].values())

@@ -38,7 +38,9 @@ def test_ingest_records_are_licensed_and_hashed(tiny_dag: Path) -> None:
 
 
 def test_datasets_split_by_package_without_leaks(tiny_dag: Path) -> None:
-    splits = {s: _jsonl(tiny_dag / f"data/datasets/embedder/{s}.jsonl") for s in ("train", "dev", "test")}
+    from apex_models.data.task_data import read_split
+
+    splits = {s: read_split(tiny_dag / f"data/datasets/embedder/{s}") for s in ("train", "dev", "test")}
     packages = {s: {r["package"] for r in rows} for s, rows in splits.items()}
     assert all(packages.values()), packages
     assert not packages["train"] & packages["test"] and not packages["train"] & packages["dev"]

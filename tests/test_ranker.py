@@ -7,15 +7,15 @@ the data is fixed for a given Python and needs nothing downloaded.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from apex_models.config import compose, validate
 from apex_models.evaluation.rerank import CrossEncoder, rerank_run, write_qa_beir
 from apex_models.evaluation.retrieval import BeirDataset, evaluate_run, load_beir
-from apex_models.training.ranker import mine_negatives, negatives_for, stdlib_pairs, train_ranker
+from apex_models.data.ranker_dataset import build_ranker_dataset, mine_negatives, read_ranker_dataset, stdlib_pairs
+from apex_models.data.task_data import write_split
+from apex_models.training.ranker import negatives_for, train_ranker
 
 # Losses of steps 1 and 4 of `_params(4)` on the first 48 `stdlib_pairs()` through the ranker's
 # training mix (conf/ranker data.mix; seed 1234, CPU, torch 2.13).
@@ -34,10 +34,12 @@ QA_XML = """<?xml version="1.0" encoding="utf-8"?>
 
 
 @pytest.fixture(scope="module")
-def train_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ranker") / "train.jsonl"
-    path.write_text("".join(json.dumps(p) + "\n" for p in stdlib_pairs(limit=48)))
-    return path
+def ranker_data(tmp_path_factory):
+    """The ranker dataset the ranker_dataset stage would build from these pairs."""
+    root = tmp_path_factory.mktemp("ranker")
+    split = write_split(root / "embedder" / "train", stdlib_pairs(limit=48))
+    build_ranker_dataset(_params(), split, None, None, root / "ranker")
+    return root / "ranker"
 
 
 def _params(steps: int = 4, **extra):
@@ -107,13 +109,29 @@ def test_embedder_mining_adds_what_the_embedder_ranks_high() -> None:
     assert both[0][0] == 1 and 0 in both[1]
 
 
-def test_training_lifts_the_right_candidate(tmp_path, train_file) -> None:
+def test_ranker_dataset_holds_the_mix_and_its_mined_negatives(ranker_data) -> None:
+    """What the stage writes is what training reads: the mix's pairs, each with negatives
+    mined by BM25 over the pairs' documents (never itself), saved as a HF dataset."""
+    from datasets import load_from_disk
+
+    params = _params()
+    pairs, mined, report = read_ranker_dataset(ranker_data)
+    assert list(load_from_disk(str(ranker_data))) == ["train"]
+    assert report["pairs"] == len(pairs) == len(mined) == sum(report["mix"].values())
+    assert report["mined_by"] == "bm25"  # the tiny profile mines without the embedder
+    assert all(i not in negs and len(negs) <= params.ranker.train.mine_top_k for i, negs in enumerate(mined))
+    assert sum(len(m) for m in mined) > len(pairs)  # real lists, not empty ones
+    assert mined == mine_negatives(pairs, params.ranker.train.mine_top_k, None)
+    assert "Ranker dataset" in (ranker_data / "README.md").read_text()
+
+
+def test_training_lifts_the_right_candidate(tmp_path, ranker_data) -> None:
     from transformers import AutoModel
 
     from apex_models.models.base import resolve_base_model
 
     params = _params(steps=10)
-    summary = train_ranker(params, train_file, tmp_path)
+    summary = train_ranker(params, ranker_data, tmp_path)
     assert summary["trainable_params"] < summary["total_params"] / 5
     # The pairs come through the ranker's mix: the same functions as docstrings and as web queries.
     assert summary["mix"]["docstring"] > 0 and summary["mix"]["docstring_query"] > 0
@@ -122,7 +140,7 @@ def test_training_lifts_the_right_candidate(tmp_path, train_file) -> None:
     merged = AutoModel.from_pretrained(tmp_path / "merged").state_dict()
     assert any(not (base[k] == merged[k]).all() for k in base if "attention.self.query" in k)
     # A fixed tiny BEIR set: for each query the first stage ranks a wrong function first.
-    pairs = [json.loads(line) for line in train_file.read_text().splitlines()][:8]
+    pairs = stdlib_pairs(limit=48)[:8]
     corpus = {f"d{i}": p["code"] for i, p in enumerate(pairs)}
     queries = {f"q{i}": p["query"] for i, p in enumerate(pairs)}
     qrels = {f"q{i}": {f"d{i}": 1} for i in range(len(pairs))}
@@ -133,16 +151,16 @@ def test_training_lifts_the_right_candidate(tmp_path, train_file) -> None:
     assert evaluate_run(run, qrels)["mrr@10"] >= 0.75
 
 
-def test_two_steps_change_weights_and_resume_equals_uninterrupted(tmp_path, train_file) -> None:
-    straight = train_ranker(_params(), train_file, tmp_path / "a")["losses"]
-    first = train_ranker(_params(), train_file, tmp_path / "b", stop_after=2)
+def test_two_steps_change_weights_and_resume_equals_uninterrupted(tmp_path, ranker_data) -> None:
+    straight = train_ranker(_params(), ranker_data, tmp_path / "a")["losses"]
+    first = train_ranker(_params(), ranker_data, tmp_path / "b", stop_after=2)
     assert first["stopped_at"] == 2 and (tmp_path / "b" / "checkpoints" / "step-2").is_dir()
     from safetensors.torch import load_file
     from accelerate.utils import SAFE_WEIGHTS_NAME  # noqa: F401  (the checkpoint layout accelerate writes)
 
     state = load_file(str(tmp_path / "b" / "checkpoints" / "step-2" / "model.safetensors"))
     assert any(float(v.abs().max()) > 0 for k, v in state.items() if "lora_B" in k)  # B starts at zero
-    resumed = train_ranker(_params(), train_file, tmp_path / "b")["losses"]
+    resumed = train_ranker(_params(), ranker_data, tmp_path / "b")["losses"]
     assert [s for s, _ in resumed] == [1, 2, 3, 4]
     assert [loss for _, loss in resumed] == pytest.approx([loss for _, loss in straight], abs=1e-5)
     assert straight[0][1] == pytest.approx(GOLDEN[0], rel=1e-3)

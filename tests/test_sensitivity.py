@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from apex_models.config import compose, validate
+from apex_models.data.sensitivity_dataset import to_arrow_row
+from apex_models.data.task_data import save_splits
 from apex_models.sensitivity.spans import (IGNORE, SensitiveSpan, bio_labels, doc_label, spans_from_probs, union,
                                            windows)
 from apex_models.sensitivity.synth import TOKEN_LABELS, build_examples, inject, secret_line
@@ -92,8 +94,8 @@ def test_spans_from_probs_and_windows() -> None:
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("sensitivity-data")
-    for split, n, seed in (("train", 32, 1), ("dev", 8, 2), ("test", 8, 3)):
-        (path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(n, seed)))
+    save_splits(path, {split: [to_arrow_row(r) for r in _rows(n, seed)]
+                       for split, n, seed in (("train", 32, 1), ("dev", 8, 2), ("test", 8, 3))})
     return path
 
 

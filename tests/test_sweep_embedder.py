@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from apex_models.config import compose, validate
@@ -12,11 +10,12 @@ from apex_models.config import compose, validate
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from apex_models.evaluation.retrieval import write_beir
-    from apex_models.training.ranker import stdlib_pairs
+    from apex_models.data.ranker_dataset import stdlib_pairs
+    from apex_models.data.task_data import write_split
 
     root = tmp_path_factory.mktemp("sweep-data")
     pairs = stdlib_pairs(120)
-    (root / "train.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs[:80]))
+    write_split(root / "train", pairs[:80])
     held = pairs[80:]
     write_beir(root / "dev", {f"d{i}": p["code"] for i, p in enumerate(held)},
                {f"q{i}": p["query"] for i, p in enumerate(held[:20])}, {f"q{i}": {f"d{i}": 1} for i in range(20)})
@@ -52,7 +51,7 @@ def test_two_trials_nested_under_the_sweep_run(tmp_path, data) -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         with mlflow.start_run(experiment_id=experiment, run_name="sweep") as parent:
-            result = run_sweep(params, data / "train.jsonl", data / "dev", None, tmp_path / "out", mlflow)
+            result = run_sweep(params, data / "train", data / "dev", None, tmp_path / "out", mlflow)
     finally:
         ray.shutdown()
 

@@ -6,11 +6,10 @@ the data is fixed for a given Python and needs nothing downloaded.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from apex_models.config import compose, validate
+from apex_models.data.task_data import write_split
 from apex_models.training.embedder import epoch_batches, train_embedder
 
 # Losses of steps 1 and 6 of `_params()` on `_stdlib_pairs()` (seed 1234, CPU, torch 2.13).
@@ -20,7 +19,7 @@ GOLDEN_FULL = (0.603476, 0.038691)
 
 
 def _stdlib_pairs(limit: int = 96) -> list[dict]:
-    from apex_models.training.ranker import stdlib_pairs
+    from apex_models.data.ranker_dataset import stdlib_pairs
 
     pairs = stdlib_pairs(limit)
     assert len(pairs) == limit, "the standard library should give plenty of pairs"
@@ -29,13 +28,11 @@ def _stdlib_pairs(limit: int = 96) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def train_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pairs") / "train.jsonl"
-    path.write_text("".join(json.dumps(p) + "\n" for p in _stdlib_pairs()))
-    return path
+    return write_split(tmp_path_factory.mktemp("pairs") / "train", _stdlib_pairs())
 
 
 def _params(steps: int = 6, legacy: bool = True, **extra):
-    """`legacy`: train.jsonl as is, in-batch negatives only (the recipe GOLDEN was taken on)."""
+    """`legacy`: the train split as is, in-batch negatives only (the recipe GOLDEN was taken on)."""
     overrides = [f"embedder.train.max_steps={steps}", "embedder.train.batch_size=8",
                  "embedder.train.save_every=3", "embedder.train.eval_every=1000",
                  "embedder.train.log_every=1", "embedder.train.lr=1e-3", "embedder.lora.dropout=0.1",

@@ -22,6 +22,7 @@ class Layout:
     ingest: Path
     sources: Path
     embedder_data: Path
+    ranker_data: Path
     benchmarks: Path
     embedder_model: Path
     results: Path
@@ -52,6 +53,7 @@ def layout(params: Params) -> Layout:
         ingest=data / "ingest",
         sources=data / "sources",
         embedder_data=data / "datasets" / "embedder",
+        ranker_data=data / "datasets" / "ranker",
         benchmarks=data / "benchmarks",
         embedder_model=Path(p.models) / "embedder",
         results=Path(p.results),

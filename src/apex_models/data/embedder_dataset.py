@@ -5,16 +5,15 @@ copies are seen in training and then scored in dev/test. CoNaLa pairs go to trai
 they are the same Stack Overflow distribution as the CoNaLa benchmark, so they must not
 be used to measure held-out performance.
 
-Outputs in ``out_dir``: ``train.jsonl``, ``dev.jsonl``, ``test.jsonl`` (pair records, see
-:mod:`apex_models.data.code_pairs`), ``report.json``, ``README.md`` (dataset card) and
-``NOTICE`` (attribution for every source).
+Outputs in ``out_dir``: a Hugging Face ``DatasetDict`` with splits ``train``, ``dev`` and
+``test`` (pair records, see :mod:`apex_models.data.code_pairs`; :mod:`apex_models.data.task_data`),
+``report.json``, ``README.md`` (dataset card) and ``NOTICE`` (attribution for every source).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -24,7 +23,8 @@ from apex_models.data.code_pairs import make_pairs
 from apex_models.data.conala import load_conala_pairs
 from apex_models.data.decontam import Decontaminator, load_benchmark_texts
 from apex_models.evaluation.retrieval import write_beir
-from apex_models.hashing import sha256_bytes, sha256_file
+from apex_models.data.task_data import save_splits
+from apex_models.hashing import sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,6 @@ def _read_jsonl(path: Path) -> Iterator[dict]:
         for line in fh:
             if line.strip():
                 yield json.loads(line)
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _stable_key(seed: int, *parts: str) -> str:
@@ -176,8 +168,7 @@ def build_embedder_dataset(files_jsonl: Path, shared_dir: Path, out_dir: Path, p
     rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for pair in capped:
         rows[assignment[pair["package"]]].append(pair)
-    for split in SPLITS:
-        _write_jsonl(out_dir / f"{split}.jsonl", rows[split])
+    hashes = save_splits(out_dir, rows)
 
     per_package: dict[str, dict] = {}
     for pair in capped:
@@ -195,7 +186,7 @@ def build_embedder_dataset(files_jsonl: Path, shared_dir: Path, out_dir: Path, p
         "include_conala": include_conala,
         "splits": {s: {"pairs": len(rows[s]),
                        "packages": sorted({p["package"] for p in rows[s]}),
-                       "sha256": sha256_file(out_dir / f"{s}.jsonl")} for s in SPLITS},
+                       "sha256": hashes[s]} for s in SPLITS},
         "per_source": dict(sorted(per_source.items())),
         "per_license": dict(sorted(Counter(str(p["license"]) for p in capped).items())),
         "per_package": dict(sorted(per_package.items())),
@@ -234,8 +225,9 @@ def _dataset_card(report: dict) -> str:
         "",
         "Queries are docstring summaries of documented functions in permissively licensed PyPI",
         "distributions" + (", plus Stack Overflow intents from CoNaLa (train only)" if report["include_conala"] else "")
-        + ". Each line of `train.jsonl`, `dev.jsonl`, `test.jsonl` is one pair with its package,",
-        "version, path, qualified name, licence, source, attribution and sha256.",
+        + ". A Hugging Face `DatasetDict` (`datasets.load_from_disk`); each row of `train`, `dev`,",
+        "`test` is one pair with its package, version, path, qualified name, licence, source,",
+        "attribution and sha256. The split hashes in report.json are over the rows as JSON.",
         "",
         "## Splits (by package: no package appears in two splits; CoNaLa is train only)",
         "",

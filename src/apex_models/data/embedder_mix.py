@@ -24,11 +24,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
+from apex_models.data.task_data import read_split
 from apex_models.hashing import sha256_bytes
+
+if TYPE_CHECKING:
+    from apex_models.config import PairMixConfig
 
 SOURCES = ("docstring", "docstring_query", "conala", "stackexchange", "tldr")
 
@@ -117,11 +121,15 @@ def stackexchange_pairs(rows: Iterable[dict], max_chars: int = 2000) -> list[tup
     return out
 
 
-def source_pairs(train_jsonl: Path, sources_dir: Path | None, seed: int,
+def source_pairs(train_split: Path, sources_dir: Path | None, seed: int,
                  conala_query: float = 0.5) -> dict[str, list[tuple[str, str]]]:
-    """Every candidate pair per mix source, in file order (sampling happens in :func:`mix_pairs`)."""
+    """Every candidate pair per mix source, in file order (sampling happens in :func:`mix_pairs`).
+
+    `train_split` is the embedder dataset's train split folder (``<dataset>/train``);
+    `sources_dir` holds the ingest_sources records (JSONL) that the other sources come from.
+    """
     pools: dict[str, list[tuple[str, str]]] = {name: [] for name in SOURCES}
-    for row in _read_jsonl(Path(train_jsonl)):
+    for row in read_split(train_split):
         query, code = row["query"], row["code"]
         if row.get("source") == "conala":
             if _unit(seed, "conala", query) < conala_query:
@@ -190,3 +198,28 @@ def mix_pairs(pools: dict[str, list[tuple[str, str]]], weights: dict[str, float]
     counts = {name: len(chosen[name]) for name in SOURCES if name in chosen}
     order = rng.permutation(len(out)).tolist()
     return [out[i] for i in order], counts
+
+
+def read_pairs(path: Path, limit: int, seed: int) -> list[tuple[str, str]]:
+    """(query, code) pairs of a dataset split folder; a seeded shuffle before the cut keeps
+    every package in play."""
+    pairs = [(row["query"], row["code"]) for row in read_split(path)]
+    if not pairs:
+        raise ValueError(f"{path} holds no training pairs")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pairs))[:limit]
+    return [pairs[i] for i in sorted(order)]
+
+
+def training_pairs(data: PairMixConfig, limit: int, seed: int, train_path: Path,
+                   sources_dir: Path | None) -> tuple[list[tuple[str, str]], dict]:
+    """Step 1: the mix by weight, or the train split as is; returns the pairs and counts per source.
+
+    The ranker builds its pairs here too (with its own `data` section), so both models
+    read their query-like sources the same way.
+    """
+    if data.mix is None:
+        pairs = read_pairs(train_path, limit, seed)
+        return pairs, {"train": len(pairs)}
+    pools = source_pairs(train_path, sources_dir, seed, data.conala_query)
+    return mix_pairs(pools, data.mix, limit, seed)

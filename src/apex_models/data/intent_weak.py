@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from apex_models.data.decontam import BenchmarkTexts, Decontaminator, load_benchmark_texts, normalize_text
+from apex_models.data.task_data import save_splits
 
 log = logging.getLogger(__name__)
 
@@ -540,7 +541,9 @@ def label_stackexchange(shared_dir: Path) -> tuple[list[Candidate], list[str]]:
 
 
 def build_intent_dataset(shared_dir: Path, out_dir: Path, weak_cfg, labels: list[str], seed: int) -> dict:
-    """Write ``train.jsonl`` (text, label, source, lf), ``report.json`` and ``README.md`` (card).
+    """Write the ``train`` split (text, label, source, lf) as a Hugging Face ``DatasetDict``,
+    ``report.json`` and ``README.md`` (card). The gold set is the only dev/test: this stage
+    makes no held-out split of its own.
 
     Raises when a label ends with fewer than `min_per_class` examples: a classifier that
     never saw a class would silently never predict it.
@@ -609,9 +612,7 @@ def build_intent_dataset(shared_dir: Path, out_dir: Path, weak_cfg, labels: list
     short = [lab for lab in labels if counts[lab] < weak_cfg.min_per_class]
     if short:
         raise ValueError(f"too few weak examples for {short}: {dict(counts)}")
-    with open(out_dir / "train.jsonl", "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    save_splits(out_dir, {"train": rows})
     table: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for r in rows:
         table[r["label"]][r["source"].split(":")[0]] += 1
@@ -633,6 +634,8 @@ def _card(report: dict, labels: list[str]) -> str:
              "exception messages) and templates filled with nouns taken from those sources. Never the "
              "gold set: every text equal to, or a near copy of, a held-out benchmark text was dropped "
              "(normalised equality; word 3-gram Jaccard; word-set Jaccard).", "",
+             "A Hugging Face `DatasetDict` (`datasets.load_from_disk`) with one split, `train`: "
+             "columns text, label, source, lf (the labelling function that fired).", "",
              f"Examples: {report['examples']}. Dropped: {report['dropped']}. "
              f"Benchmarks missing: {report['benchmarks_missing'] or 'none'}.", "",
              "| label | " + " | ".join(sources) + " | total |", "|---|" + "---:|" * (len(sources) + 1)]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from apex_models.data.scrub import scrub_text
+from apex_models.data.task_data import read_split, save_splits
 from apex_models.sensitivity.synth import build_examples
 
 SPLITS = ("train", "dev", "test")
@@ -55,7 +56,8 @@ def read_contexts(code_file: Path | None, sources_dir: Path | None, sources: lis
 
 def build_sensitivity_dataset(code_file: Path | None, sources_dir: Path | None, out_dir: Path, cfg,
                               seed: int) -> dict[str, Any]:
-    """Write train/dev/test.jsonl (text, spans, label, source) and report.json under `out_dir`."""
+    """Write train/dev/test (text, spans, lookalikes, label, source) as a Hugging Face
+    ``DatasetDict``, report.json and the card under `out_dir`."""
     by_split: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
     for source, text in read_contexts(code_file, sources_dir, cfg.sources, cfg.max_records_per_source):
         clean, _ = scrub_text(text[: cfg.max_chars * 40])
@@ -65,28 +67,48 @@ def build_sensitivity_dataset(code_file: Path | None, sources_dir: Path | None, 
     out_dir.mkdir(parents=True, exist_ok=True)
     sizes = {"train": cfg.train_examples, "dev": cfg.dev_examples, "test": cfg.test_examples}
     report: dict[str, Any] = {"contexts": {s: len(v) for s, v in by_split.items()}, "splits": {}}
+    rows: dict[str, list[dict[str, Any]]] = {}
     for i, split in enumerate(SPLITS):
         contexts = by_split[split] or by_split["train"]
         examples = build_examples(contexts, sizes[split], seed * 10 + i, dict(cfg.mix), cfg.max_chars)
-        with open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as fh:
-            for ex in examples:
-                fh.write(json.dumps(ex.to_json(), ensure_ascii=False) + "\n")
+        rows[split] = [to_arrow_row(ex.to_json()) for ex in examples]
         spans = Counter(t for ex in examples for _, _, t in ex.spans)
         report["splits"][split] = {"examples": len(examples), "labels": dict(Counter(ex.label for ex in examples)),
                                    "spans": dict(spans),
                                    "sources": dict(Counter(ex.source.split(":")[0] for ex in examples))}
+    hashes = save_splits(out_dir, rows)
+    for split in SPLITS:
+        report["splits"][split]["sha256"] = hashes[split]
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "README.md").write_text(
         "# Sensitivity dataset (synthetic spans in real text)\n\n"
         "Windows of the pipeline's ingested code and scrubbed Q&A/command corpora, with generated secrets, "
         "internal personal data and look-alikes injected at known character spans "
         "(apex_models.sensitivity.synth). Split by source file before injection. No credential in it is real; "
-        "nothing is taken from any benchmark. Counts: report.json.\n")
+        "nothing is taken from any benchmark. Counts: report.json.\n\n"
+        "A Hugging Face `DatasetDict` (`datasets.load_from_disk`), splits train/dev/test. Columns: `text`; "
+        "`spans`, the labelled character spans as {start, end, type}; `lookalikes`, injected non-secrets "
+        "as {start, end} (label O, for measuring false positives); `label` (public, internal or secret) "
+        "and `source` (the file or record the window came from).\n")
     return report
 
 
+def to_arrow_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An example as Arrow can hold it: spans [start, end, type] (a mixed list) become
+    {start, end, type} structs and look-alikes [start, end] become {start, end}."""
+    return {**row, "spans": [{"start": int(a), "end": int(b), "type": str(t)} for a, b, t in row["spans"]],
+            "lookalikes": [{"start": int(a), "end": int(b)} for a, b in row["lookalikes"]]}
+
+
+def from_arrow_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`to_arrow_row`: the list form the recipe and the metrics index."""
+    return {**row, "spans": [[s["start"], s["end"], s["type"]] for s in row["spans"] or []],
+            "lookalikes": [[s["start"], s["end"]] for s in row["lookalikes"] or []]}
+
+
 def read_examples(path: Path) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The examples of one split folder (``<sensitivity dataset>/<split>``), spans as lists."""
+    rows = [from_arrow_row(row) for row in read_split(path)]
     if not rows:
         raise ValueError(f"{path} holds no examples")
     return rows

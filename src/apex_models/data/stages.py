@@ -29,6 +29,7 @@ def run_datasets(params: Params) -> dict[str, Any]:
     """Pairs split by package, decontaminated against every benchmark, plus an in-domain
     held-out retrieval set (BEIR) built from the test split."""
     from apex_models.data.embedder_dataset import build_embedder_dataset, write_pairs_beir
+    from apex_models.data.task_data import read_split
 
     lay = layout(params)
     shared = lay.shared_or_none()
@@ -36,8 +37,7 @@ def run_datasets(params: Params) -> dict[str, Any]:
         lay.code_files, shared or lay.shared, lay.embedder_data, params.data.pairs.model_dump(),
         include_conala=params.data.conala.enabled, decontaminate_names=list(params.data.decontaminate.benchmarks),
         seed=params.seed)
-    test_pairs = [json.loads(line) for line in (lay.embedder_data / "test.jsonl").read_text().splitlines() if line]
-    write_pairs_beir(test_pairs, lay.benchmark("code-heldout"))
+    write_pairs_beir(read_split(lay.embedder_data / "test"), lay.benchmark("code-heldout"))
     return report
 
 

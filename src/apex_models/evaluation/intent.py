@@ -129,6 +129,7 @@ class TorchIntentClassifier:
 
 def run_evaluate_intent(params: Params) -> dict[str, Any]:
     """Baseline, model and the majority class on gold dev and test; writes eval/results/intent.json."""
+    from apex_models.data.task_data import read_split
     from apex_models.evaluation.commands import reproduce_command
     from apex_models.evaluation.results import write_result
     from apex_models.tracking import stage_run
@@ -146,8 +147,7 @@ def run_evaluate_intent(params: Params) -> dict[str, Any]:
     with open(paths.model / "baseline.pkl", "rb") as fh:
         baseline = pickle.load(fh)  # written by our own train stage, never an outside file
     model = TorchIntentClassifier(paths.model / "merged", cfg.max_length)
-    train_counts = Counter(json.loads(line)["label"] for line in
-                           (paths.data / "train.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
+    train_counts = Counter(row["label"] for row in read_split(paths.data / "train"))
     majority = train_counts.most_common(1)[0][0]
     results: dict[str, Any] = {}
     with stage_run("evaluate_intent", params, ["intent"], data={"datasets/intent": paths.data}) as mlflow:

@@ -191,13 +191,13 @@ def run_evaluate_ranker(params: Params) -> dict[str, Any]:
                 mlflow.log_metrics({f"{name}/{system.replace('+', '_')}/{k.replace('@', '_at_')}": v
                                     for k, v in results[name][system].items()})
         write_result(paths["results"] / "ranker.json", "cross-encoder re-ranking", results,
-                     command=reproduce_command(params, ["train_ranker", "evaluate_ranker"]),
+                     command=reproduce_command(params, ["build_ranker_dataset", "train_ranker", "evaluate_ranker"]),
                      extra={"profile": params.profile, "first_stage": str(first_stage or emb_cfg.base),
                             "torch_threads": torch.get_num_threads(),
                             "eval_run_id": mlflow.active_run().info.run_id})
         promotion = _promote(params, mlflow, paths["model"] / "merged", results)
     write_result(paths["results"] / "promotion-ranker.json", "ranker promotion", promotion,
-                 command=reproduce_command(params, ["train_ranker", "evaluate_ranker"]),
+                 command=reproduce_command(params, ["build_ranker_dataset", "train_ranker", "evaluate_ranker"]),
                  extra={"profile": params.profile})
     return {f"{b}/{s}/ndcg@10": r[s]["ndcg@10"] for b, r in results.items() for s in ("embedder", "embedder+ranker")}
 

@@ -123,7 +123,7 @@ def run_evaluate_sensitivity(params) -> dict[str, Any]:
     paths = sensitivity_paths(params)
     clf = SensitivityClassifier.load(paths.export, precision=cfg.eval.precision,
                                      threads=params.runtime.intra_op_threads)
-    rows = read_examples(paths.data / "test.jsonl")
+    rows = read_examples(paths.data / "test")
     train = json.loads((paths.model / "train_summary.json").read_text())
     with stage_run("evaluate_sensitivity", params, ["sensitivity"],
                    data={"datasets/sensitivity": paths.data, "onnx/sensitivity": paths.export}) as mlflow:

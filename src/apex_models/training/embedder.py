@@ -2,7 +2,7 @@
 
 The steps, in order:
   1. seed; build the training pairs: the configured mix of query-like sources
-     (apex_models.data.embedder_mix) or, with `mix: null`, train.jsonl as is;
+     (apex_models.data.embedder_mix) or, with `mix: null`, the dataset's train split as is;
   2. mine hard negatives per pair (BM25 and/or the base embedder, false negatives
      skipped; apex_models.training.negatives) when `hard_negatives` > 0;
   3. load the base model and wrap it with a PEFT LoRA adapter;
@@ -22,7 +22,6 @@ resume test checks the losses match.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections import deque
@@ -34,7 +33,8 @@ import torch
 from tqdm.auto import tqdm
 
 from apex_models.config import PairMixConfig, Params
-from apex_models.data.embedder_mix import mix_pairs, source_pairs
+from apex_models.data.embedder_mix import training_pairs
+from apex_models.data.task_data import split_files
 from apex_models.evaluation.retrieval import BeirDataset, dense_run, evaluate_run, load_beir
 from apex_models.models.base import resolve_base_model
 from apex_models.models.embedder import TorchEncoder, embed_batch
@@ -43,20 +43,6 @@ from apex_models.training.common import (CHECKPOINTS, fingerprint, optimizer_ste
 from apex_models.training.contrastive import cached_info_nce, info_nce
 from apex_models.training.negatives import mine_hard_negatives, pick_negatives
 from apex_models.training.seed import set_seed
-
-
-def read_pairs(path: Path, limit: int, seed: int) -> list[tuple[str, str]]:
-    """(query, code) pairs; a seeded shuffle before the cut keeps every package in play."""
-    pairs = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            pairs.append((row["query"], row["code"]))
-    if not pairs:
-        raise ValueError(f"{path} holds no training pairs")
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(pairs))[:limit]
-    return [pairs[i] for i in sorted(order)]
 
 
 def epoch_batches(pairs: list[tuple[str, str]], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -120,8 +106,8 @@ def _dev_metric(encoder: TorchEncoder, dev: BeirDataset, limit_queries: int, bat
 
 
 def source_files(data: PairMixConfig, train_path: Path, sources_dir: Path | None) -> list[Path]:
-    """The files the training pairs come from (train.jsonl, plus the sources a mix reads)."""
-    files = [Path(train_path)]
+    """What the training pairs come from: the train split's data, plus the source files a mix reads."""
+    files = split_files(train_path)
     if data.mix and sources_dir is not None:
         for name in ("stackexchange", "tldr"):
             path = Path(sources_dir) / f"{name}.jsonl"
@@ -135,20 +121,6 @@ def run_fingerprint(params: Params, train_path: Path, sources_dir: Path | None =
     return fingerprint({"seed": params.seed, "embedder": params.embedder.model_dump(mode="json"),
                         "trainer": params.trainer.model_dump(mode="json")},
                        source_files(params.embedder.data, train_path, sources_dir))
-
-
-def training_pairs(data: PairMixConfig, limit: int, seed: int, train_path: Path,
-                   sources_dir: Path | None) -> tuple[list[tuple[str, str]], dict]:
-    """Step 1: the mix by weight, or train.jsonl as is; returns the pairs and counts per source.
-
-    The ranker builds its pairs here too (with its own `data` section), so both models
-    read their query-like sources the same way.
-    """
-    if data.mix is None:
-        pairs = read_pairs(train_path, limit, seed)
-        return pairs, {"train.jsonl": len(pairs)}
-    pools = source_pairs(train_path, sources_dir, seed, data.conala_query)
-    return mix_pairs(pools, data.mix, limit, seed)
 
 
 def mined_negatives(params: Params, pairs: list[tuple[str, str]]) -> tuple[list[list[int]], dict]:

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from apex_models.config import IntentConfig, Params
+from apex_models.data.task_data import read_split, split_files
 from apex_models.models.base import resolve_base_model
 from apex_models.training.common import (CHECKPOINTS, batch_for_step, fingerprint, optimizer_step, prepare_training,
                                          record_dev, record_step, resume, save_checkpoint, save_selected, with_lora)
@@ -39,7 +40,7 @@ from apex_models.training.seed import set_seed
 
 @dataclass(frozen=True)
 class IntentPaths:
-    data: Path      # weak-label dataset (train.jsonl, report.json, README.md)
+    data: Path      # weak-label dataset (DatasetDict with a train split, report.json, README.md)
     model: Path     # merged/, adapter/, baseline.pkl, thresholds.json, metrics
     results: Path   # eval/results
 
@@ -50,12 +51,10 @@ def intent_paths(params: Params) -> IntentPaths:
 
 
 def read_examples(path: Path, labels: list[str]) -> tuple[list[str], list[int]]:
-    texts, ys = [], []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            texts.append(row["text"])
-            ys.append(labels.index(row["label"]))
+    """Texts and label ids of a dataset split folder (``<intent dataset>/train``)."""
+    rows = read_split(path)
+    texts = [row["text"] for row in rows]
+    ys = [labels.index(row["label"]) for row in rows]
     if not texts:
         raise ValueError(f"{path} holds no examples")
     return texts, ys
@@ -136,7 +135,7 @@ def train_intent(params: Params, train_path: Path, dev: list[dict] | None, out_d
         model, train, params.trainer, train.batch_size)
 
     run_fp = fingerprint({"seed": params.seed, "intent": cfg.model_dump(mode="json"),
-                          "trainer": params.trainer.model_dump(mode="json")}, [train_path])
+                          "trainer": params.trainer.model_dump(mode="json")}, split_files(train_path))
     state, extra, _ = resume(accelerator, out_dir, run_fp, {"bad_evals": 0})
     summary: dict[str, Any] = {**counts, "examples": len(texts),
                                "baseline_seconds": baseline_seconds}
@@ -209,7 +208,7 @@ def run_train_intent(params: Params) -> dict[str, Any]:
     dev = load_gold(shared, "dev") if gold.is_file() else None
     with stage_run("train_intent", params, ["intent", "trainer"], data={"datasets/intent": paths.data}) as mlflow:
         mlflow.log_dict(report, "data/report.json")
-        summary = train_intent(params, paths.data / "train.jsonl", dev, paths.model, mlflow=mlflow)
+        summary = train_intent(params, paths.data / "train", dev, paths.model, mlflow=mlflow)
         summary["mlflow_run_id"] = mlflow.active_run().info.run_id
         for key in ("trainable_params", "examples", "seconds", "best_step"):
             mlflow.log_metric(f"summary/{key}", float(summary[key]))

@@ -41,7 +41,7 @@ from apex_models.training.seed import set_seed
 
 @dataclass(frozen=True)
 class SensitivityPaths:
-    data: Path      # train/dev/test.jsonl, report.json
+    data: Path      # DatasetDict train/dev/test, report.json
     model: Path     # merged/, adapter/, threshold.json, train_summary.json, metrics.json
     export: Path    # ONNX fp32/int8, tokenizer.json, sensitivity.json
     results: Path
@@ -143,6 +143,7 @@ def train_sensitivity(params: Params, data_dir: Path, out_dir: Path, mlflow=None
     checkpoints; the resume test uses it.
     """
     from apex_models.data.sensitivity_dataset import read_examples
+    from apex_models.data.task_data import split_files
     from apex_models.sensitivity.classifier import detector_spans
 
     cfg = require_config(params)
@@ -151,15 +152,15 @@ def train_sensitivity(params: Params, data_dir: Path, out_dir: Path, mlflow=None
         torch.set_num_threads(params.trainer.num_threads)
     set_seed(params.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = read_examples(data_dir / "train.jsonl")
-    dev = read_examples(data_dir / "dev.jsonl")
+    rows = read_examples(data_dir / "train")
+    dev = read_examples(data_dir / "dev")
 
     model, tokenizer = _model(cfg, params.trainer)
     examples = encode(tokenizer, rows, cfg.max_length)
     model, optimizer, scheduler, accelerator, counts = prepare_training(model, train, params.trainer,
                                                                         train.batch_size)
     run_fp = fingerprint({"seed": params.seed, "sensitivity": cfg.model_dump(mode="json"),
-                          "trainer": params.trainer.model_dump(mode="json")}, [data_dir / "train.jsonl"])
+                          "trainer": params.trainer.model_dump(mode="json")}, split_files(data_dir / "train"))
     state, extra, _ = resume(accelerator, out_dir, run_fp, {"bad_evals": 0})
     summary: dict[str, Any] = {**counts, "examples": len(rows), "dev_examples": len(dev)}
 

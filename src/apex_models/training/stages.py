@@ -20,7 +20,7 @@ def run_train_embedder(params: Params) -> dict[str, Any]:
     out = lay.embedder_model
     with stage_run("train_embedder", params, ["embedder", "trainer"],
                    data={"datasets/embedder": lay.embedder_data, "sources": lay.sources}) as mlflow:
-        summary = train_embedder(params, lay.embedder_data / "train.jsonl", dev, out, mlflow=mlflow,
+        summary = train_embedder(params, lay.embedder_data / "train", dev, out, mlflow=mlflow,
                                  sources_dir=lay.sources)
         for name, count in summary["mix"].items():
             mlflow.log_metric(f"data/pairs/{name}", float(count))

@@ -149,8 +149,8 @@ def run_sweep_stage(params: Params) -> dict[str, Any]:
     dev = lay.benchmark("cosqa-dev")
     if not (dev / "corpus.jsonl").is_file():
         dev = None
-    train = lay.embedder_data / "train.jsonl"
-    if not train.is_file():
+    train = lay.embedder_data / "train"
+    if not train.is_dir():
         raise FileNotFoundError(f"{train} not found: run `dvc repro datasets` first")
     cpus = max(int(params.sweep.cpus_per_trial * params.sweep.max_concurrent), 1) if params.sweep else 1
     ray.init(num_cpus=cpus, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)

@@ -1,0 +1,195 @@
+"""The ranker's task dataset: (query, document) pairs with hard negatives, mined once.
+
+The ranker re-ranks what the embedder retrieves, so its negatives are the other pairs'
+documents that BM25 and the *current* embedder rank high for a query. Mining is a stage
+of its own (``ranker_dataset``) rather than a step inside training: the negatives depend
+on the trained embedder, DVC sees that dependency, and the examples can be inspected
+(``datasets.load_from_disk("data/datasets/ranker")``) before a 30-minute training run.
+
+Rows of the ``train`` split: ``query``, ``document`` and ``negatives``, the row indices of
+the pairs whose documents are this query's mined negatives, best first. The recipe draws
+its per-step negatives from that list (``apex_models.training.ranker.negatives_for``).
+
+Pairs come from the ranker's own mix of the embedder's sources
+(:func:`apex_models.data.embedder_mix.training_pairs`, ``ranker.data``). Without the
+embedder dataset (a run outside DVC), CoNaLa train and standard-library pairs stand in.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import tempfile
+import textwrap
+import time
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from apex_models.data.embedder_mix import training_pairs
+from apex_models.data.task_data import read_split, save_splits, write_split
+from apex_models.evaluation.retrieval import BeirDataset, bm25_run, dense_run
+
+log = logging.getLogger(__name__)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def mine_negatives(pairs: list[tuple[str, str]], top_k: int, embedder=None) -> list[list[int]]:
+    """Per pair, indices (into `pairs`) of other pairs' code ranked high for its query.
+
+    Candidates are BM25's top-`top_k` (plus the embedder's, interleaved, when given).
+    False negatives are skipped: a candidate whose code equals the positive's, or whose
+    own query is the same text (the same description twice, e.g. two `get` functions
+    both "Return the value for key", means both are right answers, not one wrong one).
+    """
+    codes = {f"d{i}": code for i, (_, code) in enumerate(pairs)}
+    queries = {f"q{i}": query for i, (query, _) in enumerate(pairs)}
+    ds = BeirDataset(codes, queries, {f"q{i}": {f"d{i}": 1} for i in range(len(pairs))})
+    runs = [bm25_run(ds, k=top_k + 1)]
+    if embedder is not None:
+        runs.append(dense_run(ds, embedder.encode_queries,
+                              lambda texts: embedder.encode_documents(texts, progress=True), k=top_k + 1))
+    out = []
+    norm_queries = [_norm(q) for q, _ in pairs]
+    for i, (_, code) in enumerate(pairs):
+        ranked = [d for tier in zip_longest(*(run.get(f"q{i}", []) for run in runs)) for d in tier if d]
+        seen, picked = set(), []
+        for did in ranked:
+            j = int(did[1:])
+            if j != i and j not in seen and pairs[j][1] != code and norm_queries[j] != norm_queries[i]:
+                seen.add(j)
+                picked.append(j)
+        out.append(picked[:top_k])
+    return out
+
+
+_PAIR_MODULES = tuple(
+    "posixpath shlex textwrap difflib calendar urllib.parse string base64 csv email.utils fnmatch glob gzip heapq "
+    "ipaddress mimetypes ntpath os platform pprint shutil statistics tarfile tempfile uuid zipfile inspect json "
+    "random bisect functools collections dataclasses typing enum fractions decimal datetime http.cookiejar "
+    "http.server logging logging.handlers argparse configparser gettext locale subprocess threading queue "
+    "asyncio.tasks asyncio.streams email.message email.header html.parser xml.dom.minidom xml.etree.ElementTree "
+    "urllib.request ftplib smtplib imaplib poplib mailbox wave colorsys quopri netrc plistlib "
+    "tokenize ast dis pickletools trace tracemalloc timeit cProfile pstats pdb doctest unittest.case "
+    "importlib.util importlib.metadata pkgutil sysconfig zipimport compileall py_compile filecmp linecache "
+    "codecs encodings.idna stringprep textwrap reprlib copy weakref contextlib abc numbers operator".split())
+
+
+def stdlib_pairs(limit: int = 2000) -> list[dict]:
+    """(docstring first line -> function source) pairs from the standard library.
+
+    Real code with real descriptions, available on any machine: the stand-in training
+    set when the embedder's dataset (which needs the ingest stage) has not been built.
+    """
+    import importlib
+
+    pairs, seen = [], set()
+    for name in _PAIR_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # noqa: BLE001 (platform-specific modules fail to import)
+            continue
+        for fname, fn in sorted(inspect.getmembers(module, inspect.isfunction)):
+            doc = inspect.getdoc(fn)
+            if fname.startswith("_") or not doc or fn.__module__ != module.__name__:
+                continue
+            summary = doc.strip().splitlines()[0].rstrip(".")
+            if len(summary.split()) < 3 or summary in seen:
+                continue
+            try:
+                code = textwrap.dedent(inspect.getsource(fn))
+            except (OSError, TypeError):
+                continue
+            seen.add(summary)
+            pairs.append({"query": summary, "code": code, "source": f"stdlib:{name}"})
+            if len(pairs) >= limit:
+                return pairs
+    return pairs
+
+
+def fallback_pairs(shared_dir: Path, out_path: Path) -> Path:
+    """CoNaLa train + standard-library pairs, decontaminated against every benchmark, as a
+    train split folder at `out_path` (the embedder dataset's layout)."""
+    from apex_models.data.conala import load_conala_pairs
+    from apex_models.data.decontam import Decontaminator, load_benchmark_texts
+
+    rows = [{"query": p["query"], "code": p["code"], "source": "conala"} for p in load_conala_pairs(shared_dir)]
+    rows += stdlib_pairs()
+    decon = Decontaminator(load_benchmark_texts(shared_dir, ["cosqa", "conala", "intent", "qa"]))
+    clean = [r for r in rows if decon.is_contaminated(r["query"], r["code"]) is None]
+    log.info("fallback ranker pairs: %d of %d kept after decontamination", len(clean), len(rows))
+    return write_split(out_path, clean)
+
+
+def build_ranker_dataset(params, train_split: Path, sources_dir: Path | None, embedder_dir: Path | None,
+                         out_dir: Path) -> dict[str, Any]:
+    """Pairs by the ranker's mix, negatives mined with BM25 (and the embedder at `embedder_dir`,
+    else the base model, when ``ranker.train.embedder_negatives``); writes the dataset, its
+    report and card under `out_dir` and returns the report."""
+    cfg, train = params.ranker, params.ranker.train
+    pairs, mix_counts = training_pairs(cfg.data, train.max_train_pairs, params.seed, train_split, sources_dir)
+    started = time.perf_counter()
+    embedder, miner = None, "bm25"
+    if train.embedder_negatives:
+        from apex_models.models.embedder import TorchEncoder
+
+        # Documents cut at the ranker's own length (what it will read of them): half the cost.
+        miner = str(embedder_dir) if embedder_dir and (Path(embedder_dir) / "config.json").is_file() else cfg.base
+        embedder = TorchEncoder.from_base(miner, doc_max_length=train.max_length)
+        miner = f"bm25 + {miner}"
+    mined = mine_negatives(pairs, train.mine_top_k, embedder)
+    rows = [{"query": q, "document": d, "negatives": negs} for (q, d), negs in zip(pairs, mined)]
+    hashes = save_splits(out_dir, {"train": rows})
+    report = {"pairs": len(pairs), "mix": mix_counts, "mined_by": miner, "mine_top_k": train.mine_top_k,
+              "mined_per_query": round(float(np.mean([len(m) for m in mined])), 2) if mined else 0.0,
+              "no_negatives": sum(1 for m in mined if not m),
+              "mining_seconds": round(time.perf_counter() - started, 1), "sha256": hashes["train"]}
+    (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (Path(out_dir) / "README.md").write_text(_card(report))
+    return report
+
+
+def _card(report: dict[str, Any]) -> str:
+    lines = ["# Ranker dataset: queries, documents and mined hard negatives", "",
+             "A Hugging Face `DatasetDict` (`datasets.load_from_disk`) with one split, `train`. Each row is "
+             "a `query`, its relevant `document`, and `negatives`: indices of other rows whose documents "
+             f"{report['mined_by']} rank high for the query (up to {report['mine_top_k']}, best first; "
+             "a document equal to the positive, or a row with the same query text, is never a negative).", "",
+             "Held-out evaluation is CoSQA test and the Stack Exchange Q&A benchmark; neither is in here "
+             "(every source was decontaminated upstream).", "",
+             "| source | pairs |", "| --- | ---: |"]
+    lines += [f"| {name} | {count} |" for name, count in sorted(report["mix"].items())]
+    lines += ["", f"Pairs: {report['pairs']}; mean negatives per query: {report['mined_per_query']}; "
+              f"queries with none: {report['no_negatives']}; mining took {report['mining_seconds']} s.", ""]
+    return "\n".join(lines)
+
+
+def read_ranker_dataset(path: Path) -> tuple[list[tuple[str, str]], list[list[int]], dict[str, Any]]:
+    """(query, document) pairs, their mined negatives and the report of a saved ranker dataset."""
+    rows = read_split(Path(path) / "train")
+    if not rows:
+        raise ValueError(f"{path} holds no ranker examples")
+    report = json.loads((Path(path) / "report.json").read_text())
+    return [(r["query"], r["document"]) for r in rows], [list(r["negatives"]) for r in rows], report
+
+
+def run_ranker_dataset(params) -> dict[str, Any]:
+    """The ranker_dataset stage: the embedder's train split (or the fallback) and sources,
+    mined with the current embedder -> data/datasets/ranker."""
+    from apex_models.layout import layout
+
+    if params.ranker is None:
+        raise ValueError("params has no `ranker` section: re-run pipelines/compose.py")
+    lay = layout(params)
+    train_split = lay.embedder_data / "train"
+    with tempfile.TemporaryDirectory() as tmp:
+        if not train_split.is_dir():
+            log.warning("%s not built: mining CoNaLa + standard-library pairs instead", train_split)
+            train_split = fallback_pairs(Path(params.paths.shared), Path(tmp) / "fallback")
+        return build_ranker_dataset(params, train_split, lay.sources, lay.embedder_model / "merged", lay.ranker_data)
