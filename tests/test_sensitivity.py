@@ -298,3 +298,32 @@ def test_a_secret_span_covers_its_whole_value() -> None:
     probs[:, 0] = 1.0
     probs[4] = [0.1, 0.9, 0, 0, 0]  # only a middle piece passes the threshold
     assert spans_from_probs(offsets, probs, 0.5, text) == [SensitiveSpan(7, 17, "SECRET", "model")]
+
+
+def test_dataset_stage_splits_by_file_and_its_card_counts_what_it_wrote(tmp_path) -> None:
+    """The sensitivity_dataset stage on a small ingest: a DatasetDict whose splits share no
+    source file, personal data in the contexts scrubbed before injection, and a card whose
+    table is the report's counts."""
+    import json as _json
+
+    from apex_models.data.sensitivity_dataset import build_sensitivity_dataset, read_examples
+
+    code = tmp_path / "code.jsonl"
+    body = "def handler(event):\n    total = sum(event['items'])\n    log(total)\n    return total\n"
+    records = [{"path": f"pkg/m{i}.py", "text": body.replace("handler", f"handler_{i}")} for i in range(60)]
+    records[0]["text"] += "# maintainer: bob.smith@acme-corp.com\n"
+    code.write_text("".join(_json.dumps(r) + "\n" for r in records))
+    cfg = validate(compose("tiny", ["sensitivity.data.sources=[code]"])).sensitivity.data
+    report = build_sensitivity_dataset(code, None, tmp_path / "ds", cfg, seed=5)
+    rows = {s: read_examples(tmp_path / "ds" / s) for s in ("train", "dev", "test")}
+    assert {s: len(r) for s, r in rows.items()} == {"train": 96, "dev": 24, "test": 32}
+    files = {s: {r["source"] for r in rs} for s, rs in rows.items()}
+    assert not files["train"] & files["dev"] and not files["train"] & files["test"] and not files["dev"] & files["test"]
+    assert report["scrubbed_before_injection"] == {"email": 1}
+    assert not any("bob.smith@acme-corp.com" in r["text"] for rs in rows.values() for r in rs)
+    secret = [r for r in rows["train"] if r["label"] == "secret"]
+    assert secret and all(any(t == "SECRET" for _, _, t in r["spans"]) for r in secret)
+    card = (tmp_path / "ds" / "README.md").read_text()
+    n = report["splits"]["train"]
+    assert f"| train | {report['contexts']['train']} | 96 | " in card
+    assert "| code | the file's own licence" in card and str(n["sources"]["code"]) in card

@@ -25,6 +25,18 @@ def test_splits_round_trip_in_order_and_open_as_a_datasetdict(tmp_path) -> None:
     assert rows_sha256(ROWS[::-1]) != hashes["train"]  # order is part of the content
 
 
+def test_equal_rows_give_byte_identical_folders(tmp_path) -> None:
+    """DVC hashes the folder: a stage re-run that writes the same rows must not look like new
+    data, or every model downstream would retrain."""
+    from apex_models.hashing import sha256_tree
+
+    save_splits(tmp_path / "a", {"train": ROWS, "dev": ROWS[:2]})
+    save_splits(tmp_path / "b", {"train": ROWS, "dev": ROWS[:2]})
+    assert sha256_tree(tmp_path / "a") == sha256_tree(tmp_path / "b")
+    save_splits(tmp_path / "b", {"train": ROWS[:2], "dev": ROWS[:2]})
+    assert sha256_tree(tmp_path / "a") != sha256_tree(tmp_path / "b")
+
+
 def test_resume_fingerprints_hash_the_arrow_data(tmp_path) -> None:
     a = write_split(tmp_path / "a", ROWS)
     b = write_split(tmp_path / "b", ROWS[:2])

@@ -59,14 +59,17 @@ def build_sensitivity_dataset(code_file: Path | None, sources_dir: Path | None, 
     """Write train/dev/test (text, spans, lookalikes, label, source) as a Hugging Face
     ``DatasetDict``, report.json and the card under `out_dir`."""
     by_split: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+    scrubbed: Counter = Counter()
     for source, text in read_contexts(code_file, sources_dir, cfg.sources, cfg.max_records_per_source):
-        clean, _ = scrub_text(text[: cfg.max_chars * 40])
+        clean, found = scrub_text(text[: cfg.max_chars * 40])
+        scrubbed.update(found)
         by_split[_split_of(source, cfg.split_fractions)].append((source, clean))
     if not by_split["train"]:
         raise ValueError("no training contexts: run the ingest and ingest_sources stages first")
     out_dir.mkdir(parents=True, exist_ok=True)
     sizes = {"train": cfg.train_examples, "dev": cfg.dev_examples, "test": cfg.test_examples}
-    report: dict[str, Any] = {"contexts": {s: len(v) for s, v in by_split.items()}, "splits": {}}
+    report: dict[str, Any] = {"contexts": {s: len(v) for s, v in by_split.items()},
+                              "scrubbed_before_injection": dict(sorted(scrubbed.items())), "splits": {}}
     rows: dict[str, list[dict[str, Any]]] = {}
     for i, split in enumerate(SPLITS):
         contexts = by_split[split] or by_split["train"]
@@ -80,17 +83,44 @@ def build_sensitivity_dataset(code_file: Path | None, sources_dir: Path | None, 
     for split in SPLITS:
         report["splits"][split]["sha256"] = hashes[split]
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "README.md").write_text(
-        "# Sensitivity dataset (synthetic spans in real text)\n\n"
-        "Windows of the pipeline's ingested code and scrubbed Q&A/command corpora, with generated secrets, "
-        "internal personal data and look-alikes injected at known character spans "
-        "(apex_models.sensitivity.synth). Split by source file before injection. No credential in it is real; "
-        "nothing is taken from any benchmark. Counts: report.json.\n\n"
-        "A Hugging Face `DatasetDict` (`datasets.load_from_disk`), splits train/dev/test. Columns: `text`; "
-        "`spans`, the labelled character spans as {start, end, type}; `lookalikes`, injected non-secrets "
-        "as {start, end} (label O, for measuring false positives); `label` (public, internal or secret) "
-        "and `source` (the file or record the window came from).\n")
+    (out_dir / "README.md").write_text(_card(report))
     return report
+
+
+_LICENCES = {"code": "the file's own licence (an allowlisted SPDX id, per record in data/ingest/code.jsonl)",
+             "stackexchange": "CC BY-SA 4.0 (Stack Exchange; attribution per record in data/sources)",
+             "conala": "CC BY-SA 4.0 (Stack Overflow via CoNaLa)", "tldr": "CC BY 4.0 (tldr-pages)"}
+
+
+def _card(report: dict[str, Any]) -> str:
+    """The dataset card: what it is, its columns, and counts per split, label, source and span type."""
+    splits = report["splits"]
+    sources = sorted({src for info in splits.values() for src in info["sources"]})
+    labels = sorted({lab for info in splits.values() for lab in info["labels"]})
+    spans = sorted({t for info in splits.values() for t in info["spans"]})
+    lines = ["# Sensitivity dataset (synthetic spans in real text)", "",
+             "Windows of the pipeline's ingested code and scrubbed Q&A/command corpora, with generated secrets, "
+             "internal personal data and look-alikes injected at known character spans "
+             "(apex_models.sensitivity.synth). Split by source file before injection, so no window's file is in "
+             "two splits. No credential in it is real; nothing is taken from any benchmark (the contexts come "
+             "from stages that decontaminated against every benchmark, and the CredSweeper samples are never read).",
+             "", "A Hugging Face `DatasetDict` (`datasets.load_from_disk`), splits train/dev/test. Columns: `text`; "
+             "`spans`, the labelled character spans as {start, end, type}; `lookalikes`, injected non-secrets "
+             "as {start, end} (label O, for measuring false positives); `label` (public, internal or secret) "
+             "and `source` (the file or record the window came from).", "",
+             "| split | contexts | examples | " + " | ".join(labels) + " | " + " | ".join(f"{t} spans" for t in spans)
+             + " |", "| --- |" + " ---: |" * (2 + len(labels) + len(spans))]
+    for split, info in splits.items():
+        lines.append(f"| {split} | {report['contexts'][split]} | {info['examples']} | "
+                     + " | ".join(str(info["labels"].get(lab, 0)) for lab in labels) + " | "
+                     + " | ".join(str(info["spans"].get(t, 0)) for t in spans) + " |")
+    lines += ["", "| source | licence | " + " | ".join(splits) + " |", "| --- | --- |" + " ---: |" * len(splits)]
+    for src in sources:
+        lines.append(f"| {src} | {_LICENCES.get(src, 'see data/sources')} | "
+                     + " | ".join(str(info["sources"].get(src, 0)) for info in splits.values()) + " |")
+    lines += ["", "Secrets and personal data already in the contexts were replaced by typed placeholders before "
+              f"injection (apex_models.data.scrub): {json.dumps(report['scrubbed_before_injection'])}.", ""]
+    return "\n".join(lines)
 
 
 def to_arrow_row(row: dict[str, Any]) -> dict[str, Any]:
