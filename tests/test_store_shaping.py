@@ -170,7 +170,9 @@ def test_intent_still_counts_after_reranking(folder: Path, embedder: OnnxEmbedde
 
 
 def test_collapsed_duplicates_are_counted_on_the_kept_hit(folder: Path, embedder: OnnxEmbedder) -> None:
-    with MemoryStore.open(folder, embedder, key=KEY) as store:
+    # A threshold with margin: these near-twins' int8 cosine sits at the default 0.97 and
+    # moves between CPUs with onnxruntime's int8 kernels (see test_store_search.TWIN).
+    with MemoryStore.open(folder, embedder, key=KEY, config=StoreConfig(duplicate_cosine=0.95)) as store:
         store.add_many([{"text": "Use ruff for linting and formatting in every repository!"},
                         {"text": "Use ruff for linting and formatting in every repository."[:-1] + " ."}])
         hits = store.search("which linter do we use", k=3)
