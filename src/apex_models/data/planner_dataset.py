@@ -300,16 +300,10 @@ def dataset_card(report: dict) -> str:
 
 
 def load_planner_dataset(path: Path):
-    """The saved DatasetDict, with a clear error when the stage has not run.
+    """The saved DatasetDict (in memory), with a clear error when the stage has not run."""
+    from apex_models.data.task_data import load_dataset_dict
 
-    Held in memory: a shuffle or filter on a dataset loaded from disk writes cache files
-    into its folder, which would change the DVC output of the planner_dataset stage.
-    """
-    from datasets import load_from_disk
-
-    if not (Path(path) / "dataset_dict.json").is_file():
-        raise FileNotFoundError(f"{path} is not a planner dataset: run pipelines/build_planner_dataset.py (DVC stage planner_dataset) first")
-    return load_from_disk(str(path), keep_in_memory=True)
+    return load_dataset_dict(path, "planner_dataset")
 
 
 def run_planner_dataset(params) -> dict:

@@ -77,7 +77,8 @@ def split_files(path: Path) -> list[Path]:
 
 
 def load_dataset_dict(path: Path, stage: str):
-    """The saved ``DatasetDict`` at `path`, in memory, or a clear error naming `stage`."""
+    """The saved ``DatasetDict`` at `path`, or a clear error naming `stage`. In memory, as in
+    :func:`read_split`: a shuffle or filter would otherwise write cache files into the folder."""
     from datasets import load_from_disk
 
     if not (Path(path) / "dataset_dict.json").is_file():
