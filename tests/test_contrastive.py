@@ -47,7 +47,7 @@ def test_cached_gradients_equal_the_plain_loss(mini_batch: int) -> None:
     expected = _grads(model)
 
     model.zero_grad()
-    cached = cached_info_nce(embed, queries, docs, 20.0, mini_batch, lambda t: t.backward())
+    cached = cached_info_nce(embed, queries, docs, 20.0, mini_batch, lambda t, last: t.backward())
     got = _grads(model)
 
     assert float(cached) == pytest.approx(float(plain.detach()), rel=1e-6)
@@ -75,8 +75,55 @@ def test_dropout_masks_are_replayed() -> None:
 
     torch.manual_seed(42)
     model.zero_grad()
-    cached = cached_info_nce(embed, queries, docs, 20.0, 2, lambda t: t.backward())
+    cached = cached_info_nce(embed, queries, docs, 20.0, 2, lambda t, last: t.backward())
     got = _grads(model)
     assert float(cached) == pytest.approx(float(plain.detach()), rel=1e-6)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _one_step(model, trainer, queries, docs, mini_batch: int | None) -> tuple[dict[str, torch.Tensor], int]:
+    """One embedder-recipe step under DeepSpeed -> (parameters after it, optimizer steps taken)."""
+    from types import SimpleNamespace
+
+    from accelerate.state import AcceleratorState
+
+    from apex_models.training.common import optimizer_step, piece_backward, prepare_training
+
+    AcceleratorState._reset_state(True)      # a fresh accelerator per run in one process
+    train = SimpleNamespace(lr=1e-3, weight_decay=0.0, max_steps=10, warmup_ratio=0.0, grad_accum=1)
+    model, optimizer, scheduler, accelerator, _ = prepare_training(model, train, trainer, len(docs["input_ids"]))
+    embed = lambda x: embed_batch(model, x["input_ids"], x["attention_mask"])  # noqa: E731
+    model.train()
+    with accelerator.accumulate(model):
+        if mini_batch:
+            cached_info_nce(embed, queries, docs, 20.0, mini_batch, piece_backward(accelerator))
+            optimizer_step(accelerator, None, optimizer, scheduler)
+        else:
+            optimizer_step(accelerator, info_nce(embed(queries), embed(docs), 20.0), optimizer, scheduler)
+    steps = accelerator.deepspeed_engine_wrapped.engine.global_steps
+    params = {n: p.detach().clone() for n, p in accelerator.unwrap_model(model).named_parameters()}
+    AcceleratorState._reset_state(True)
+    return params, int(steps)
+
+
+def test_a_cached_step_under_deepspeed_is_one_optimizer_step() -> None:
+    """DeepSpeed steps the optimizer inside backward when gradients sync: the pieces of one
+    cached batch must make one step together, the step a plain (uncached) batch makes.
+    (DeepSpeed's CPU accelerator: the first run builds its shared-memory op, about a minute.)"""
+    pytest.importorskip("deepspeed")
+    from apex_models.config import DeepSpeedConfig, TrainerConfig
+
+    zero2 = TrainerConfig(device="cpu", mixed_precision="no", gradient_checkpointing=False,
+                          deepspeed=DeepSpeedConfig(zero_stage=2, gradient_clipping=0.0))
+    queries, docs = _inputs(8, 6, 5), _inputs(16, 10, 6)
+    start = {n: p.detach().clone() for n, p in _tiny_model(0.0).named_parameters()}
+
+    expected, plain_steps = _one_step(_tiny_model(0.0), zero2, queries, docs, None)
+    got, cached_steps = _one_step(_tiny_model(0.0), zero2, queries, docs, 4)   # 2 + 4 pieces
+
+    assert (plain_steps, cached_steps) == (1, 1)
+    moved = max(float((expected[n] - start[n]).abs().max()) for n in start)
+    assert moved > 5e-4                      # Adam's first step moves weights by about lr
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-3, atol=2e-5, msg=name)

@@ -77,7 +77,9 @@ def make_accelerator(trainer: TrainerConfig, grad_accum: int, micro_batch_size: 
                                  offload_optimizer_device=ds.offload_optimizer_device,
                                  offload_param_device=ds.offload_param_device)
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch_size
-    return Accelerator(mixed_precision=trainer.mixed_precision, cpu=trainer.device == "cpu",
+    # cpu=True would make accelerate drop the DeepSpeed plugin (it falls back to DDP) without a
+    # word; left False, DeepSpeed runs on its own CPU accelerator where no GPU is present.
+    return Accelerator(mixed_precision=trainer.mixed_precision, cpu=trainer.device == "cpu" and plugin is None,
                        gradient_accumulation_steps=grad_accum, deepspeed_plugin=plugin)
 
 
@@ -158,6 +160,25 @@ def optimizer_step(accelerator, loss, optimizer, scheduler) -> None:
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad()
+
+
+def piece_backward(accelerator) -> Callable[[Any, bool], None]:
+    """`backward(tensor, last)` for a loss that back-propagates one batch in pieces (GradCache).
+
+    Under DeepSpeed, ``accelerator.backward`` ends each call with an optimizer step when
+    gradients sync, so every piece of one batch would take its own step on a partial
+    gradient; here only the `last` piece marks the accumulation boundary. Elsewhere
+    gradients add up in ``.grad`` and the caller steps once, as usual.
+    """
+    from accelerate.utils import DistributedType
+
+    def backward(tensor, last: bool) -> None:
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            accelerator.deepspeed_engine_wrapped.backward(tensor, sync_gradients=last and accelerator.sync_gradients)
+        else:
+            accelerator.backward(tensor)
+
+    return backward
 
 
 def record_step(state: TrainState, loss, bar, scheduler, mlflow=None, log_every: int = 1) -> float:

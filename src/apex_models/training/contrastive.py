@@ -59,11 +59,13 @@ def _chunks(inputs: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.
 
 
 def cached_info_nce(embed: Embed, query_inputs: dict[str, torch.Tensor], doc_inputs: dict[str, torch.Tensor],
-                    scale: float, mini_batch_size: int, backward: Callable[[torch.Tensor], None]) -> torch.Tensor:
+                    scale: float, mini_batch_size: int, backward: Callable[[torch.Tensor, bool], None]) -> torch.Tensor:
     """InfoNCE with GradCache: back-propagates into the model's parameters and returns the loss.
 
-    `embed` maps one tokenised mini-batch to vectors with autograd; `backward` is how a
-    surrogate is back-propagated (``accelerator.backward``, or ``Tensor.backward``).
+    `embed` maps one tokenised mini-batch to vectors with autograd; `backward(surrogate,
+    last)` back-propagates one mini-batch's surrogate, `last` True for the batch's final
+    piece (:func:`apex_models.training.common.piece_backward` for accelerate, where
+    DeepSpeed may step the optimizer only then; ``lambda t, last: t.backward()`` bare).
     Peak activation memory is one mini-batch, whatever the batch size; the parameter
     gradients equal those of :func:`info_nce` on the whole batch (tests check this).
     The returned loss is detached: its gradient has already been applied.
@@ -88,10 +90,11 @@ def cached_info_nce(embed: Embed, query_inputs: dict[str, torch.Tensor], doc_inp
     # 3. replay each mini-batch with a graph; the dot product carries the cached gradient
     for g, chunks in enumerate(groups):
         start = 0
-        for chunk, state in zip(chunks, states[g]):
+        for c, (chunk, state) in enumerate(zip(chunks, states[g])):
             with state:
                 part = embed(chunk)
             cached = grads[g][start:start + len(part)]
             start += len(part)
-            backward((part * cached.to(part.dtype)).sum())
+            last = g == len(groups) - 1 and c == len(chunks) - 1
+            backward((part * cached.to(part.dtype)).sum(), last)
     return loss.detach()

@@ -38,8 +38,8 @@ from apex_models.data.task_data import split_files
 from apex_models.evaluation.retrieval import BeirDataset, dense_run, evaluate_run, load_beir
 from apex_models.models.base import resolve_base_model
 from apex_models.models.embedder import TorchEncoder, embed_batch
-from apex_models.training.common import (CHECKPOINTS, fingerprint, optimizer_step, prepare_training, record_step,
-                                         resume, save_checkpoint, save_selected, with_lora)
+from apex_models.training.common import (CHECKPOINTS, fingerprint, optimizer_step, piece_backward, prepare_training,
+                                         record_step, resume, save_checkpoint, save_selected, with_lora)
 from apex_models.training.contrastive import cached_info_nce, info_nce
 from apex_models.training.negatives import mine_hard_negatives, pick_negatives
 from apex_models.training.seed import set_seed
@@ -206,7 +206,7 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
         q, d = {k: q[k] for k in ("input_ids", "attention_mask")}, {k: d[k] for k in ("input_ids", "attention_mask")}
         with accelerator.accumulate(model):
             if train.mini_batch_size and train.mini_batch_size < len(docs):
-                loss = cached_info_nce(embed, q, d, scale, train.mini_batch_size, accelerator.backward)
+                loss = cached_info_nce(embed, q, d, scale, train.mini_batch_size, piece_backward(accelerator))
                 optimizer_step(accelerator, None, optimizer, scheduler)
             else:
                 loss = info_nce(embed(q), embed(d), scale)
