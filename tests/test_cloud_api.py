@@ -7,6 +7,7 @@ import hashlib
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import psycopg
 import pytest
 
@@ -376,6 +377,10 @@ def test_the_bundle_ranker_reranks_server_search(postgres_url, minilm_embedder, 
         for text, kind, tags, source in NOTES:
             owner.add(team.id, text, kind=kind, tags=tags, source=source)
         hits = owner.search(team.id, "how do I convert a duration string to seconds", k=5)
-    expected = ranker.score("how do I convert a duration string to seconds", [h.text for h in hits])
-    assert [h.why.rerank_score for h in hits] == pytest.approx([float(x) for x in expected], abs=1e-4)
+    # The bundle's ranker is a correction to the embedder (first_stage_scale 20): the server adds
+    # 20 x each memory's cosine from the team's index, as the runtime does.
+    assert rerank.first_stage_scale == 20.0 and all(h.why.dense_score is not None for h in hits)
+    expected = ranker.score("how do I convert a duration string to seconds", [h.text for h in hits]) \
+        + 20.0 * np.array([h.why.dense_score for h in hits])
+    assert [h.why.rerank_score for h in hits] == pytest.approx([float(x) for x in expected], abs=1e-3)
     assert [h.why.rerank_score for h in hits] == sorted((h.why.rerank_score for h in hits), reverse=True)

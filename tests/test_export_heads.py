@@ -54,7 +54,7 @@ def heads_bundle(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("heads")
     models = {
-        "ranker": ("cross_encoder", None, {"max_length": 64}),
+        "ranker": ("cross_encoder", None, {"max_length": 64, "first_stage_scale": 20.0}),
         "intent": ("sequence_classification", INTENTS,
                    {"max_length": 32, "labels": INTENTS, "fallback_label": "out_of_scope", "threshold": 0.5}),
         "secrets": ("token_classification", TAGS,
@@ -93,6 +93,8 @@ def test_manifest_describes_every_model(heads_bundle: Path) -> None:
     assert kinds == {"ranker": "cross_encoder", "intent": "sequence_classification",
                      "secrets": "token_classification"}
     assert bundle.spec("intent").labels == INTENTS
+    assert bundle.spec("ranker").first_stage_scale == bundle.ranker().first_stage_scale == 20.0
+    assert "20 x the embedder's cosine" in (heads_bundle / "bundle" / "ranker" / "README.md").read_text()
     for name, spec in bundle.manifest.models.items():
         assert spec.parity["fp32"], name
         assert f"{name}/hf/model.safetensors" in bundle.manifest.files

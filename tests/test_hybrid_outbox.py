@@ -145,3 +145,30 @@ def test_sync_status_command_needs_no_key(tmp_path: Path, embedder):
     assert AWS not in result.stdout
     missing = CliRunner().invoke(app, ["sync", "status", "--store", str(tmp_path / "nowhere")])
     assert missing.exit_code == 1 and "no hybrid sync state" in missing.output
+
+
+class SilentResidualRanker:
+    """A ranker trained as a correction to the embedder that has learned nothing: logits 0."""
+
+    first_stage_scale = 20.0
+
+    def score(self, query: str, texts: list[str]):
+        import numpy as np
+
+        return np.zeros(len(texts))
+
+
+def test_search_with_a_residual_ranker_adds_the_cosines(tmp_path: Path, embedder):
+    """Hybrid hits carry no vectors (cloud ones come as text), so the hybrid search embeds its
+    head for a ranker with `first_stage_scale`: a silent correction ranks by cosine alone."""
+    texts = ["we deploy with blue-green releases", "the cache holds sessions for an hour",
+             "blue-green deploys switch traffic at the load balancer", "lunch is at noon"]
+    query = "how do blue-green deploys work"
+    with HybridMemory.open(tmp_path / "mem", embedder, None, key=KEY, reranker=SilentResidualRanker()) as memory:
+        for text in texts:
+            memory.add(text, kind="note")
+        hits = memory.search(query, k=4).hits
+    cosines = embedder.encode_documents([h.text for h in hits]) @ embedder.encode_queries([query])[0]
+    assert [h.score for h in hits] == pytest.approx([20.0 * c for c in cosines], abs=0.3)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert "blue-green" in hits[0].text and hits[-1].text == "lunch is at noon"

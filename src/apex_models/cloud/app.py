@@ -78,7 +78,7 @@ def _load_embedder(settings: Settings) -> Any:
 
 
 def load_reranker(settings: Settings) -> Any:
-    """The bundle's cross-encoder as `rerank(query, texts) -> scores`, or None when the bundle
+    """The bundle's cross-encoder (`.score(query, texts)`, and its `first_stage_scale`), or None when the bundle
     ships no ranker (the registry keeps one out until it beats the embedder alone) or
     re-ranking is switched off."""
     if not settings.rerank or settings.bundle is None:
@@ -88,7 +88,7 @@ def load_reranker(settings: Settings) -> Any:
     bundle = load_bundle(settings.bundle)
     if not bundle.has("ranker"):
         return None
-    return bundle.ranker(precision=settings.precision, intra_op_threads=settings.embedder_threads).score
+    return bundle.ranker(precision=settings.precision, intra_op_threads=settings.embedder_threads)
 
 
 def create_app(settings: Settings, embedder: Any = None, reranker: Any = None) -> FastAPI:

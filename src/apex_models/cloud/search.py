@@ -12,8 +12,9 @@
 - fusion, filters, near-duplicate collapse: exactly the runtime's (`_rrf`,
   `collapse_near_duplicates`, StoreConfig): filters (kinds, all tags, created in
   [since, until), source prefix) are applied before each list is cut.
-- re-ranking: `rerank(query, texts) -> scores` reorders the fused head when the server
-  has a ranker (the bundle's ranker is not shipped yet; the hook is the runtime's).
+- re-ranking: the bundle's ranker (or any `rerank(query, texts) -> scores`) reorders the
+  fused head when the server has one; a ranker trained as a correction to the embedder
+  (`first_stage_scale`) has the cosines from the team's index added, as in the runtime.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import psycopg
 
 from apex_models.runtime.dense import DenseIndex
 from apex_models.runtime.keyword import tokens
-from apex_models.runtime.store import StoreConfig, _rrf, collapse_near_duplicates
+from apex_models.runtime.store import StoreConfig, _rrf, collapse_near_duplicates, reranker_parts, with_first_stage
 
-Reranker = Callable[[str, list[str]], Sequence[float]]
+Reranker = Callable[[str, list[str]], Sequence[float]]  # or an object with `score` (the bundle's OnnxRanker)
 
 
 @dataclass
@@ -43,10 +44,13 @@ class _TeamIndex:
 class SearchEngine:
     """Per-team dense indexes following the feed, and the search itself."""
 
-    def __init__(self, embedder: Any, config: StoreConfig | None = None, rerank: Reranker | None = None) -> None:
+    def __init__(self, embedder: Any, config: StoreConfig | None = None, rerank: Any = None) -> None:
         self.embedder = embedder
         self.config = config or StoreConfig()
-        self.rerank = rerank
+        self.rerank: Reranker | None = None
+        self.first_stage_scale = 0.0
+        if rerank is not None:
+            self.rerank, self.first_stage_scale = reranker_parts(rerank)
         self._teams: dict[uuid.UUID, _TeamIndex] = {}
         self._lock = threading.Lock()
 
@@ -90,6 +94,7 @@ class SearchEngine:
         filtered = bool(where)
         depth = max(self.config.candidates, 2 * k, self.config.candidates if self.rerank else 0)
         dense: list[tuple[int, float]] = []
+        vector = None
         if mode != "keyword" and dense_index.live:
             vector = self.embedder.encode_queries([request.query])[0]
             if filtered:
@@ -117,6 +122,11 @@ class SearchEngine:
         if self.rerank is not None:
             head = fused[:rerank_depth]
             scores = self.rerank(request.query, [rows[n]["text"] for n, _ in head])
+            if self.first_stage_scale and head:
+                if vector is None:  # keyword mode did not embed the query
+                    vector = self.embedder.encode_queries([request.query])[0]
+                scores = with_first_stage(scores, self.first_stage_scale,
+                                          dense_index.vectors([n for n, _ in head]), vector)
             rerank_scores = {n: float(s) for (n, _), s in zip(head, scores)}
             fused = sorted(head, key=lambda p: -rerank_scores[p[0]]) + fused[rerank_depth:]
         dense_at = {n: (i + 1, s) for i, (n, s) in enumerate(dense)}

@@ -9,6 +9,9 @@ on the trained embedder, DVC sees that dependency, and the examples can be inspe
 Rows of the ``train`` split: ``query``, ``document`` and ``negatives``, the row indices of
 the pairs whose documents are this query's mined negatives, best first. The recipe draws
 its per-step negatives from that list (``apex_models.training.ranker.negatives_for``).
+With ``ranker.first_stage_scale`` set, rows also hold the embedder's ``query_vector`` and
+``document_vector``: the ranker is trained as a correction to the first stage's score
+(see ``apex_models.training.ranker``), and needs that score for every pair it sees.
 
 Pairs come from the ranker's own mix of the embedder's sources
 (:func:`apex_models.data.embedder_mix.training_pairs`, ``ranker.data``). Without the
@@ -40,10 +43,12 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def mine_negatives(pairs: list[tuple[str, str]], top_k: int, embedder=None) -> list[list[int]]:
+def mine_negatives(pairs: list[tuple[str, str]], top_k: int,
+                   vectors: tuple[np.ndarray, np.ndarray] | None = None) -> list[list[int]]:
     """Per pair, indices (into `pairs`) of other pairs' code ranked high for its query.
 
-    Candidates are BM25's top-`top_k` (plus the embedder's, interleaved, when given).
+    Candidates are BM25's top-`top_k` (plus, interleaved, the embedder's when `vectors`,
+    its unit query and document vectors in pair order, are given).
     False negatives are skipped: a candidate whose code equals the positive's, or whose
     own query is the same text (the same description twice, e.g. two `get` functions
     both "Return the value for key", means both are right answers, not one wrong one).
@@ -52,9 +57,9 @@ def mine_negatives(pairs: list[tuple[str, str]], top_k: int, embedder=None) -> l
     queries = {f"q{i}": query for i, (query, _) in enumerate(pairs)}
     ds = BeirDataset(codes, queries, {f"q{i}": {f"d{i}": 1} for i in range(len(pairs))})
     runs = [bm25_run(ds, k=top_k + 1)]
-    if embedder is not None:
-        runs.append(dense_run(ds, embedder.encode_queries,
-                              lambda texts: embedder.encode_documents(texts, progress=True), k=top_k + 1))
+    if vectors is not None:
+        query_vectors, doc_vectors = vectors  # already in pair order, as `ds.queries` is
+        runs.append(dense_run(ds, lambda _texts: query_vectors, None, k=top_k + 1, doc_vectors=doc_vectors))
     out = []
     norm_queries = [_norm(q) for q, _ in pairs]
     for i, (_, code) in enumerate(pairs):
@@ -135,18 +140,20 @@ def build_ranker_dataset(params, train_split: Path, sources_dir: Path | None, em
     cfg, train = params.ranker, params.ranker.train
     pairs, mix_counts = training_pairs(cfg.data, train.max_train_pairs, params.seed, train_split, sources_dir)
     started = time.perf_counter()
-    embedder, miner = None, "bm25"
-    if train.embedder_negatives:
-        from apex_models.models.embedder import TorchEncoder
-
-        # Documents cut at the ranker's own length (what it will read of them): half the cost.
-        miner = str(embedder_dir) if embedder_dir and (Path(embedder_dir) / "config.json").is_file() else cfg.base
-        embedder = TorchEncoder.from_base(miner, doc_max_length=train.max_length)
-        miner = f"bm25 + {miner}"
-    mined = mine_negatives(pairs, train.mine_top_k, embedder)
+    vectors, first_stage = None, None
+    if train.embedder_negatives or cfg.first_stage_scale:
+        first_stage = str(embedder_dir) if embedder_dir and (Path(embedder_dir) / "config.json").is_file() \
+            else params.embedder.base
+        vectors = first_stage_vectors(params, first_stage, pairs)
+    miner = f"bm25 + {first_stage}" if train.embedder_negatives else "bm25"
+    mined = mine_negatives(pairs, train.mine_top_k, vectors if train.embedder_negatives else None)
     rows = [{"query": q, "document": d, "negatives": negs} for (q, d), negs in zip(pairs, mined)]
+    if vectors is not None:
+        for row, qv, dv in zip(rows, *vectors):
+            row["query_vector"], row["document_vector"] = qv.tolist(), dv.tolist()
     hashes = save_splits(out_dir, {"train": rows})
     report = {"pairs": len(pairs), "mix": mix_counts, "mined_by": miner, "mine_top_k": train.mine_top_k,
+              "first_stage": first_stage,
               "mined_per_query": round(float(np.mean([len(m) for m in mined])), 2) if mined else 0.0,
               "no_negatives": sum(1 for m in mined if not m),
               "mining_seconds": round(time.perf_counter() - started, 1), "sha256": hashes["train"]}
@@ -155,12 +162,32 @@ def build_ranker_dataset(params, train_split: Path, sources_dir: Path | None, em
     return report
 
 
+def first_stage_vectors(params, model: str, pairs: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Unit query and document vectors of `pairs` from the embedder at `model`, encoded as the
+    first stage encodes at search time (the embedder config's pooling and lengths).
+
+    They serve twice: the dense half of mining, and the first-stage score the ranker is
+    trained on top of (``ranker.first_stage_scale``), so training sees the cosines that
+    evaluation and the runtime will add to its output.
+    """
+    from apex_models.models.embedder import TorchEncoder
+
+    emb = params.embedder
+    encoder = TorchEncoder.from_base(model, pooling=emb.pooling, normalize=emb.normalize,
+                                     query_max_length=emb.query_max_length, doc_max_length=emb.doc_max_length)
+    return (encoder.encode_queries([q for q, _ in pairs]),
+            encoder.encode_documents([d for _, d in pairs], progress=True))
+
+
 def _card(report: dict[str, Any]) -> str:
     lines = ["# Ranker dataset: queries, documents and mined hard negatives", "",
              "A Hugging Face `DatasetDict` (`datasets.load_from_disk`) with one split, `train`. Each row is "
              "a `query`, its relevant `document`, and `negatives`: indices of other rows whose documents "
              f"{report['mined_by']} rank high for the query (up to {report['mine_top_k']}, best first; "
              "a document equal to the positive, or a row with the same query text, is never a negative).", "",
+             (f"`query_vector` and `document_vector` are the first stage's unit vectors ({report['first_stage']}, "
+              "encoded as at search time): the ranker learns a correction to their cosine."
+              if report.get("first_stage") else "No first-stage vectors: the ranker scores pairs on its own."), "",
              "Held-out evaluation is CoSQA test and the Stack Exchange Q&A benchmark; neither is in here "
              "(every source was decontaminated upstream).", "",
              "| source | pairs |", "| --- | ---: |"]
@@ -170,13 +197,20 @@ def _card(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def read_ranker_dataset(path: Path) -> tuple[list[tuple[str, str]], list[list[int]], dict[str, Any]]:
-    """(query, document) pairs, their mined negatives and the report of a saved ranker dataset."""
+def read_ranker_dataset(path: Path) -> tuple[list[tuple[str, str]], list[list[int]],
+                                             tuple[np.ndarray, np.ndarray] | None, dict[str, Any]]:
+    """(query, document) pairs, their mined negatives, the first stage's (query, document)
+    vectors (None when the dataset was built without them) and the report of a saved
+    ranker dataset."""
     rows = read_split(Path(path) / "train")
     if not rows:
         raise ValueError(f"{path} holds no ranker examples")
     report = json.loads((Path(path) / "report.json").read_text())
-    return [(r["query"], r["document"]) for r in rows], [list(r["negatives"]) for r in rows], report
+    vectors = None
+    if "query_vector" in rows[0]:
+        vectors = (np.asarray([r["query_vector"] for r in rows], dtype=np.float32),
+                   np.asarray([r["document_vector"] for r in rows], dtype=np.float32))
+    return [(r["query"], r["document"]) for r in rows], [list(r["negatives"]) for r in rows], vectors, report
 
 
 def run_ranker_dataset(params) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -95,11 +95,29 @@ class CrossEncoder:
         return np.concatenate(out) if out else np.zeros(0)
 
 
-def rerank_run(ds: BeirDataset, first: Run, scorer: CrossEncoder, top_k: int,
-               progress: bool = False) -> tuple[Run, list[float]]:
+FirstStage = Callable[[str, list[str]], np.ndarray]
+
+
+def first_stage_scores(ds: BeirDataset, query_vectors: np.ndarray, doc_vectors: np.ndarray,
+                       scale: float) -> FirstStage:
+    """`(qid, doc ids) -> scale x cosine`, from the vectors the first stage ranked with
+    (rows in `ds.queries` and `ds.corpus` order): the part of the ranker's score that
+    comes from the embedder (``ranker.first_stage_scale``)."""
+    q_row = {qid: i for i, qid in enumerate(ds.queries)}
+    d_row = {did: i for i, did in enumerate(ds.corpus)}
+
+    def score(qid: str, doc_ids: list[str]) -> np.ndarray:
+        return scale * (doc_vectors[[d_row[d] for d in doc_ids]] @ query_vectors[q_row[qid]])
+    return score
+
+
+def rerank_run(ds: BeirDataset, first: Run, scorer: CrossEncoder, top_k: int, progress: bool = False,
+               first_stage: FirstStage | None = None) -> tuple[Run, list[float]]:
     """Re-score each query's first-stage top-k; the rest keep their order after it.
 
-    Returns the new run and the seconds spent per query (the ranker's cost).
+    With `first_stage`, a document's score is its first-stage part plus the cross-encoder's
+    logit (a ranker trained with ``first_stage_scale``). Returns the new run and the seconds
+    spent per query (the ranker's cost; the first-stage part is a dot product).
     """
     from tqdm.auto import tqdm
 
@@ -110,17 +128,20 @@ def rerank_run(ds: BeirDataset, first: Run, scorer: CrossEncoder, top_k: int,
         head, tail = ranked[:top_k], ranked[top_k:]
         started = time.perf_counter()
         scores = scorer.score(ds.queries[qid], [ds.corpus[d] for d in head])
+        if first_stage is not None and head:
+            scores = scores + first_stage(qid, head)
         seconds.append(time.perf_counter() - started)
         order = np.argsort(-scores, kind="stable")
         run[qid] = [head[i] for i in order] + tail
     return run, seconds
 
 
-def latency_ms(ds: BeirDataset, first: Run, scorer: CrossEncoder, top_k: int, n_queries: int) -> dict[str, float]:
+def latency_ms(ds: BeirDataset, first: Run, scorer: CrossEncoder, top_k: int, n_queries: int,
+               first_stage: FirstStage | None = None) -> dict[str, float]:
     """p50/p95/mean milliseconds to re-rank top-k for one query (one warm-up query first)."""
     qids = list(ds.queries)[:n_queries + 1]
     subset = BeirDataset(ds.corpus, {q: ds.queries[q] for q in qids}, {q: ds.qrels[q] for q in qids})
-    _, seconds = rerank_run(subset, first, scorer, top_k)
+    _, seconds = rerank_run(subset, first, scorer, top_k, first_stage=first_stage)
     ms = np.array(seconds[1:] or seconds) * 1000
     return {"p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1),
             "mean_ms": round(float(ms.mean()), 1), "queries": int(len(ms)), "pairs_per_query": top_k}
@@ -149,26 +170,33 @@ def _benchmarks(params: Params, tmp: Path) -> dict[str, Path]:
     return found
 
 
+def first_stage_encoder(params: Params):
+    """(name, TorchEncoder) of the first stage the ranker re-ranks: the trained embedder
+    (`models/embedder/merged`), else the embedder's base model, encoding as configured."""
+    from apex_models.models.embedder import TorchEncoder
+    from apex_models.training.ranker import ranker_paths
+
+    emb, trained = params.embedder, ranker_paths(params)["embedder"]
+    name = str(trained) if (trained / "config.json").is_file() else emb.base
+    if name == emb.base:
+        log.warning("no trained embedder at %s: the first stage is the base model %s", trained, emb.base)
+    return name, TorchEncoder.from_base(name, pooling=emb.pooling, normalize=emb.normalize,
+                                        query_max_length=emb.query_max_length, doc_max_length=emb.doc_max_length)
+
+
 def run_evaluate_ranker(params: Params) -> dict[str, Any]:
     """Embedder top-k vs + ranker on each benchmark; writes eval/results/ranker.json."""
     import torch
 
     from apex_models.evaluation.commands import reproduce_command
     from apex_models.evaluation.results import write_result
-    from apex_models.models.embedder import TorchEncoder
     from apex_models.tracking import stage_run
     from apex_models.training.ranker import ranker_paths
 
     if params.ranker is None:
         raise ValueError("params has no `ranker` section: re-run pipelines/compose.py")
     cfg, paths = params.ranker, ranker_paths(params)
-    emb_cfg = params.embedder
-    first_stage = paths["embedder"] if (paths["embedder"] / "config.json").is_file() else None
-    if first_stage is None:
-        log.warning("no trained embedder at %s: the first stage is the base model %s", paths["embedder"], emb_cfg.base)
-    encoder = TorchEncoder.from_base(str(first_stage) if first_stage else emb_cfg.base, pooling=emb_cfg.pooling,
-                                     normalize=emb_cfg.normalize, query_max_length=emb_cfg.query_max_length,
-                                     doc_max_length=emb_cfg.doc_max_length)
+    first_stage, encoder = first_stage_encoder(params)
     scorer = CrossEncoder(paths["model"] / "merged", cfg.max_length, cfg.eval.batch_size)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, \
@@ -177,14 +205,18 @@ def run_evaluate_ranker(params: Params) -> dict[str, Any]:
             ds = load_beir(folder)
             log.info("%s: %d queries, %d documents", name, len(ds.queries), len(ds.corpus))
             bs = params.evaluate.batch_size
-            first = dense_run(ds, lambda t: encoder.encode_queries(t, bs),
-                              lambda t: encoder.encode_documents(t, bs, progress=True))
-            reranked, seconds = rerank_run(ds, first, scorer, cfg.eval.top_k, progress=True)
+            doc_vectors = encoder.encode_documents(list(ds.corpus.values()), bs, progress=True)
+            query_vectors = encoder.encode_queries(list(ds.queries.values()), bs)
+            first = dense_run(ds, lambda _texts: query_vectors, None, doc_vectors=doc_vectors)
+            prior = first_stage_scores(ds, query_vectors, doc_vectors, cfg.first_stage_scale) \
+                if cfg.first_stage_scale else None
+            reranked, seconds = rerank_run(ds, first, scorer, cfg.eval.top_k, progress=True, first_stage=prior)
             results[name] = {
                 "queries": len(ds.queries), "documents": len(ds.corpus), "top_k": cfg.eval.top_k,
+                "first_stage_scale": cfg.first_stage_scale,
                 "embedder": evaluate_run(first, ds.qrels),
                 "embedder+ranker": evaluate_run(reranked, ds.qrels),
-                "ranker_cost": latency_ms(ds, first, scorer, cfg.eval.top_k, cfg.eval.latency_queries),
+                "ranker_cost": latency_ms(ds, first, scorer, cfg.eval.top_k, cfg.eval.latency_queries, prior),
                 "ranker_mean_ms_per_query_in_batch_run": round(1000 * float(np.mean(seconds)), 1),
             }
             for system in ("embedder", "embedder+ranker"):
@@ -192,7 +224,7 @@ def run_evaluate_ranker(params: Params) -> dict[str, Any]:
                                     for k, v in results[name][system].items()})
         write_result(paths["results"] / "ranker.json", "cross-encoder re-ranking", results,
                      command=reproduce_command(params, ["build_ranker_dataset", "train_ranker", "evaluate_ranker"]),
-                     extra={"profile": params.profile, "first_stage": str(first_stage or emb_cfg.base),
+                     extra={"profile": params.profile, "first_stage": first_stage,
                             "torch_threads": torch.get_num_threads(),
                             "eval_run_id": mlflow.active_run().info.run_id})
         promotion = _promote(params, mlflow, paths["model"] / "merged", results)

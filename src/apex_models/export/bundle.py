@@ -266,6 +266,15 @@ _TASK_WORDS = {
 }
 
 
+def _first_stage_line(spec) -> str:
+    scale = getattr(spec, "first_stage_scale", 0.0)
+    if not scale:
+        return ""
+    return (f"\n- **Score**: {scale:g} x the embedder's cosine of (query, candidate) + this model's logit. It was "
+            "trained as a correction to the first stage, so its logit alone is not a relevance score; "
+            "`MemoryStore.search(rerank=True)` adds the cosine itself")
+
+
 def _parity_rows(spec) -> str:
     rows = []
     for precision in ("fp32", "int8"):
@@ -293,7 +302,7 @@ def head_model_card(name: str, spec, profile: str, *, training: str = "", data: 
 {_TASK_WORDS[spec.task]}
 
 - **Base model**: `{spec.base_model}`
-- **Input**: at most {max_length} tokens{window}{' for the pair (the longer side is truncated first)' if spec.task == 'cross_encoder' else ''}{labels}{fallback}
+- **Input**: at most {max_length} tokens{window}{' for the pair (the longer side is truncated first)' if spec.task == 'cross_encoder' else ''}{labels}{fallback}{_first_stage_line(spec)}
 - **Default precision**: {spec.default_precision} ({spec.default_reason})
 - **Graph optimisation**: {spec.parity.get('graph_optimization', 'none')} (kept only when the parity gates held)
 {training}

@@ -36,12 +36,16 @@ class Head:
 
 
 def _ranker_fields(params: Params, tags: dict[str, str]) -> dict[str, Any]:
-    return {"base_model": params.ranker.base, "max_length": params.ranker.max_length}
+    return {"base_model": params.ranker.base, "max_length": params.ranker.max_length,
+            "first_stage_scale": params.ranker.first_stage_scale}
 
 
 def _ranker_heldout(params: Params, ranker) -> tuple[str, float] | None:
-    """nDCG@10 of re-ranking BM25's top-20 on CoSQA dev (never the test split the ranker reports)."""
-    from apex_models.evaluation.rerank import rerank_run
+    """nDCG@10 of re-ranking BM25's top-20 on CoSQA dev (never the test split the ranker reports).
+
+    A ranker trained as a correction to the embedder (`first_stage_scale`) is scored as it
+    runs: its logit plus the scaled cosine of the first stage's vectors."""
+    from apex_models.evaluation.rerank import first_stage_encoder, first_stage_scores, rerank_run
     from apex_models.evaluation.retrieval import BeirDataset, bm25_run, evaluate_run, load_beir
     from apex_models.layout import layout
 
@@ -51,7 +55,17 @@ def _ranker_heldout(params: Params, ranker) -> tuple[str, float] | None:
     ds = load_beir(dev)
     queries = dict(list(ds.queries.items())[:min(params.export.eval_dev_queries, 100)])
     ds = BeirDataset(ds.corpus, queries, {q: ds.qrels[q] for q in queries})
-    run, _ = rerank_run(ds, bm25_run(ds, k=20), ranker, 20)
+    first = bm25_run(ds, k=20)
+    prior = None
+    if params.ranker.first_stage_scale:
+        # Only the documents some query will re-rank: their vectors, not the whole corpus's.
+        head = BeirDataset({d: ds.corpus[d] for d in dict.fromkeys(d for r in first.values() for d in r[:20])},
+                           ds.queries, ds.qrels)
+        _, encoder = first_stage_encoder(params)
+        prior = first_stage_scores(head, encoder.encode_queries(list(head.queries.values())),
+                                   encoder.encode_documents(list(head.corpus.values())),
+                                   params.ranker.first_stage_scale)
+    run, _ = rerank_run(ds, first, ranker, 20, first_stage=prior)
     return "cosqa_dev_bm25top20_ndcg@10", evaluate_run(run, ds.qrels)["ndcg@10"]
 
 
@@ -64,7 +78,10 @@ def _ranker_card(params: Params, results: Path) -> dict[str, str]:
     rows = {b: {"embedder": r["embedder"], "embedder+ranker": r["embedder+ranker"]} for b, r in evaluation.items()}
     return {
         "training": (f"- **Training**: LoRA r={params.ranker.lora.r}, {t.loss} loss over (query, positive, "
-                     f"{t.negatives} mined negatives), {t.max_steps} steps of {t.batch_size} queries, lr {t.lr}.\n"),
+                     f"{t.negatives} mined negatives), {t.max_steps} steps of {t.batch_size} queries, lr {t.lr}"
+                     + (f"; as a correction to the embedder: the loss is over {params.ranker.first_stage_scale:g} x "
+                        "its cosine + this model's logit, and the scoring head started at zero"
+                        if params.ranker.first_stage_scale else "") + ".\n"),
         "data": ("The embedder's (docstring summary -> function) and CoNaLa pairs (see the embedder's card for "
                  "licences and counts); negatives mined with BM25 (and the embedder when configured), "
                  "candidates whose query or code equals the positive's excluded as false negatives."),

@@ -34,7 +34,7 @@ from typing import Any, Iterable, Protocol
 from apex_models.hybrid.outbox import Outbox, Pending
 from apex_models.hybrid.policy import Route, RoutingPolicy, SensitivityClassifier, decide, redact
 from apex_models.hybrid.sensitivity import DetectorClassifier
-from apex_models.runtime.store import Embedder, MemoryStore, StoreConfig, StoreError
+from apex_models.runtime.store import Embedder, MemoryStore, StoreConfig, StoreError, reranker_parts, with_first_stage
 from apex_models.sensitivity.detectors import PII_KINDS, find_sensitive
 
 TEAM_CACHE = "team-cache"
@@ -392,7 +392,13 @@ class HybridMemory:
         hits = _fuse(lists, 60)
         if rerank and self.reranker is not None and hits:
             head = hits[:max(k, 20)]
-            scores = self.reranker(query, [h.text for h in head])
+            texts = [h.text for h in head]
+            score, scale = reranker_parts(self.reranker)
+            scores = score(query, texts)
+            if scale:  # cloud hits bring no vectors: embed the head here (a residual ranker needs the cosines)
+                embedder = self.store.embedder
+                scores = with_first_stage(scores, scale, embedder.encode_documents(texts),
+                                          embedder.encode_queries([query])[0])
             hits = [HybridHit(h.id, float(s), h.text, h.kind, h.tags, h.source, h.origins)
                     for h, s in sorted(zip(head, scores), key=lambda p: -p[1])] + hits[len(head):]
         return HybridResult(hits[:k], partial=cloud_state not in ("ok", "offline"), cloud=cloud_state,

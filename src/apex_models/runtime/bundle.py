@@ -99,6 +99,9 @@ class CrossEncoderSpec(_SpecBase):
 
     task: Literal["cross_encoder"] = "cross_encoder"
     max_length: int
+    # A ranker trained as a correction to the first stage: its relevance is
+    # first_stage_scale * (the embedder's query-text cosine) + its logit. 0: the logit alone.
+    first_stage_scale: float = Field(default=0.0, ge=0)
 
 
 class SequenceClassifierSpec(_SpecBase):

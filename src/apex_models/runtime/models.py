@@ -88,6 +88,13 @@ class OnnxRanker(_OnnxModel):
 
     spec: CrossEncoderSpec
 
+    @property
+    def first_stage_scale(self) -> float:
+        """How many times the embedder's query-text cosine belongs in this ranker's relevance
+        (0: its logit alone). A ranker trained as a correction to the first stage has one;
+        `MemoryStore.search(rerank=True)` adds it."""
+        return self.spec.first_stage_scale
+
     def score(self, query: str, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """float32 [len(texts)]: one logit per (query, text) pair, in the order of `texts`."""
         texts = list(texts)

@@ -104,7 +104,11 @@ class StoreError(Exception):
 
 
 class Reranker(Protocol):
-    """A cross-encoder (the bundle's ranker): relevance of each text to the query, higher is better."""
+    """A cross-encoder (the bundle's ranker): relevance of each text to the query, higher is better.
+
+    One that also has a `first_stage_scale` attribute above 0 (the bundle's ranker, when it
+    was trained as a correction to the embedder) has the store add that many times the
+    query-memory cosine to its scores; see `MemoryStore.search`."""
 
     def score(self, query: str, texts: list[str]) -> np.ndarray: ...
 
@@ -921,14 +925,17 @@ class MemoryStore:
            is dropped and counted in the better one's `why.duplicates`;
         3. re-ranking: `rerank=True` re-scores the top config.rerank_depth (an int: that
            many) with the store's reranker; a callable `(query, texts) -> scores` is used
-           instead of it. The head is then ordered by (1 + boost) / (rrf_k + reranker rank),
-           so the intent still counts, and the raw reranker score is in `why.rerank_score`.
+           instead of it. A reranker with a `first_stage_scale` (the bundle's ranker,
+           trained as a correction to the embedder) scores each memory as its logit plus
+           that scale times the query-memory cosine. The head is then ordered by
+           (1 + boost) / (rrf_k + reranker rank), so the intent still counts, and the
+           reranker's score is in `why.rerank_score`.
 
         `Hit.score` is the number hits are sorted by; every step above is visible in `Hit.why`.
         """
         if mode not in ("hybrid", "dense", "keyword"):
             raise ValueError(f"mode must be hybrid, dense or keyword, not {mode!r}")
-        scorer, head_size = self._reranker_for(rerank, rerank_depth)
+        scorer, head_size, first_stage_scale = self._reranker_for(rerank, rerank_depth)
         label, confidence, boosts = self._intent_for(query, intent)
         self.refresh()
         if k <= 0 or not len(self._records):
@@ -969,6 +976,11 @@ class MemoryStore:
             if raw.shape != (len(head),):
                 raise StoreError(f"the reranker returned {raw.shape[0] if raw.ndim else 'no'} scores "
                                  f"for {len(head)} texts")
+            if first_stage_scale and head:
+                if query_vector is None:  # keyword mode did not embed the query
+                    query_vector = self.embedder.encode_queries([query])[0]
+                raw = with_first_stage(raw, first_stage_scale, self._dense.vectors([n for n, _ in head]),
+                                       query_vector)
             order = np.argsort(-raw, kind="stable")
             rerank_at = {head[i][0]: (rank, float(raw[i])) for rank, i in enumerate(order.tolist(), start=1)}
             reranked = [(n, (1 + boost_of.get(n, 0.0)) / (self.config.rrf_k + rerank_at[n][0])) for n, _ in head]
@@ -987,14 +999,15 @@ class MemoryStore:
 
         return plan(self, goal, planner=planner or self.planner, k=k, min_similarity=min_similarity)
 
-    def _reranker_for(self, rerank: bool | int | RerankFn, depth: int | None) -> tuple[RerankFn | None, int]:
-        """(scoring function, head size) for a search's `rerank` argument; (None, 0) when off."""
+    def _reranker_for(self, rerank: bool | int | RerankFn, depth: int | None
+                      ) -> tuple[RerankFn | None, int, float]:
+        """(scoring function, head size, weight of the first-stage cosine) for a search's
+        `rerank` argument; (None, 0, 0.0) when off."""
         if rerank is False or rerank is None:
-            return None, 0
-        if hasattr(rerank, "score"):  # a Reranker given for this search only
-            return rerank.score, depth or self.config.rerank_depth  # type: ignore[union-attr]
-        if callable(rerank):
-            return rerank, depth or self.config.rerank_depth
+            return None, 0, 0.0
+        if hasattr(rerank, "score") or callable(rerank):  # a Reranker or a function, for this search only
+            fn, scale = reranker_parts(rerank)
+            return fn, depth or self.config.rerank_depth, scale
         if rerank is True or isinstance(rerank, int):
             size = self.config.rerank_depth if rerank is True else int(rerank)
             if size <= 0:
@@ -1002,7 +1015,8 @@ class MemoryStore:
             if self.reranker is None:
                 raise StoreError("this store was opened without a reranker: "
                                  "MemoryStore.open(..., reranker=bundle.ranker())")
-            return self.reranker.score, depth or size
+            fn, scale = reranker_parts(self.reranker)
+            return fn, depth or size, scale
         raise ValueError(f"rerank must be True, a positive head size or a function, not {rerank!r}")
 
     def _intent_for(self, query: str, intent: bool | str | None
@@ -1206,6 +1220,25 @@ def _check_identity(meta: dict[str, str], path: Path, embedder: Embedder) -> Non
         raise StoreError(f"store {path} was built with a different embedder ({details}); "
                          "its vectors are not comparable. Use the original bundle and precision, "
                          "or re-embed into a new store.")
+
+
+def reranker_parts(reranker: Any) -> tuple[RerankFn, float]:
+    """(scoring function, weight of the first-stage cosine) of a reranker given as an object
+    with `score` (the bundle's ranker: its `first_stage_scale`, 0 when it has none) or as a
+    plain `(query, texts) -> scores` function (taken as it is: 0)."""
+    if hasattr(reranker, "score"):
+        return reranker.score, float(getattr(reranker, "first_stage_scale", 0.0) or 0.0)
+    return reranker, 0.0
+
+
+def with_first_stage(scores: np.ndarray, scale: float, vectors: np.ndarray, query_vector: np.ndarray) -> np.ndarray:
+    """A residual ranker's relevance: its scores plus `scale` x the cosine of each candidate's
+    unit vector (rows of `vectors`) to the query's. The ranker was trained on exactly this
+    sum (apex_models.training.ranker), so its logits alone are a correction, not a ranking."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if not scale or not len(scores):
+        return scores
+    return scores + scale * (np.asarray(vectors, dtype=np.float32) @ np.asarray(query_vector, dtype=np.float32))
 
 
 def _rrf(lists: list[list[tuple[int, float]]], k: int) -> list[tuple[int, float]]:

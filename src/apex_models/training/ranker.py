@@ -12,7 +12,12 @@ The steps, in order (state is set up in one place, the top of `train_ranker`):
   3. AutoModelForSequenceClassification (num_labels=1) with LoRA on the encoder, the
      pooler and the scoring head trained in full;
   4. each step: `batch_size` queries, each with its positive and `negatives` negatives;
-     listwise softmax cross-entropy over each group (or BCE per pair);
+     listwise softmax cross-entropy over each group (or BCE per pair). With
+     `first_stage_scale` > 0 a pair's score is that scale times the embedder's cosine
+     (the dataset's vectors) plus the cross-encoder's logit, and the scoring head starts
+     at zero: the untrained ranker orders a top-k exactly as the embedder does, and the
+     loss moves it only where the embedder is wrong. A cross-encoder trained alone on
+     this budget fell far below the embedder it re-ranks (conf/ranker/minilm.yaml);
   5. resumable checkpoints every `save_every` steps; at the end merge and save.
 
 Batches and negative choices are pure functions of (seed, step), so a resumed run sees
@@ -51,12 +56,23 @@ def negatives_for(step: int, query_index: int, mined: list[int], n: int, n_pairs
     return chosen
 
 
+def first_stage_logits(vectors: tuple[np.ndarray, np.ndarray], query: int, docs: list[int],
+                       scale: float) -> np.ndarray:
+    """`scale` x the embedder's cosine of query row `query` with each document row in `docs`:
+    the part of a pair's score the ranker does not have to learn."""
+    query_vectors, doc_vectors = vectors
+    return scale * (doc_vectors[docs] @ query_vectors[query])
+
+
 def _model(cfg: RankerConfig, trainer_cfg):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     path = resolve_base_model(cfg.base)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    if cfg.first_stage_scale:  # a zero correction to start: the embedder's ranking, exactly
+        torch.nn.init.zeros_(model.classifier.weight)
+        torch.nn.init.zeros_(model.classifier.bias)
     model = with_lora(model, cfg.lora, trainer_cfg, modules_to_save=("classifier", "pooler"))
     return model, tokenizer
 
@@ -76,7 +92,10 @@ def train_ranker(params: Params, data_dir: Path, out_dir: Path, mlflow=None,
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # 1-2. pairs and their mined hard negatives
-    pairs, mined, data_report = read_ranker_dataset(data_dir)
+    pairs, mined, vectors, data_report = read_ranker_dataset(data_dir)
+    if cfg.first_stage_scale and vectors is None:
+        raise ValueError(f"{data_dir} has no first-stage vectors but ranker.first_stage_scale is "
+                         f"{cfg.first_stage_scale}: re-run the ranker_dataset stage")
 
     # 3. model, optimizer, schedule
     model, tokenizer = _model(cfg, params.trainer)
@@ -89,7 +108,9 @@ def train_ranker(params: Params, data_dir: Path, out_dir: Path, mlflow=None,
     state, _, _ = resume(accelerator, out_dir, run_fp)
     summary: dict[str, Any] = {**counts, "pairs": len(pairs), "mix": data_report["mix"],
                                "mined_by": data_report["mined_by"],
-                               "mined_per_query": data_report["mined_per_query"]}
+                               "mined_per_query": data_report["mined_per_query"],
+                               "first_stage": data_report.get("first_stage") if cfg.first_stage_scale else None,
+                               "first_stage_scale": cfg.first_stage_scale}
 
     # 4-5. train
     group = train.negatives + 1
@@ -100,16 +121,19 @@ def train_ranker(params: Params, data_dir: Path, out_dir: Path, mlflow=None,
     model.train()
     while state.step < last:
         idx = batch_for_step(len(pairs), train.batch_size, params.seed, state.step)
-        queries, docs = [], []
-        for i in idx:
-            negs = negatives_for(state.step, i, mined[i], train.negatives, len(pairs), params.seed)
-            for j in [i, *negs]:
+        queries, docs, prior = [], [], np.zeros((len(idx), group), dtype=np.float32)
+        for row, i in enumerate(idx):
+            group_rows = [i, *negatives_for(state.step, i, mined[i], train.negatives, len(pairs), params.seed)]
+            for j in group_rows:
                 queries.append(pairs[i][0])
                 docs.append(pairs[j][1])
+            if cfg.first_stage_scale:
+                prior[row] = first_stage_logits(vectors, i, group_rows, cfg.first_stage_scale)
         batch = tokenizer(queries, docs, padding=True, truncation="longest_first", max_length=train.max_length,
                           return_tensors="pt").to(accelerator.device)
         with accelerator.accumulate(model):
-            scores = model(**batch).logits.float().view(len(idx), group)
+            scores = model(**batch).logits.float().view(len(idx), group) + torch.from_numpy(prior).to(
+                accelerator.device)
             if train.loss == "listwise":
                 loss = torch.nn.functional.cross_entropy(scores, torch.zeros(len(idx), dtype=torch.long,
                                                                              device=scores.device))
