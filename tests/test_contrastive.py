@@ -6,6 +6,8 @@ wrong chain rule, a missed mini-batch or an unreplayed dropout mask fails it.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -119,8 +121,15 @@ def test_a_cached_step_under_deepspeed_is_one_optimizer_step() -> None:
     queries, docs = _inputs(8, 6, 5), _inputs(16, 10, 6)
     start = {n: p.detach().clone() for n, p in _tiny_model(0.0).named_parameters()}
 
-    expected, plain_steps = _one_step(_tiny_model(0.0), zero2, queries, docs, None)
-    got, cached_steps = _one_step(_tiny_model(0.0), zero2, queries, docs, 4)   # 2 + 4 pieces
+    saved = dict(os.environ)   # DeepSpeed's one-process world: leave no RANK/WORLD_SIZE for later tests
+    try:
+        expected, plain_steps = _one_step(_tiny_model(0.0), zero2, queries, docs, None)
+        got, cached_steps = _one_step(_tiny_model(0.0), zero2, queries, docs, 4)   # 2 + 4 pieces
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
     assert (plain_steps, cached_steps) == (1, 1)
     moved = max(float((expected[n] - start[n]).abs().max()) for n in start)
