@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from apex_models.hybrid.memory import HybridMemory
@@ -158,17 +159,56 @@ class SilentResidualRanker:
         return np.zeros(len(texts))
 
 
+class CountingEmbedder:
+    """The bundle's embedder, noting every document text it is asked to embed."""
+
+    def __init__(self, inner):
+        self.inner, self.documents = inner, []
+
+    def encode_documents(self, texts):
+        self.documents.extend(texts)
+        return self.inner.encode_documents(texts)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class TextOnlyCloud:
+    """A cloud that answers searches with fixed rows (text, no vector) and syncs nothing."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def push(self, changes):
+        return []
+
+    def pull(self, cursor, limit):
+        return [], cursor
+
+    def search(self, query, k, timeout_s):
+        return self.rows
+
+
 def test_search_with_a_residual_ranker_adds_the_cosines(tmp_path: Path, embedder):
-    """Hybrid hits carry no vectors (cloud ones come as text), so the hybrid search embeds its
-    head for a ranker with `first_stage_scale`: a silent correction ranks by cosine alone."""
+    """A ranker with `first_stage_scale` adds each head hit's cosine to the query: local hits
+    bring their stored vectors, and only the cloud's hit, which comes as text, is embedded at
+    search time. A silent correction then ranks by cosine alone."""
     texts = ["we deploy with blue-green releases", "the cache holds sessions for an hour",
              "blue-green deploys switch traffic at the load balancer", "lunch is at noon"]
+    cloud_text = "the team rolls back a blue-green deploy by flipping the router"
     query = "how do blue-green deploys work"
-    with HybridMemory.open(tmp_path / "mem", embedder, None, key=KEY, reranker=SilentResidualRanker()) as memory:
+    counting = CountingEmbedder(embedder)
+    cloud = TextOnlyCloud([{"id": "cloud-1", "score": 1.0, "text": cloud_text, "kind": "note"}])
+    with HybridMemory.open(tmp_path / "mem", counting, cloud, key=KEY, reranker=SilentResidualRanker()) as memory:
         for text in texts:
             memory.add(text, kind="note")
-        hits = memory.search(query, k=4).hits
-    cosines = embedder.encode_documents([h.text for h in hits]) @ embedder.encode_queries([query])[0]
-    assert [h.score for h in hits] == pytest.approx([20.0 * c for c in cosines], abs=0.3)
+        counting.documents.clear()
+        result = memory.search(query, k=5)
+    hits = result.hits
+    assert result.cloud == "ok" and counting.documents == [cloud_text]
+    # each text embedded on its own, as add() and the search did (int8 activations scale per batch)
+    vectors = np.concatenate([embedder.encode_documents([h.text]) for h in hits])
+    cosines = vectors @ embedder.encode_queries([query])[0]
+    assert [h.score for h in hits] == pytest.approx([20.0 * c for c in cosines], abs=1e-3)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert "blue-green" in hits[0].text and hits[-1].text == "lunch is at noon"

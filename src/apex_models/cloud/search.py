@@ -29,7 +29,8 @@ import psycopg
 
 from apex_models.runtime.dense import DenseIndex
 from apex_models.runtime.keyword import tokens
-from apex_models.runtime.store import StoreConfig, _rrf, collapse_near_duplicates, reranker_parts, with_first_stage
+from apex_models.runtime.store import (StoreConfig, _rrf, collapse_near_duplicates, query_vector_for, reranker_parts,
+                                      with_first_stage)
 
 Reranker = Callable[[str, list[str]], Sequence[float]]  # or an object with `score` (the bundle's OnnxRanker)
 
@@ -123,10 +124,8 @@ class SearchEngine:
             head = fused[:rerank_depth]
             scores = self.rerank(request.query, [rows[n]["text"] for n, _ in head])
             if self.first_stage_scale and head:
-                if vector is None:  # keyword mode did not embed the query
-                    vector = self.embedder.encode_queries([request.query])[0]
-                scores = with_first_stage(scores, self.first_stage_scale,
-                                          dense_index.vectors([n for n, _ in head]), vector)
+                scores = with_first_stage(scores, self.first_stage_scale, dense_index.vectors([n for n, _ in head]),
+                                          query_vector_for(self.embedder, request.query, vector))
             rerank_scores = {n: float(s) for (n, _), s in zip(head, scores)}
             fused = sorted(head, key=lambda p: -rerank_scores[p[0]]) + fused[rerank_depth:]
         dense_at = {n: (i + 1, s) for i, (n, s) in enumerate(dense)}

@@ -31,10 +31,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
+import numpy as np
+
 from apex_models.hybrid.outbox import Outbox, Pending
 from apex_models.hybrid.policy import Route, RoutingPolicy, SensitivityClassifier, decide, redact
 from apex_models.hybrid.sensitivity import DetectorClassifier
-from apex_models.runtime.store import Embedder, MemoryStore, StoreConfig, StoreError, reranker_parts, with_first_stage
+from apex_models.runtime.store import (Embedder, MemoryStore, StoreConfig, StoreError, query_vector_for, reranker_parts,
+                                      with_first_stage)
 from apex_models.sensitivity.detectors import PII_KINDS, find_sensitive
 
 TEAM_CACHE = "team-cache"
@@ -395,14 +398,28 @@ class HybridMemory:
             texts = [h.text for h in head]
             score, scale = reranker_parts(self.reranker)
             scores = score(query, texts)
-            if scale:  # cloud hits bring no vectors: embed the head here (a residual ranker needs the cosines)
-                embedder = self.store.embedder
-                scores = with_first_stage(scores, scale, embedder.encode_documents(texts),
-                                          embedder.encode_queries([query])[0])
+            if scale:  # a residual ranker adds each hit's cosine to the query
+                scores = with_first_stage(scores, scale, self._head_vectors(head),
+                                          query_vector_for(self.store.embedder, query, vector))
             hits = [HybridHit(h.id, float(s), h.text, h.kind, h.tags, h.source, h.origins)
                     for h, s in sorted(zip(head, scores), key=lambda p: -p[1])] + hits[len(head):]
         return HybridResult(hits[:k], partial=cloud_state not in ("ok", "offline"), cloud=cloud_state,
                             elapsed_ms=(time.perf_counter() - start) * 1000)
+
+
+    def _head_vectors(self, head: list[HybridHit]) -> np.ndarray:
+        """Unit vectors of the head's texts: local and team-cache hits from their stores (the
+        same embedder wrote them), only cloud hits, which come as text, embedded here."""
+        vectors: list[np.ndarray | None] = []
+        for hit in head:
+            own = self.store if "local" in hit.origins else self.cache if "team" in hit.origins else None
+            vectors.append(own.vector(hit.id) if own is not None else None)
+        missing = [i for i, v in enumerate(vectors) if v is None]
+        if missing:
+            embedded = self.store.embedder.encode_documents([head[i].text for i in missing])
+            for i, v in zip(missing, embedded):
+                vectors[i] = v
+        return np.stack(vectors)
 
 
 def _fuse(lists: list[list[HybridHit]], rrf_k: int) -> list[HybridHit]:

@@ -951,8 +951,8 @@ class MemoryStore:
                 self._keyword_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apex-keyword")
             beside = self._keyword_thread.submit(self._keyword_candidates, query_tokens, depth, allowed)
         try:
-            if mode != "keyword" and query_vector is None:
-                query_vector = self.embedder.encode_queries([query])[0]
+            if mode != "keyword":
+                query_vector = query_vector_for(self.embedder, query, query_vector)
             dense = self._dense_candidates(query_vector, depth, allowed) if mode != "keyword" else []
         except BaseException:
             if beside is not None:
@@ -977,10 +977,8 @@ class MemoryStore:
                 raise StoreError(f"the reranker returned {raw.shape[0] if raw.ndim else 'no'} scores "
                                  f"for {len(head)} texts")
             if first_stage_scale and head:
-                if query_vector is None:  # keyword mode did not embed the query
-                    query_vector = self.embedder.encode_queries([query])[0]
                 raw = with_first_stage(raw, first_stage_scale, self._dense.vectors([n for n, _ in head]),
-                                       query_vector)
+                                       query_vector_for(self.embedder, query, query_vector))
             order = np.argsort(-raw, kind="stable")
             rerank_at = {head[i][0]: (rank, float(raw[i])) for rank, i in enumerate(order.tolist(), start=1)}
             reranked = [(n, (1 + boost_of.get(n, 0.0)) / (self.config.rrf_k + rerank_at[n][0])) for n, _ in head]
@@ -1229,6 +1227,12 @@ def reranker_parts(reranker: Any) -> tuple[RerankFn, float]:
     if hasattr(reranker, "score"):
         return reranker.score, float(getattr(reranker, "first_stage_scale", 0.0) or 0.0)
     return reranker, 0.0
+
+
+def query_vector_for(embedder: Embedder, query: str, vector: np.ndarray | None = None) -> np.ndarray:
+    """`vector` when the search already embedded the query, else the embedder's query vector:
+    keyword-mode searches skip embedding until a residual ranker needs the cosine."""
+    return vector if vector is not None else embedder.encode_queries([query])[0]
 
 
 def with_first_stage(scores: np.ndarray, scale: float, vectors: np.ndarray, query_vector: np.ndarray) -> np.ndarray:
