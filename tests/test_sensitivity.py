@@ -286,9 +286,23 @@ def test_runtime_classify_returns_spans_without_torch(exported) -> None:
     assert len(offsets) == 200 and np.allclose(probs.sum(1), 1.0, atol=1e-4)
     open_ = SensitivityClassifier.load(out, precision="fp32", threshold=0.0)  # the model flags every token
     assert [(s.start, s.end) for s in open_.model_spans("abc def")] == [(0, 3), (4, 7)]
+    # binary content (a zip read as text): the model does not read it, the rules still do
+    blob = "PK\x03\x04\x14\x00\x06\x00\ufffd\ufffdabc def\nAKIAQ3EGRXC7MKD2LBNP\n"
+    assert open_.model_spans(blob) == []
+    assert [blob[s.start:s.end] for s in open_.classify(blob)[1]] == ["AKIAQ3EGRXC7MKD2LBNP"]
     (out / "tokenizer.json").write_text((out / "tokenizer.json").read_text() + " ")
     with pytest.raises(SensitivityModelError, match="sha256"):
         SensitivityClassifier.load(out)
+
+
+def test_binary_is_told_from_text_by_nul_and_control_characters() -> None:
+    from apex_models.sensitivity.classifier import looks_binary
+
+    assert looks_binary("PK\x03\x04\x14\x00" + "x" * 100)            # a NUL: git's test
+    assert looks_binary("\x1f\x8b\x08\ufffd\ufffd\x02" + "ab" * 10)      # gzip bytes, no NUL early
+    assert not looks_binary("def f(x):\n\treturn x  # caf\u00e9\n")     # code with tabs and accents
+    assert not looks_binary("naive text with one stray \ufffd in it" * 3)
+    assert not looks_binary("")
 
 
 def test_a_secret_span_covers_its_whole_value() -> None:

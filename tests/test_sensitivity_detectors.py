@@ -71,3 +71,12 @@ def test_encrypted_or_fake_private_keys_are_not_credentials() -> None:
     for header in ("ENCRYPTED PRIVATE KEY", "OPENSSH FAKE PRIVATE KEY"):
         assert find_sensitive(f"-----BEGIN {header}-----\n{body}\n-----END {header}-----") == []
     assert [f.kind for f in find_sensitive(f"-----BEGIN RSA PRIVATE KEY-----\n{body}\n-----END RSA PRIVATE KEY-----")] == ["private_key"]
+
+
+def test_benchmark_halves_are_fixed_by_file_name() -> None:
+    """The dev half (errors may be read when tuning) and the test half never swap files."""
+    from apex_models.evaluation.secrets import half_of
+
+    assert [half_of(n) for n in ("pem_key", "sample.py", "salt.py", "drawio")] == ["dev", "dev", "test", "test"]
+    halves = [half_of(f"sample_{i}") for i in range(200)]
+    assert 80 < halves.count("dev") < 120

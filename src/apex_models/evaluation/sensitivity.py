@@ -82,9 +82,14 @@ def evaluate_benchmark(clf, shared: Path) -> dict[str, Any]:
                            "chars": sum(len(t) for t in texts.values()), "seconds_all_systems": round(seconds, 1)}
     for k in SYSTEMS:
         out[k] = secrets.score(preds[k], expected, texts)
+    halves = {h: [n for n in texts if secrets.half_of(n) == h] for h in ("dev", "test")}
+    out["halves"] = {"note": "dev: the half of the files whose errors may be read when tuning; test: never read",
+                     **{h: {"files": len(names), **{k: secrets.score(preds[k], expected, names) for k in SYSTEMS}}
+                        for h, names in halves.items()}}
     out["credsweeper_candidates_unfiltered"] = secrets.score(
         secrets.load_findings(root / "candidates_no_filters.json"), expected, texts)
-    out["combined_missed_values_by_file_top"] = dict(list(secrets.misses(preds["combined"], expected).items())[:15])
+    dev_expected = {n: v for n, v in expected.items() if n in set(halves["dev"])}
+    out["combined_missed_values_by_dev_file_top"] = dict(list(secrets.misses(preds["combined"], dev_expected).items())[:15])
     return out
 
 

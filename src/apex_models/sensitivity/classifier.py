@@ -50,6 +50,22 @@ def detector_spans(text: str) -> list[SensitiveSpan]:
             for f in find_sensitive(text)]
 
 
+def looks_binary(text: str, head: int = 8000) -> bool:
+    """Binary content decoded as text: a NUL in the first `head` characters (git's test), or
+    more than a tenth of them control or replacement characters.
+
+    The model learnt from code and prose; on compressed or encoded bytes every high-entropy
+    run looks like a key to it, so it does not read such text (the rules still do, as
+    secret scanners skip binary files but a PEM block in a blob is still a key)."""
+    sample = text[:head]
+    if not sample:
+        return False
+    if "\x00" in sample:
+        return True
+    odd = sum(ch == "\ufffd" or (ch < " " and ch not in "\t\n\r\f") for ch in sample)
+    return odd > len(sample) / 10
+
+
 @dataclass
 class SensitivityClassifier:
     """ONNX token classifier + detectors. Build with :meth:`load`."""
@@ -160,6 +176,9 @@ class SensitivityClassifier:
         return offsets, total / np.maximum(count, 1)
 
     def model_spans(self, text: str) -> list[SensitiveSpan]:
+        """The model's spans above the threshold; none for binary content (:func:`looks_binary`)."""
+        if looks_binary(text):
+            return []
         offsets, probs = self.token_probs(text)
         return spans_from_probs(offsets, probs, self.threshold, text) if offsets else []
 
