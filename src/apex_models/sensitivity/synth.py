@@ -13,9 +13,7 @@ supply the contexts, and this module generates what goes into them, at known spa
   hostnames): the ``PII`` span type, which makes a text ``internal``;
 - **look-alikes** that must stay ``O`` (their spans are kept apart, to count false positives): hashes and checksums, UUIDs, git SHAs,
   placeholders (``changeme``, ``${DB_PASSWORD}``, ``<your-token>``), test fixtures with
-  typed sequences, version strings, public example addresses, base64-encoded public data
-  (certificate blocks, data: URIs, wrapped blobs) and vendor-format tokens marked as
-  samples (``...EXAMPLE``, counting digits).
+  typed sequences, version strings, public example addresses.
 
 Every generator draws from a seeded ``random.Random``; nothing is copied from any
 benchmark. Pure Python (no torch): the dataset stage and the tests share it.
@@ -156,28 +154,6 @@ def _uuid(rng: random.Random) -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{rng.choice('89ab')}{h[17:20]}-{h[20:]}"
 
 
-def _encoded_data(rng: random.Random) -> str:
-    """Public bytes written as base64: a certificate block, a data: URI, or a wrapped blob
-    (an embedded image, archive or sealed value). High entropy, yet nothing to keep secret."""
-    blob = base64.b64encode(bytes(rng.getrandbits(8) for _ in range(rng.randint(60, 420)))).decode()
-    width = rng.choice([64, 76])
-    lines = [blob[i:i + width] for i in range(0, len(blob), width)]
-    style = rng.random()
-    if style < 0.35:
-        return "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----"
-    if style < 0.6:
-        return f"data:{rng.choice(['image/png', 'image/jpeg', 'font/woff2', 'application/gzip'])};base64,{blob}"
-    return "\n".join(lines)
-
-
-def _marked_example_token(rng: random.Random) -> str:
-    """A vendor-format token that says it is a sample: EXAMPLE tails, counting digits, zeros."""
-    value = SECRET_GENERATORS[rng.choice(["github_token", "npm_token", "stripe_key", "slack_token",
-                                          "google_api_key", "hf_token", "alnum_token"])](rng)
-    mark = rng.choice(["EXAMPLE", "example", "TestOnly", "1234567890", "0123456789", "XXXXXXXX", "tokenexample"])
-    return value[:max(8, len(value) - len(mark))] + mark
-
-
 LOOKALIKES: list[tuple[list[str], Callable[[random.Random], str]]] = [
     (["sha256", "checksum", "digest", "integrity_hash", "content_hash", "etag"], lambda r: _rand(r, _HEX, 64)),
     (["commit", "revision", "sha", "git_sha", "parent"], lambda r: _rand(r, _HEX, 40)),
@@ -195,8 +171,6 @@ LOOKALIKES: list[tuple[list[str], Callable[[random.Random], str]]] = [
                                                              "jane@example.org", "dev@localhost"])),
     (["host", "server", "bind"], lambda r: r.choice(["127.0.0.1", "0.0.0.0", "localhost", "192.0.2.10",
                                                      "example.com", "api.github.com"])),
-    (["cert", "ca_bundle", "icon", "logo", "payload", "sealed", "fixture_b64"], _encoded_data),
-    (["token", "api_key", "example_token", "sample_key"], _marked_example_token),
 ]
 
 
