@@ -88,7 +88,7 @@ def evaluate_benchmark(clf, shared: Path) -> dict[str, Any]:
                         for h, names in halves.items()}}
     out["credsweeper_candidates_unfiltered"] = secrets.score(
         secrets.load_findings(root / "candidates_no_filters.json"), expected, texts)
-    dev_expected = {n: v for n, v in expected.items() if n in set(halves["dev"])}
+    dev_expected = {n: v for n, v in expected.items() if secrets.half_of(n) == "dev"}
     out["combined_missed_values_by_dev_file_top"] = dict(list(secrets.misses(preds["combined"], dev_expected).items())[:15])
     return out
 

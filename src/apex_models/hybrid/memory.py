@@ -406,19 +406,19 @@ class HybridMemory:
         return HybridResult(hits[:k], partial=cloud_state not in ("ok", "offline"), cloud=cloud_state,
                             elapsed_ms=(time.perf_counter() - start) * 1000)
 
-
     def _head_vectors(self, head: list[HybridHit]) -> np.ndarray:
-        """Unit vectors of the head's texts: local and team-cache hits from their stores (the
-        same embedder wrote them), only cloud hits, which come as text, embedded here."""
-        vectors: list[np.ndarray | None] = []
-        for hit in head:
-            own = self.store if "local" in hit.origins else self.cache if "team" in hit.origins else None
-            vectors.append(own.vector(hit.id) if own is not None else None)
+        """Unit vectors of the head's texts: local and team-cache hits from their stores'
+        in-memory indexes (the same embedder wrote them); only cloud hits, which come as
+        text, are embedded here."""
+        vectors: list[np.ndarray | None] = [None] * len(head)
+        for origin, store in (("local", self.store), ("team", self.cache)):
+            rows = [i for i, hit in enumerate(head) if vectors[i] is None and origin in hit.origins]
+            for i, vector in zip(rows, store.indexed_vectors([head[i].id for i in rows])):
+                vectors[i] = vector
         missing = [i for i, v in enumerate(vectors) if v is None]
         if missing:
-            embedded = self.store.embedder.encode_documents([head[i].text for i in missing])
-            for i, v in zip(missing, embedded):
-                vectors[i] = v
+            for i, vector in zip(missing, self.store.embedder.encode_documents([head[i].text for i in missing])):
+                vectors[i] = vector
         return np.stack(vectors)
 
 

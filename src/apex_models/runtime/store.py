@@ -851,6 +851,20 @@ class MemoryStore:
         row = self._conn.execute("SELECT vector FROM memories WHERE id = ?", (memory_id,)).fetchone()
         return None if row is None else self._open_vector(memory_id, row[0]).copy()
 
+    @_serialised
+    def indexed_vectors(self, memory_ids: list[str]) -> list[np.ndarray | None]:
+        """The dense index's vectors of these memories, from memory (no disk read, unlike
+        :meth:`vector`); None for an id the index does not hold."""
+        self.refresh()
+        out: list[np.ndarray | None] = []
+        for memory_id in memory_ids:
+            num = self._records.num_of(memory_id)
+            try:
+                out.append(None if num is None else self._dense.vectors([num])[0])
+            except KeyError:
+                out.append(None)
+        return out
+
     def _edges(self, memory_id: str) -> list[Relation]:
         edges = []
         for src, dst, label in self._conn.execute(
