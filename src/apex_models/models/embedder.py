@@ -52,6 +52,7 @@ class TorchEncoder:
         path = resolve_base_model(name)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path)
+        model.to("cuda" if torch.cuda.is_available() else "cpu")  # mining and evaluation run where training does
         model.eval()
         return cls(model, tokenizer, pooling, normalize, query_max_length, doc_max_length)
 

@@ -168,7 +168,7 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
     model, tokenizer = _lora_model(params)
     model, optimizer, scheduler, accelerator, counts = prepare_training(
         model, train, params.trainer, train.batch_size)
-    encoder = TorchEncoder(model, tokenizer, cfg.pooling, cfg.normalize, cfg.query_max_length, cfg.doc_max_length)
+    encoder = TorchEncoder(accelerator.unwrap_model(model), tokenizer, cfg.pooling, cfg.normalize, cfg.query_max_length, cfg.doc_max_length)
 
     # 4. resume, or score the baseline
     state, _, resumed = resume(accelerator, out_dir, run_fingerprint(params, train_path, sources_dir))
