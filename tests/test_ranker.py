@@ -212,3 +212,28 @@ def test_a_residual_ranker_needs_the_first_stage_vectors(tmp_path) -> None:
     assert read_ranker_dataset(tmp_path / "ranker")[2] is None  # BM25 mining alone stores none
     with pytest.raises(ValueError, match="no first-stage vectors.*ranker_dataset"):
         train_ranker(_params(), tmp_path / "ranker", tmp_path / "model")
+
+
+def test_dev_selection_keeps_the_embedders_order_when_training_only_hurts(tmp_path, ranker_data) -> None:
+    """Step 0 (the untouched residual ranker: the embedder's own order) is a candidate, and
+    `patience` dev checks without a new best stop the run: a learning rate that wrecks the
+    cross-encoder must ship a ranker whose re-ranking equals the embedder's."""
+    from apex_models.evaluation.rerank import rerank_dev
+    from apex_models.evaluation.retrieval import write_beir
+    from apex_models.models.embedder import TorchEncoder
+
+    held = stdlib_pairs(limit=88)[48:]  # 40 functions the ranker never trains on
+    folder = write_beir(tmp_path / "dev", {f"d{i}": p["code"] for i, p in enumerate(held)},
+                        {f"q{i}": p["query"] for i in range(len(held)) for p in [held[i]]},
+                        {f"q{i}": {f"d{i}": 1} for i in range(len(held))}, split="dev")
+    params = _params(steps=8, **{"ranker.train.lr": "0.5", "ranker.train.eval_every": 2,
+                                 "ranker.train.patience": 2, "ranker.train.dev_queries": 40})
+    dev = rerank_dev(folder, TorchEncoder.from_base(params.embedder.base), 40, params.ranker.eval.top_k,
+                     params.ranker.first_stage_scale, 16)
+    embedder_alone = evaluate_run(dev.first, dev.ds.qrels)["ndcg@10"]
+    summary = train_ranker(params, ranker_data, tmp_path / "model", dev=dev)
+    assert summary["base_dev_ndcg@10"] == pytest.approx(embedder_alone, abs=1e-9)  # zero head: the embedder's order
+    assert [s for s, _ in summary["dev"]] == [2, 4] and all(m <= embedder_alone for _, m in summary["dev"])
+    assert summary["best_step"] == 0 and summary["early_stopped"] and len(summary["losses"]) == 4
+    shipped = CrossEncoder(tmp_path / "model" / "merged", params.ranker.max_length)
+    assert dev.ndcg(shipped) == pytest.approx(embedder_alone, abs=1e-9)

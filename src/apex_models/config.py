@@ -307,6 +307,12 @@ class RankerTrainConfig(TrainLoopConfig):
     loss: Literal["listwise", "bce"]
     max_length: int = Field(gt=0, le=512)
     max_train_pairs: int = Field(gt=0)
+    # selection on CoSQA dev (the embedder's top `eval.top_k` re-ranked, nDCG@10) every
+    # `eval_every` steps; null: no dev set is read and the last step ships
+    eval_every: int | None = Field(default=None, gt=0)
+    dev_queries: int = Field(default=50, gt=0)
+    # dev evaluations in a row without a new best before the run stops (null: run max_steps)
+    patience: int | None = Field(default=None, ge=1)
 
 
 class RankerEvalConfig(_Strict):

@@ -15,6 +15,7 @@ import re
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -145,6 +146,35 @@ def latency_ms(ds: BeirDataset, first: Run, scorer: CrossEncoder, top_k: int, n_
     ms = np.array(seconds[1:] or seconds) * 1000
     return {"p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1),
             "mean_ms": round(float(ms.mean()), 1), "queries": int(len(ms)), "pairs_per_query": top_k}
+
+
+@dataclass
+class RerankDev:
+    """A dev set for choosing the ranker's step: a few queries, the first stage's ranking of
+    the whole corpus for each, and the first stage's part of the score."""
+
+    ds: BeirDataset
+    first: Run
+    first_stage: FirstStage | None
+    top_k: int
+
+    def ndcg(self, scorer: CrossEncoder) -> float:
+        """nDCG@10 after `scorer` re-ranks each query's first-stage top-k."""
+        run, _ = rerank_run(self.ds, self.first, scorer, self.top_k, first_stage=self.first_stage)
+        return evaluate_run(run, self.ds.qrels)["ndcg@10"]
+
+
+def rerank_dev(folder: Path, encoder, n_queries: int, top_k: int, scale: float, batch_size: int) -> RerankDev:
+    """The first `n_queries` of a BEIR folder (CoSQA dev), ranked over its full corpus by
+    `encoder` (the first stage the ranker will re-rank at search time)."""
+    full = load_beir(folder)
+    qids = list(full.queries)[:n_queries]
+    ds = BeirDataset(full.corpus, {q: full.queries[q] for q in qids}, {q: full.qrels[q] for q in qids})
+    doc_vectors = encoder.encode_documents(list(ds.corpus.values()), batch_size, progress=True)
+    query_vectors = encoder.encode_queries(list(ds.queries.values()), batch_size)
+    first = dense_run(ds, lambda _texts: query_vectors, None, doc_vectors=doc_vectors)
+    prior = first_stage_scores(ds, query_vectors, doc_vectors, scale) if scale else None
+    return RerankDev(ds, first, prior, top_k)
 
 
 def _benchmarks(params: Params, tmp: Path) -> dict[str, Path]:

@@ -18,7 +18,11 @@ The steps, in order (state is set up in one place, the top of `train_ranker`):
      at zero: the untrained ranker orders a top-k exactly as the embedder does, and the
      loss moves it only where the embedder is wrong. A cross-encoder trained alone on
      this budget fell far below the embedder it re-ranks (conf/ranker/minilm.yaml);
-  5. resumable checkpoints every `save_every` steps; at the end merge and save.
+  5. resumable checkpoints every `save_every` steps; with `eval_every`, the embedder's
+     top-k on a slice of CoSQA dev re-ranked every `eval_every` steps (nDCG@10), step 0
+     (the untouched ranker: with `first_stage_scale`, the embedder's own order) a
+     candidate too, and `patience` evaluations without a new best stop the run;
+  6. merge the best step's adapter and save.
 
 Batches and negative choices are pure functions of (seed, step), so a resumed run sees
 what an uninterrupted one would.
@@ -41,7 +45,7 @@ from apex_models.data.ranker_dataset import read_ranker_dataset
 from apex_models.data.task_data import split_files
 from apex_models.models.base import resolve_base_model
 from apex_models.training.common import (CHECKPOINTS, batch_for_step, fingerprint, optimizer_step, prepare_training,
-                                         record_step, resume, save_checkpoint, save_selected, with_lora)
+                                         record_dev, record_step, resume, save_checkpoint, save_selected, with_lora)
 from apex_models.training.seed import set_seed
 
 
@@ -78,9 +82,10 @@ def _model(cfg: RankerConfig, trainer_cfg):
 
 
 def train_ranker(params: Params, data_dir: Path, out_dir: Path, mlflow=None,
-                 stop_after: int | None = None) -> dict[str, Any]:
+                 stop_after: int | None = None, dev=None) -> dict[str, Any]:
     """Run the recipe on the ranker dataset at `data_dir`; resume from the newest checkpoint
-    in `out_dir` if there is one.
+    in `out_dir` if there is one. `dev` (an `evaluation.rerank.RerankDev`) turns on
+    selection by dev nDCG@10 every `train.eval_every` steps; without it the last step ships.
 
     `stop_after` ends the loop after that many total steps (as a crash would), leaving
     the checkpoints; the tests use it to prove resume is exact.
@@ -105,12 +110,31 @@ def train_ranker(params: Params, data_dir: Path, out_dir: Path, mlflow=None,
     run_fp = fingerprint({"seed": params.seed, "ranker": cfg.model_dump(mode="json"),
                           "trainer": params.trainer.model_dump(mode="json")},
                          split_files(Path(data_dir) / "train"))
-    state, _, _ = resume(accelerator, out_dir, run_fp)
+    state, extra, resumed = resume(accelerator, out_dir, run_fp, {"bad_evals": 0})
+    evaluate = dev is not None and train.eval_every is not None
+    patience = train.patience or train.max_steps
+
+    def dev_ndcg() -> float:
+        from apex_models.evaluation.rerank import CrossEncoder
+
+        metric = dev.ndcg(CrossEncoder.from_model(accelerator.unwrap_model(model), tokenizer, cfg.max_length,
+                                                  cfg.eval.batch_size))
+        model.train()
+        return metric
+
+    base_dev = None
+    if evaluate and not resumed:  # step 0: the untouched ranker is the first candidate
+        base_dev = dev_ndcg()
+        state.best_metric, state.best_step = base_dev, 0
+        accelerator.unwrap_model(model).save_pretrained(out_dir / "best_adapter")
+        accelerator.print(f"[train] step 0 dev ndcg@10 {base_dev:.4f}")
+        if mlflow:
+            mlflow.log_metric("dev/ndcg_at_10", base_dev, step=0)
     summary: dict[str, Any] = {**counts, "pairs": len(pairs), "mix": data_report["mix"],
                                "mined_by": data_report["mined_by"],
                                "mined_per_query": data_report["mined_per_query"],
                                "first_stage": data_report.get("first_stage") if cfg.first_stage_scale else None,
-                               "first_stage_scale": cfg.first_stage_scale}
+                               "first_stage_scale": cfg.first_stage_scale, "base_dev_ndcg@10": base_dev}
 
     # 4-5. train
     group = train.negatives + 1
@@ -118,8 +142,9 @@ def train_ranker(params: Params, data_dir: Path, out_dir: Path, mlflow=None,
     bar = tqdm(total=train.max_steps, initial=state.step, desc="train ranker", unit="step",
                disable=not accelerator.is_local_main_process)
     started = time.perf_counter()
+    early = False
     model.train()
-    while state.step < last:
+    while state.step < last and not early:
         idx = batch_for_step(len(pairs), train.batch_size, params.seed, state.step)
         queries, docs, prior = [], [], np.zeros((len(idx), group), dtype=np.float32)
         for row, i in enumerate(idx):
@@ -143,16 +168,21 @@ def train_ranker(params: Params, data_dir: Path, out_dir: Path, mlflow=None,
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(scores, target)
             optimizer_step(accelerator, loss, optimizer, scheduler)
         record_step(state, loss, bar, scheduler, mlflow, train.log_every)
-        if state.step % train.save_every == 0 or state.step == last:
-            save_checkpoint(accelerator, out_dir, state)
+        if evaluate and (state.step % train.eval_every == 0 or state.step == train.max_steps):
+            early = record_dev(state, extra, dev_ndcg(), "ndcg_at_10", model, out_dir, patience, accelerator, mlflow)
+        if state.step % train.save_every == 0 or state.step == last or early:
+            save_checkpoint(accelerator, out_dir, state, extra)
     bar.close()
-    summary.update(seconds=round(time.perf_counter() - started, 1), losses=state.losses)
-    if state.step < train.max_steps:
+    summary.update(seconds=round(time.perf_counter() - started, 1), losses=state.losses, dev=state.dev,
+                   best_step=state.best_step if evaluate else None, early_stopped=early,
+                   best_dev_ndcg_at_10=state.best_metric if evaluate else None)
+    if state.step < train.max_steps and not early:
         summary["stopped_at"] = state.step
         return summary
 
-    save_selected(accelerator, model, tokenizer, out_dir, state)  # no dev selection: the last step
+    save_selected(accelerator, model, tokenizer, out_dir, state)  # without a dev set: the last step
     shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
+    shutil.rmtree(out_dir / "best_adapter", ignore_errors=True)
     return summary
 
 
@@ -161,6 +191,25 @@ def ranker_paths(params: Params) -> dict[str, Path]:
     return {"dataset": data / "datasets" / "ranker",
             "model": Path(params.paths.models) / "ranker", "embedder": Path(params.paths.models) / "embedder" / "merged",
             "results": Path(params.paths.results), "benchmarks": data / "benchmarks"}
+
+
+def _dev_set(params: Params, benchmarks: Path):
+    """CoSQA dev re-ranked as evaluate_ranker re-ranks CoSQA test, for choosing the step;
+    None when `eval_every` is unset or the benchmarks stage wrote no cosqa-dev (no shared/)."""
+    import logging
+
+    from apex_models.evaluation.rerank import first_stage_encoder, rerank_dev
+
+    cfg = params.ranker
+    folder = benchmarks / "cosqa-dev"
+    if cfg.train.eval_every is None:
+        return None
+    if not (folder / "corpus.jsonl").is_file():
+        logging.getLogger(__name__).warning("no %s: the ranker ships its last step", folder)
+        return None
+    _, encoder = first_stage_encoder(params)
+    return rerank_dev(folder, encoder, cfg.train.dev_queries, cfg.eval.top_k, cfg.first_stage_scale,
+                      params.evaluate.batch_size)
 
 
 def run_train_ranker(params: Params) -> dict[str, Any]:
@@ -172,16 +221,18 @@ def run_train_ranker(params: Params) -> dict[str, Any]:
     paths = ranker_paths(params)
     data, out = paths["dataset"], paths["model"]
     with stage_run("train_ranker", params, ["ranker", "trainer"], data={"datasets/ranker": data}) as mlflow:
-        summary = train_ranker(params, data, out, mlflow=mlflow)
+        summary = train_ranker(params, data, out, mlflow=mlflow, dev=_dev_set(params, paths["benchmarks"]))
         summary["dataset"] = str(data)
         for name, count in summary["mix"].items():
             mlflow.log_metric(f"data/pairs/{name}", float(count))
         summary["mlflow_run_id"] = mlflow.active_run().info.run_id
-        for key in ("trainable_params", "pairs", "seconds"):
-            mlflow.log_metric(f"summary/{key}", float(summary[key]))
+        for key in ("trainable_params", "pairs", "seconds", "best_step", "best_dev_ndcg_at_10"):
+            if summary.get(key) is not None:
+                mlflow.log_metric(f"summary/{key}", float(summary[key]))
         mlflow.log_artifacts(str(out / "adapter"), "adapter")
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    metrics = {k: summary[k] for k in ("pairs", "trainable_params", "seconds")}
+    metrics = {k: summary[k] for k in ("pairs", "trainable_params", "seconds", "base_dev_ndcg@10", "best_step",
+                                        "best_dev_ndcg_at_10", "early_stopped")}
     metrics["final_loss"] = summary["losses"][-1][1]
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return summary
