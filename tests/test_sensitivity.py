@@ -290,6 +290,13 @@ def test_runtime_classify_returns_spans_without_torch(exported) -> None:
     blob = "PK\x03\x04\x14\x00\x06\x00\ufffd\ufffdabc def\nAKIAQ3EGRXC7MKD2LBNP\n"
     assert open_.model_spans(blob) == []
     assert [blob[s.start:s.end] for s in open_.classify(blob)[1]] == ["AKIAQ3EGRXC7MKD2LBNP"]
+    # a wrapped base64 blob's lines are left to the rules; the line that names a value is not
+    wrapped = ('cert = ("MIIBOgIBAAJBAL1/hJjtuMbjbVXo6wYT1SxiROOvwgffVSvOAk5aN2d4wYTC25k3" +\n'
+               '        "sklfpdwxvkjh4iGB6/qC+0RbmiLwaXaQT0ECAwEAAQJAeAlQyza6t3HVDnhud/kU")\n')
+    spans = open_.model_spans(wrapped)
+    second_line = wrapped.index("\n") + 1
+    assert spans and all(s.end <= second_line for s in spans), [wrapped[s.start:s.end] for s in spans]
+    assert any("MIIBOgIBAAJBAL1" in wrapped[s.start:s.end] for s in spans)  # the named line's value stays
     (out / "tokenizer.json").write_text((out / "tokenizer.json").read_text() + " ")
     with pytest.raises(SensitivityModelError, match="sha256"):
         SensitivityClassifier.load(out)
@@ -303,6 +310,19 @@ def test_binary_is_told_from_text_by_nul_and_control_characters() -> None:
     assert not looks_binary("def f(x):\n\treturn x  # caf\u00e9\n")     # code with tabs and accents
     assert not looks_binary("naive text with one stray \ufffd in it" * 3)
     assert not looks_binary("")
+
+
+def test_a_blob_line_is_one_bare_base64_run_of_60_or_more() -> None:
+    from apex_models.sensitivity.classifier import on_blob_line
+
+    def line(text: str) -> bool:
+        return on_blob_line("x = 1\n" + text + "\ny = 2", 8)
+
+    assert line('    "QSBfKGfotblIG709xxfd6vHfDS0eZuTFUxkZDcayZDhMDjTMZxP8rokSbMaOSqUseUeYhx5TqFPwJAAhC0\\n" +')
+    assert line("H4sICIur8mIAA3BlbV9rZXkAbdM3kqNAAEDRnFNMTk3hEQo2oAG1sKIBASIbnLDC29OvifenP37f")  # gzip
+    assert not line("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")     # a 40-character secret alone stays the model's
+    assert not line("8ab20238fb3ef48823e75469b5712d3f0baf2e588ab20238fb3ef48823e75469b5712d3f0baf2e58")  # hex
+    assert not line('secret = "MIIBOgIBAAJBAL1/hJjtuMbjbVXo6wYT1SxiROOvwgffVSvOAk5aN2d4wYTC25k3"')  # named
 
 
 def test_a_secret_span_covers_its_whole_value() -> None:

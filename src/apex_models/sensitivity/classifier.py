@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,43 @@ def looks_binary(text: str, head: int = 8000) -> bool:
         return True
     odd = sum(ch == "\ufffd" or (ch < " " and ch not in "\t\n\r\f") for ch in sample)
     return odd > len(sample) / 10
+
+
+_BLOB_LINE = re.compile(r"[A-Za-z0-9+/]{60,}={0,2}")
+_HEX = re.compile(r"[0-9a-fA-F]+")
+_WRAPPING = " \t\"'+(),;\\"  # quotes and concatenation around one line of a wrapped blob
+
+
+def on_blob_line(text: str, pos: int) -> bool:
+    """Whether the line holding `pos` is nothing but a base64 run of 60 or more characters
+    (quotes, `+` and a trailing `\\n` aside): one line of a wrapped key body, certificate,
+    compressed or image blob.
+
+    Such a line has no name or context for the model to read, so it cannot tell a key body
+    from a data blob; private-key bodies are the private-key detector's, which sees the
+    header. Shorter runs (a 40-character AWS secret alone on a line) and pure hex (a hex
+    key) stay the model's. On the dev half of the CredSweeper samples, 42 model-only
+    lines were such runs and none was an expected finding."""
+    start = text.rfind("\n", 0, pos) + 1
+    end = text.find("\n", pos)
+    line = text[start:len(text) if end < 0 else end].strip(_WRAPPING)
+    if line.endswith("\\n"):
+        line = line[:-2].rstrip(_WRAPPING)
+    return bool(_BLOB_LINE.fullmatch(line)) and not _HEX.fullmatch(line)
+
+
+def _off_blob_lines(text: str, span: SensitiveSpan) -> list[SensitiveSpan]:
+    """The parts of `span` on lines that are not blob lines (a span may run across lines)."""
+    pieces, pos = [], span.start
+    while pos < span.end:
+        newline = text.find("\n", pos, span.end)
+        end = span.end if newline < 0 else newline
+        if text[pos:end].strip() and not on_blob_line(text, pos):
+            pieces.append((pos, end))
+        pos = end + 1
+    if pieces == [(span.start, span.end)]:
+        return [span]
+    return [replace(span, start=a, end=b) for a, b in pieces]
 
 
 @dataclass
@@ -176,11 +214,13 @@ class SensitivityClassifier:
         return offsets, total / np.maximum(count, 1)
 
     def model_spans(self, text: str) -> list[SensitiveSpan]:
-        """The model's spans above the threshold; none for binary content (:func:`looks_binary`)."""
+        """The model's spans above the threshold; none for binary content (:func:`looks_binary`)
+        nor on lines that are one bare base64 run (:func:`on_blob_line`)."""
         if looks_binary(text):
             return []
         offsets, probs = self.token_probs(text)
-        return spans_from_probs(offsets, probs, self.threshold, text) if offsets else []
+        spans = spans_from_probs(offsets, probs, self.threshold, text) if offsets else []
+        return [piece for span in spans for piece in _off_blob_lines(text, span)]
 
     def classify(self, text: str) -> tuple[str, list[SensitiveSpan]]:
         """(``public``/``internal``/``secret``, sorted spans): the union of detectors and model."""
