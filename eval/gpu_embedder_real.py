@@ -38,19 +38,6 @@ VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
-def apply_overrides(raw: dict, overrides: dict[str, object]) -> dict:
-    """Set dotted keys in a nested dict (a missing key is an error: a typo must not pass silently)."""
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = raw
-        for key in parents:
-            node = node[key]
-        if leaf not in node:
-            raise KeyError(f"no config key {dotted!r}")
-        node[leaf] = value
-    return raw
-
-
 def parse_sets(items: list[str]) -> dict[str, object]:
     """`--set a.b=value` pairs, values read as YAML (numbers, booleans, null, lists)."""
     import yaml
@@ -67,14 +54,13 @@ def parse_sets(items: list[str]) -> dict[str, object]:
 def run_variant(name: str, params_path: Path, work: Path, common: dict[str, object]) -> dict:
     """Train one variant in this process; the recipe's summary plus what the GPU used."""
     import torch
-    import yaml
 
-    from apex_models.config import validate
+    from apex_models.config import load_params
     from apex_models.layout import layout
     from apex_models.training.embedder import train_embedder
+    from apex_models.training.sweep import apply_overrides
 
-    raw = apply_overrides(yaml.safe_load(params_path.read_text()), common)
-    params = validate(apply_overrides(raw, VARIANTS[name]))
+    params = apply_overrides(load_params(params_path), {**common, **VARIANTS[name]})
     lay = layout(params)
     dev = lay.benchmark("cosqa-dev")
     if torch.cuda.is_available():
