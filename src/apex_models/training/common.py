@@ -212,11 +212,23 @@ def resume(accelerator, out_dir: Path, run_fingerprint: str, extra: dict | None 
     return state, {**(extra or {}), **saved}, True
 
 
-def record_dev(state: TrainState, extra: dict, metric: float, name: str, model, out_dir: Path, patience: int,
-               accelerator, mlflow=None) -> bool:
+def record_base(state: TrainState, metric: float, name: str, model, out_dir: Path, accelerator, mlflow=None) -> None:
+    """Make the untouched model (step 0) the first selection candidate, with its dev score.
+
+    LoRA's B matrices start at zero (and a residual head at zero), so the adapter saved
+    here merges to exactly the base: a run that only makes dev worse ships the base."""
+    state.best_metric, state.best_step = metric, 0
+    accelerator.unwrap_model(model).save_pretrained(out_dir / "best_adapter")
+    accelerator.print(f"[train] step 0 dev {name} {metric:.4f}")
+    if mlflow:
+        mlflow.log_metric(f"dev/{name}", metric, step=0)
+
+
+def record_dev(state: TrainState, extra: dict, metric: float, name: str, model, out_dir: Path,
+               patience: int | None, accelerator, mlflow=None) -> bool:
     """Keep a dev evaluation: on the curve, in MLflow as `dev/<name>`, and the adapter when it
     is the best so far. Returns True once `patience` evaluations in a row did not improve
-    (early stopping); `extra["bad_evals"]` carries that count through checkpoints."""
+    (early stopping; None: never); `extra["bad_evals"]` carries that count through checkpoints."""
     state.dev.append((state.step, round(metric, 6)))
     accelerator.print(f"[train] step {state.step} dev {name} {metric:.4f}")
     if mlflow:
@@ -227,7 +239,7 @@ def record_dev(state: TrainState, extra: dict, metric: float, name: str, model, 
         accelerator.unwrap_model(model).save_pretrained(out_dir / "best_adapter")
         return False
     extra["bad_evals"] += 1
-    return extra["bad_evals"] >= patience
+    return patience is not None and extra["bad_evals"] >= patience
 
 
 def prepare_training(model, train, trainer: TrainerConfig, micro_batch_size: int):

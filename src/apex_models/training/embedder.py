@@ -41,7 +41,7 @@ from apex_models.evaluation.retrieval import BeirDataset, dense_run, evaluate_ru
 from apex_models.models.base import resolve_base_model
 from apex_models.models.embedder import TorchEncoder, embed_batch
 from apex_models.training.common import (CHECKPOINTS, fingerprint, optimizer_step, piece_backward, prepare_training,
-                                         record_dev, record_step, resume, save_checkpoint, save_selected, with_lora)
+                                         record_base, record_dev, record_step, resume, save_checkpoint, save_selected, with_lora)
 from apex_models.training.contrastive import cached_info_nce, info_nce
 from apex_models.training.negatives import mine_hard_negatives, pick_negatives
 from apex_models.training.seed import set_seed
@@ -170,22 +170,17 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
     model, tokenizer = _lora_model(params)
     model, optimizer, scheduler, accelerator, counts = prepare_training(
         model, train, params.trainer, train.batch_size)
-    encoder = TorchEncoder(accelerator.unwrap_model(model), tokenizer, cfg.pooling, cfg.normalize, cfg.query_max_length, cfg.doc_max_length)
+    encoder = TorchEncoder(accelerator.unwrap_model(model), tokenizer, cfg.pooling, cfg.normalize,
+                           cfg.query_max_length, cfg.doc_max_length)
 
-    # 4. resume, or score the baseline: step 0 is a candidate like any other, so a run
-    #    that only makes the base worse ships the base (LoRA's B starts at zero, so the
-    #    untouched adapter saved here merges to exactly the base weights)
+    # 4. resume, or score the baseline: step 0 is a candidate like any other
     state, extra, resumed = resume(accelerator, out_dir, run_fingerprint(params, train_path, sources_dir),
                                    {"bad_evals": 0})
     base_dev = None
     if dev is not None and not resumed:
         with accelerator.unwrap_model(model).disable_adapter():
             base_dev = _dev_metric(encoder, dev, train.eval_dev_queries, params.evaluate.batch_size)
-        accelerator.print(f"[train] base dev mrr@10 {base_dev:.4f}")
-        if mlflow:
-            mlflow.log_metric("dev/mrr_at_10", base_dev, step=0)
-        state.best_metric, state.best_step = base_dev, 0
-        accelerator.unwrap_model(model).save_pretrained(out_dir / "best_adapter")
+        record_base(state, base_dev, "mrr_at_10", model, out_dir, accelerator, mlflow)
     summary = {**counts, "pairs": len(pairs), "mix": mix_counts, "mining": mining,
                "base_dev_mrr@10": base_dev}
 
@@ -223,8 +218,7 @@ def train_embedder(params: Params, train_path: Path, dev_dir: Path | None, out_d
         if dev is not None and (state.step % train.eval_every == 0 or state.step == train.max_steps):
             metric = _dev_metric(encoder, dev, train.eval_dev_queries, params.evaluate.batch_size)
             model.train()
-            early = record_dev(state, extra, metric, "mrr_at_10", model, out_dir, train.patience or train.max_steps,
-                               accelerator, mlflow)
+            early = record_dev(state, extra, metric, "mrr_at_10", model, out_dir, train.patience, accelerator, mlflow)
         if state.step % train.save_every == 0 or state.step == last or early:
             save_checkpoint(accelerator, out_dir, state, extra)
     bar.close()

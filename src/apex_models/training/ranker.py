@@ -45,7 +45,7 @@ from apex_models.data.ranker_dataset import read_ranker_dataset
 from apex_models.data.task_data import split_files
 from apex_models.models.base import resolve_base_model
 from apex_models.training.common import (CHECKPOINTS, batch_for_step, fingerprint, optimizer_step, prepare_training,
-                                         record_dev, record_step, resume, save_checkpoint, save_selected, with_lora)
+                                         record_base, record_dev, record_step, resume, save_checkpoint, save_selected, with_lora)
 from apex_models.training.seed import set_seed
 
 
@@ -112,7 +112,6 @@ def train_ranker(params: Params, data_dir: Path, out_dir: Path, mlflow=None,
                          split_files(Path(data_dir) / "train"))
     state, extra, resumed = resume(accelerator, out_dir, run_fp, {"bad_evals": 0})
     evaluate = dev is not None and train.eval_every is not None
-    patience = train.patience or train.max_steps
 
     def dev_ndcg() -> float:
         from apex_models.evaluation.rerank import CrossEncoder
@@ -125,11 +124,7 @@ def train_ranker(params: Params, data_dir: Path, out_dir: Path, mlflow=None,
     base_dev = None
     if evaluate and not resumed:  # step 0: the untouched ranker is the first candidate
         base_dev = dev_ndcg()
-        state.best_metric, state.best_step = base_dev, 0
-        accelerator.unwrap_model(model).save_pretrained(out_dir / "best_adapter")
-        accelerator.print(f"[train] step 0 dev ndcg@10 {base_dev:.4f}")
-        if mlflow:
-            mlflow.log_metric("dev/ndcg_at_10", base_dev, step=0)
+        record_base(state, base_dev, "ndcg_at_10", model, out_dir, accelerator, mlflow)
     summary: dict[str, Any] = {**counts, "pairs": len(pairs), "mix": data_report["mix"],
                                "mined_by": data_report["mined_by"],
                                "mined_per_query": data_report["mined_per_query"],
@@ -169,7 +164,8 @@ def train_ranker(params: Params, data_dir: Path, out_dir: Path, mlflow=None,
             optimizer_step(accelerator, loss, optimizer, scheduler)
         record_step(state, loss, bar, scheduler, mlflow, train.log_every)
         if evaluate and (state.step % train.eval_every == 0 or state.step == train.max_steps):
-            early = record_dev(state, extra, dev_ndcg(), "ndcg_at_10", model, out_dir, patience, accelerator, mlflow)
+            early = record_dev(state, extra, dev_ndcg(), "ndcg_at_10", model, out_dir, train.patience, accelerator,
+                               mlflow)
         if state.step % train.save_every == 0 or state.step == last or early:
             save_checkpoint(accelerator, out_dir, state, extra)
     bar.close()
