@@ -164,17 +164,22 @@ class RerankDev:
         return evaluate_run(run, self.ds.qrels)["ndcg@10"]
 
 
+def first_stage_run(ds: BeirDataset, encoder, scale: float, batch_size: int) -> tuple[Run, FirstStage | None]:
+    """The embedder's ranking of the whole corpus for each query, and (with `scale`) the
+    first-stage part of a residual ranker's score, from the same vectors."""
+    doc_vectors = encoder.encode_documents(list(ds.corpus.values()), batch_size, progress=True)
+    query_vectors = encoder.encode_queries(list(ds.queries.values()), batch_size)
+    first = dense_run(ds, lambda _texts: query_vectors, None, doc_vectors=doc_vectors)
+    return first, first_stage_scores(ds, query_vectors, doc_vectors, scale) if scale else None
+
+
 def rerank_dev(folder: Path, encoder, n_queries: int, top_k: int, scale: float, batch_size: int) -> RerankDev:
     """The first `n_queries` of a BEIR folder (CoSQA dev), ranked over its full corpus by
     `encoder` (the first stage the ranker will re-rank at search time)."""
     full = load_beir(folder)
     qids = list(full.queries)[:n_queries]
     ds = BeirDataset(full.corpus, {q: full.queries[q] for q in qids}, {q: full.qrels[q] for q in qids})
-    doc_vectors = encoder.encode_documents(list(ds.corpus.values()), batch_size, progress=True)
-    query_vectors = encoder.encode_queries(list(ds.queries.values()), batch_size)
-    first = dense_run(ds, lambda _texts: query_vectors, None, doc_vectors=doc_vectors)
-    prior = first_stage_scores(ds, query_vectors, doc_vectors, scale) if scale else None
-    return RerankDev(ds, first, prior, top_k)
+    return RerankDev(ds, *first_stage_run(ds, encoder, scale, batch_size), top_k)
 
 
 def _benchmarks(params: Params, tmp: Path) -> dict[str, Path]:
@@ -234,12 +239,7 @@ def run_evaluate_ranker(params: Params) -> dict[str, Any]:
         for name, folder in _benchmarks(params, Path(tmp)).items():
             ds = load_beir(folder)
             log.info("%s: %d queries, %d documents", name, len(ds.queries), len(ds.corpus))
-            bs = params.evaluate.batch_size
-            doc_vectors = encoder.encode_documents(list(ds.corpus.values()), bs, progress=True)
-            query_vectors = encoder.encode_queries(list(ds.queries.values()), bs)
-            first = dense_run(ds, lambda _texts: query_vectors, None, doc_vectors=doc_vectors)
-            prior = first_stage_scores(ds, query_vectors, doc_vectors, cfg.first_stage_scale) \
-                if cfg.first_stage_scale else None
+            first, prior = first_stage_run(ds, encoder, cfg.first_stage_scale, params.evaluate.batch_size)
             reranked, seconds = rerank_run(ds, first, scorer, cfg.eval.top_k, progress=True, first_stage=prior)
             results[name] = {
                 "queries": len(ds.queries), "documents": len(ds.corpus), "top_k": cfg.eval.top_k,
