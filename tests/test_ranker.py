@@ -228,8 +228,13 @@ def test_dev_selection_keeps_the_embedders_order_when_training_only_hurts(tmp_pa
                         {f"q{i}": {f"d{i}": 1} for i in range(len(held))}, split="dev")
     params = _params(steps=8, **{"ranker.train.lr": "0.5", "ranker.train.eval_every": 2,
                                  "ranker.train.patience": 2, "ranker.train.dev_queries": 40})
-    dev = rerank_dev(folder, TorchEncoder.from_base(params.embedder.base), 40, params.ranker.eval.top_k,
-                     params.ranker.first_stage_scale, 16)
+    encoder = TorchEncoder.from_base(params.embedder.base)
+    dev = rerank_dev(folder, encoder, 40, params.ranker.eval.top_k, params.ranker.first_stage_scale, 16)
+    # a checkpoint resumes only under the same dev set (its digest is part of the run's fingerprint)
+    assert rerank_dev(folder, encoder, 40, params.ranker.eval.top_k, params.ranker.first_stage_scale,
+                      16).digest() == dev.digest()
+    assert rerank_dev(folder, encoder, 20, params.ranker.eval.top_k, params.ranker.first_stage_scale,
+                      16).digest() != dev.digest()
     embedder_alone = evaluate_run(dev.first, dev.ds.qrels)["ndcg@10"]
     summary = train_ranker(params, ranker_data, tmp_path / "model", dev=dev)
     assert summary["base_dev_ndcg@10"] == pytest.approx(embedder_alone, abs=1e-9)  # zero head: the embedder's order

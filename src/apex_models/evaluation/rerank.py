@@ -158,6 +158,16 @@ class RerankDev:
     first_stage: FirstStage | None
     top_k: int
 
+    def digest(self) -> str:
+        """What a resumed run must match: the queries, their judgements and the first stage's
+        top-k per query (which change with the embedder), as one sha256."""
+        import hashlib
+        import json
+
+        doc = {"queries": self.ds.queries, "qrels": self.ds.qrels, "top_k": self.top_k,
+               "first": {q: list(docs[:self.top_k]) for q, docs in self.first.items()}}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
     def ndcg(self, scorer: CrossEncoder) -> float:
         """nDCG@10 after `scorer` re-ranks each query's first-stage top-k."""
         run, _ = rerank_run(self.ds, self.first, scorer, self.top_k, first_stage=self.first_stage)

@@ -108,7 +108,8 @@ def train_ranker(params: Params, data_dir: Path, out_dir: Path, mlflow=None,
         model, train, params.trainer, train.batch_size * (train.negatives + 1))
 
     run_fp = fingerprint({"seed": params.seed, "ranker": cfg.model_dump(mode="json"),
-                          "trainer": params.trainer.model_dump(mode="json")},
+                          "trainer": params.trainer.model_dump(mode="json"),
+                          **({"dev": dev.digest()} if dev is not None else {})},  # its checks pick the step
                          split_files(Path(data_dir) / "train"))
     state, extra, resumed = resume(accelerator, out_dir, run_fp, {"bad_evals": 0})
     evaluate = dev is not None and train.eval_every is not None
