@@ -94,6 +94,18 @@ def test_greedy_onnx_tokens_equal_torch_generate(exported, planner_dir: Path) ->
     assert planner.generate_ids(GOALS) == one_by_one     # padding and batch do not change a plan
     assert all(len(ids) <= MAX_NEW for ids in one_by_one)
 
+    # a similar known plan reaches the model only when it was trained to read one
+    similar = ("Use zip (common): Package and compress files", ["Zip a folder", "Unzip an archive"])
+    reading = OnnxPlanner(out, spec.model_copy(update={"reads_similar": True}), "fp32")
+    seen: list[str] = []
+    for p in (planner, reading):
+        p.generate_ids = lambda sources, max_new_tokens=None: seen.extend(sources) or [[]] * len(sources)
+        p.plan(GOALS[0], ["a note"], similar=similar)
+    assert spec.reads_similar is False
+    assert seen == [f"{GOALS[0]} | context: a note",
+                    f"{GOALS[0]} | similar: Use zip (common): Package and compress files : Zip a folder ; "
+                    "Unzip an archive | context: a note"]
+
 
 def test_the_graphs_take_any_cache_length_and_int8_is_smaller(exported) -> None:
     import onnxruntime as ort

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from apex_models.config import compose, validate
-from apex_models.data.planner_dataset import (build_planner_dataset, clean_step, ordered_list_steps, parse_steps,
-                                              split_of, steps_to_target, tldr_goal)
+from apex_models.data.planner_dataset import (build_planner_dataset, clean_step, model_input, nearest_plans,
+                                              ordered_list_steps, parse_steps, similar_plan_text, split_of,
+                                              steps_to_target, tldr_goal)
 from apex_models.evaluation.planner import lcs_length, retrieval_baseline, rouge_l, score_plans, step_match
 
 # Losses of steps 1-4 and dev losses of `_tiny_params(4)` with one layer per side on the
@@ -134,8 +135,28 @@ def test_dataset_splits_by_unit_with_no_leak(planner_data) -> None:
     if row is not None:
         assert row["steps"] == [f"Do thing {k} with widget 0" for k in range(4)]
     assert (path / "README.md").read_text().count("| tldr |") == 1
+    assert all(r["input"] == r["query"] and r["similar_id"] is None for s in ds for r in ds[s])  # retrieve: false
     assert split_of("tldr:tool7", {"train": 0.7, "dev": 0.1, "test": 0.2}) == split_of(
         "tldr:tool7", {"train": 0.7, "dev": 0.1, "test": 0.2})
+
+
+def test_with_retrieve_every_input_carries_a_training_plan_of_another_unit(tmp_path) -> None:
+    from datasets import load_from_disk
+
+    sources, shared = _write_sources(tmp_path)
+    cfg = _tiny_params(**{"planner.data.retrieve": "true"}).planner.data
+    build_planner_dataset(sources, shared, tmp_path / "ds", cfg, benchmarks=[])
+    ds = load_from_disk(str(tmp_path / "ds"))
+    train = {r["id"]: r for r in ds["train"]}
+    for split in ("train", "dev", "test"):
+        for r in ds[split]:
+            if r["similar_id"] is None:
+                assert r["input"] == r["query"]
+                continue
+            known = train[r["similar_id"]]
+            assert known["unit"] != r["unit"]   # not itself, nor its page on another platform
+            assert r["input"] == model_input(r["goal"], r["context"], similar_plan_text(known["goal"], known["steps"]))
+    assert sum(r["similar_id"] is not None for r in ds["test"]) >= len(ds["test"]) * 0.9
 
 
 def test_contaminated_goal_is_dropped(tmp_path) -> None:
@@ -170,10 +191,24 @@ def test_rouge_l_and_step_recall_golden_values() -> None:
 
 
 def test_retrieval_baseline_returns_the_nearest_training_plan() -> None:
-    plans = retrieval_baseline(["set up a python virtualenv", "deploy a docker container"],
-                               [["python -m venv", "activate"], ["build image", "run container"]],
-                               ["how to deploy with docker", "nothing matches zzz"])
-    assert plans == [["build image", "run container"], []]
+    train = [{"query": "set up a python virtualenv", "unit": "a", "steps": ["python -m venv", "activate"]},
+             {"query": "deploy a docker container", "unit": "b", "steps": ["build image", "run container"]}]
+    test = [{"query": "how to deploy with docker", "unit": "c"}, {"query": "nothing matches zzz", "unit": "d"}]
+    assert retrieval_baseline(train, test) == [["build image", "run container"], []]
+
+
+def test_the_similar_plan_comes_from_another_unit_of_the_training_split() -> None:
+    known = ["Use tar (common): Archiving utility", "Use tar (osx): Archiving utility",
+             "Use zip (common): Package and compress files"]
+    units = ["tldr:tar", "tldr:tar", "tldr:zip"]
+    # a query finds its own unit first by BM25, but that unit is skipped: as a test goal would
+    assert nearest_plans(known, units, ["Use tar (linux): Archiving utility"], ["tldr:tar"]) == [2]
+    assert nearest_plans(known, units, ["Use tar (linux): Archiving utility"], [None]) == [0]
+    assert nearest_plans(known, units, ["qqq"], ["tldr:x"]) == [None]
+    assert model_input("Use tar (linux): Archiving utility", None,
+                       similar_plan_text("Use zip (common): Package", ["Zip a folder", "Unzip"])) == (
+        "Use tar (linux): Archiving utility | similar: Use zip (common): Package : Zip a folder ; Unzip")
+    assert model_input("How do I retire my pool?", "cardano") == "How do I retire my pool? | context: cardano"
 
 
 def _weights(model) -> torch.Tensor:
@@ -197,6 +232,18 @@ def test_two_steps_change_the_weights(planner_data) -> None:
         opt.step()
         opt.zero_grad()
     assert not torch.equal(before, _weights(model))
+
+
+def test_cross_attention_starts_as_a_copy_of_self_attention() -> None:
+    from apex_models.training.planner import build_model
+
+    copied, _ = build_model(_tiny_params(**{"planner.cross_attention_init": "self_attention"}).planner,
+                            _tiny_params().trainer, layers=1)
+    fresh, _ = build_model(_tiny_params().planner, _tiny_params().trainer, layers=1)
+    for model, same in ((copied, True), (fresh, False)):
+        layer = model.decoder.bert.encoder.layer[0]
+        assert torch.equal(layer.crossattention.self.key.weight, layer.attention.self.key.weight) is same
+        assert torch.equal(layer.crossattention.output.dense.weight, layer.attention.output.dense.weight) is same
 
 
 def test_resume_equals_uninterrupted_and_greedy_plans_are_ordered_lists(planner_data, tmp_path) -> None:

@@ -66,13 +66,15 @@ def test_plan_uses_the_closest_procedure_and_returns_context(tmp_path: Path, emb
             store.plan("  ")
 
 
-def test_a_given_planner_gets_the_relevant_memories(tmp_path: Path, embedder: OnnxEmbedder) -> None:
-    class EchoPlanner:  # the Planner protocol: any object with plan(goal, context) -> steps
+def test_a_given_planner_gets_the_relevant_memories_and_the_closest_procedure(tmp_path: Path,
+                                                                            embedder: OnnxEmbedder) -> None:
+    class EchoPlanner:  # the Planner protocol: any object with plan(goal, context, similar) -> steps
         def __init__(self) -> None:
             self.seen: list[str] = []
+            self.similar: tuple[str, list[str]] | None = None
 
-        def plan(self, goal: str, context: list[str]) -> list[str]:
-            self.seen = context
+        def plan(self, goal: str, context: list[str], similar: tuple[str, list[str]] | None = None) -> list[str]:
+            self.seen, self.similar = context, similar
             return [f"read: {text[:20]}" for text in context]
 
     with MemoryStore.open(tmp_path / "s", embedder, key=bytes(32)) as store:
@@ -81,6 +83,11 @@ def test_a_given_planner_gets_the_relevant_memories(tmp_path: Path, embedder: On
         plan = store.plan("publish a new release of the package on PyPI", planner=planner, k=2)
         assert plan.source == "planner" and len(plan.steps) == 2
         assert planner.seen == [h.text for h in plan.context] and ids["release"] not in [h.id for h in plan.context]
+        # the known procedure to adapt: its title line and its steps, as the planner was trained
+        assert planner.similar == ("Releasing the package to PyPI", steps_of(RELEASE))
+        assert plan.similarity is not None and plan.similarity >= 0.4
+        store.plan("bake sourdough bread at home", planner=planner)  # no procedure is close enough
+        assert planner.similar is None
 
 
 def test_memory_plan_cli(minilm_bundle: Path, tmp_path: Path) -> None:

@@ -344,6 +344,7 @@ class PlannerDataConfig(_Strict):
     max_plans_per_source: int | None = Field(default=None, gt=0)
     split_fractions: dict[Literal["train", "dev", "test"], float]
     benchmarks: list[Literal["cosqa", "conala", "intent", "qa"]]
+    retrieve: bool                    # the input carries the nearest training plan of another unit
 
 
 class PlannerTrainConfig(TrainLoopConfig):
@@ -371,6 +372,7 @@ class PlannerConfig(_Strict):
     decoder_base: str | None = None
     decoder_layers: int | None = Field(default=None, gt=0)   # encoder_decoder: keep the first N decoder layers
     freeze_encoder: bool = False                              # encoder_decoder: train decoder + cross-attention only
+    cross_attention_init: Literal["random", "self_attention"] = "random"  # encoder_decoder: see training/planner.py
     finetune: Literal["full", "lora"]
     max_source_length: int = Field(gt=0, le=2048)
     max_target_length: int = Field(gt=0, le=2048)

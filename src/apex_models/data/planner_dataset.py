@@ -69,9 +69,39 @@ def parse_steps(text: str) -> list[str]:
     return out
 
 
-def model_input(goal: str, context: str | None) -> str:
-    """The encoder's input: the goal, then the optional context."""
-    return f"{goal} | context: {context}" if context else goal
+def model_input(goal: str, context: str | None, similar: str | None = None) -> str:
+    """The encoder's input: the goal, then the optional similar known plan
+    (:func:`similar_plan_text`) that the model edits into this goal's plan, then the optional
+    context. The context comes last so that truncation to the source length cuts it first."""
+    text = f"{goal} | similar: {similar}" if similar else goal
+    return f"{text} | context: {context}" if context else text
+
+
+def similar_plan_text(goal: str, steps: list[str]) -> str:
+    """A known plan as the planner reads it beside a new goal: its goal, then its steps."""
+    return f"{goal} : {steps_to_target(steps)}"
+
+
+def nearest_plans(known_queries: list[str], known_units: list[str], queries: list[str],
+                  units: list[str | None], depth: int = 10) -> list[int | None]:
+    """Per query, the index of the BM25-nearest known plan of another unit (None: no match).
+
+    This one lookup is both the planner's retrieval step (its input carries the plan found
+    here) and the evaluation's retrieval baseline (that plan's steps as the answer), so the
+    model is scored against exactly the plan it was shown. Excluding the query's own unit
+    keeps training inputs like test inputs: a test goal never finds itself (or the same
+    tldr page on another platform) among the training plans.
+    """
+    from apex_models.evaluation.retrieval import BeirDataset, bm25_run
+
+    ds = BeirDataset({f"d{i}": t for i, t in enumerate(known_queries)},
+                     {f"q{i}": t for i, t in enumerate(queries)}, {})
+    run = bm25_run(ds, k=depth)
+    out: list[int | None] = []
+    for i, unit in enumerate(units):
+        hits = [int(d[1:]) for d in run.get(f"q{i}", [])]
+        out.append(next((h for h in hits if unit is None or known_units[h] != unit), None))
+    return out
 
 
 # ---------------------------------------------------------------------- Stack Exchange
@@ -251,12 +281,14 @@ def build_planner_dataset(sources_dir: Path, shared_dir: Path, out_dir: Path, cf
     rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for p in sorted(plans, key=lambda r: (r["source"], r["unit"], r["goal"])):
         split = split_of(p["unit"], cfg.split_fractions)
-        rows[split].append({"id": f"{p['unit']}#{len(rows[split])}", **p,
-                            "input": model_input(p["goal"], p["context"]),
-                            "target": steps_to_target(p["steps"])})
+        query = model_input(p["goal"], p["context"])
+        rows[split].append({"id": f"{p['unit']}#{len(rows[split])}", **p, "query": query, "similar_id": None,
+                            "input": query, "target": steps_to_target(p["steps"])})
     for split in SPLITS:
         if not rows[split]:
             raise ValueError(f"planner split {split!r} is empty: too few plans ({len(plans)}) for the fractions")
+    if cfg.retrieve:
+        attach_similar(rows)
     ds = DatasetDict({s: Dataset.from_list(rows[s]) for s in SPLITS})
     out_dir.mkdir(parents=True, exist_ok=True)
     ds.save_to_disk(str(out_dir))
@@ -270,6 +302,20 @@ def build_planner_dataset(sources_dir: Path, shared_dir: Path, out_dir: Path, cf
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "README.md").write_text(dataset_card(report))
     return report
+
+
+def attach_similar(rows: dict[str, list[dict]]) -> None:
+    """Every row's `input` gains the nearest training plan of another unit (:func:`nearest_plans`),
+    and `similar_id` names it; rows with no match keep their plain query."""
+    known = rows["train"]
+    for split in SPLITS:
+        found = nearest_plans([r["query"] for r in known], [r["unit"] for r in known],
+                              [r["query"] for r in rows[split]], [r["unit"] for r in rows[split]])
+        for row, hit in zip(rows[split], found):
+            if hit is not None:
+                row["similar_id"] = known[hit]["id"]
+                row["input"] = model_input(row["goal"], row["context"],
+                                           similar_plan_text(known[hit]["goal"], known[hit]["steps"]))
 
 
 def dataset_card(report: dict) -> str:
@@ -286,8 +332,10 @@ def dataset_card(report: dict) -> str:
                      + " | ".join(str(report["kept"][s].get(source, 0)) for s in SPLITS) + " |")
     lines += ["", f"Mean steps per plan: {report['mean_steps']}.", "",
               "## Fields", "",
-              "`goal`, `context` (Stack Exchange tags or null), `steps` (ordered), `input` (goal plus "
-              "context, what the encoder reads), `target` (steps joined by ` ; `), `source`, `unit`, "
+              "`goal`, `context` (Stack Exchange tags or null), `steps` (ordered), `query` (goal plus "
+              "context), `similar_id` (the BM25-nearest training plan of another unit, or null), `input` "
+              "(what the encoder reads: the query, then that similar plan's goal and steps when "
+              "`planner.data.retrieve` is on), `target` (steps joined by ` ; `), `source`, `unit`, "
               "`license`, `url`, `attribution`.", "",
               "## Processing", "",
               "- Stack Exchange: the first top-level `<ol>` of the accepted (else top) answer with enough "

@@ -6,7 +6,9 @@
 - **Step recall**: the share of reference steps matched by some generated step with a
   ROUGE-L F1 of at least `step_match`; **step precision** the other way round.
 - **Retrieval baseline**: the plan of the training goal nearest to the test goal by
-  BM25 (what a lookup in the training data already gives); the model must beat it.
+  BM25 (what a lookup in the training data already gives); the model must beat it. With
+  `planner.data.retrieve` the model reads that same plan beside the goal, so it must do
+  better than copying what it was shown.
 
 The LCS is computed here (a few lines) because the `rouge_score` package is not part of
 the environment and `evaluate`'s rouge metric is a hub script (fails offline); the tests
@@ -84,14 +86,14 @@ def score_plans(generated: list[list[str]], references: list[list[str]], thresho
             "plans": len(references)}
 
 
-def retrieval_baseline(train_inputs: list[str], train_steps: list[list[str]], test_inputs: list[str]) -> list[list[str]]:
-    """Per test input, the steps of the BM25-nearest training input (empty when nothing matches)."""
-    from apex_models.evaluation.retrieval import BeirDataset, bm25_run
+def retrieval_baseline(train: list[dict], test: list[dict]) -> list[list[str]]:
+    """Per test row, the steps of the BM25-nearest training plan (empty when nothing matches):
+    the same lookup that puts a similar plan into the planner's input (data/planner_dataset.py)."""
+    from apex_models.data.planner_dataset import nearest_plans
 
-    ds = BeirDataset({f"d{i}": t for i, t in enumerate(train_inputs)},
-                     {f"q{i}": t for i, t in enumerate(test_inputs)}, {})
-    run = bm25_run(ds, k=1)
-    return [train_steps[int(run[f"q{i}"][0][1:])] if run.get(f"q{i}") else [] for i in range(len(test_inputs))]
+    found = nearest_plans([r["query"] for r in train], [r["unit"] for r in train],
+                          [r["query"] for r in test], [r["unit"] for r in test])
+    return [train[i]["steps"] if i is not None else [] for i in found]
 
 
 def evaluate_planner(params: Params, dataset_dir: Path, model_dir: Path, progress: bool = True) -> dict[str, Any]:
@@ -106,8 +108,7 @@ def evaluate_planner(params: Params, dataset_dir: Path, model_dir: Path, progres
     if cfg.eval.test_plans and cfg.eval.test_plans < len(test):
         test = test.shuffle(seed=params.seed).select(range(cfg.eval.test_plans))
     test = test.to_list()
-    train = ds["train"]
-    baseline = retrieval_baseline(train["input"], train["steps"], [r["input"] for r in test])
+    baseline = retrieval_baseline(ds["train"].to_list(), test)
     model, tokenizer = load_planner(model_dir, cfg)
     generated = generate_plans(model, tokenizer, cfg, [r["input"] for r in test], cfg.eval.max_new_tokens,
                                cfg.eval.batch_size, progress=progress)

@@ -175,9 +175,13 @@ def _planner_card(params: Params, results: Path) -> dict[str, str]:
         "data": ("Real procedures: ordered lists in Stack Exchange answers (CC BY-SA 4.0) and tldr pages' "
                  "example descriptions in page order (CC BY 4.0), as recorded in the planner dataset."),
         "evaluation": evaluation,
-        "intended_use": "Drafting ordered steps for a developer goal, with relevant memories as context.",
-        "limitations": ("Greedy decoding of a small model: steps can repeat or stay generic; the runtime "
-                        "only uses it when it beats retrieving a stored procedure."),
+        "intended_use": ("Drafting ordered steps for a developer goal, adapting the closest known procedure "
+                         "(the runtime passes its closest `procedure` memory) with relevant memories as context."
+                         if cfg.data.retrieve else
+                         "Drafting ordered steps for a developer goal, with relevant memories as context."),
+        "limitations": ("Greedy decoding of a small model: steps can repeat or stay generic, and with no similar "
+                        "procedure to adapt it writes from the goal alone, which it does worse; it ships only "
+                        "when it beats retrieving the nearest training plan on held-out goals."),
     }
 
 

@@ -280,7 +280,7 @@ def export_planner_artifacts(model_dir: Path, out_dir: Path, cfg, *, base_model:
     spec = PlannerSpec(base_model=base_model, tokenizer=TOKENIZER, onnx=dict(ENCODER), decoder_onnx=dict(DECODER),
                        default_precision="int8", safetensors_dir=HF, max_source_length=max_source_length,
                        max_new_tokens=max_new_tokens, decoder_start_token_id=model.config.decoder_start_token_id,
-                       eos_token_id=model.config.eos_token_id, **shape)
+                       eos_token_id=model.config.eos_token_id, reads_similar=cfg.data.retrieve, **shape)
     goals = probe_queries(n_probe)
     reference = torch_greedy(model, tokenizer, goals, max_source_length, max_new_tokens)
     # ORT's offline fusions are not tried (see above): the card says so through this key.

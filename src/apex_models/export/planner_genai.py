@@ -146,7 +146,8 @@ def export_causal_planner_artifacts(model_dir: Path, out_dir: Path, cfg, *, base
         base_model=base_model, tokenizer=TOKENIZER, onnx={p: f"{d}/{GRAPH}" for p, d in GENAI_DIRS.items()},
         genai_files={p: [f"{d}/{f}" for f in GENAI_FILES] for p, d in GENAI_DIRS.items()},
         default_precision="int8", safetensors_dir=HF, max_source_length=max_source_length,
-        max_new_tokens=max_new_tokens, prompt_suffix=PROMPT_SUFFIX, eos_token_ids=stop)
+        max_new_tokens=max_new_tokens, prompt_suffix=PROMPT_SUFFIX, eos_token_ids=stop,
+        reads_similar=cfg.data.retrieve)
     prompts = [prompt_ids(tokenizer, goal, max_source_length) for goal in probe_queries(n_probe)]
     reference = torch_causal_greedy(model, prompts, max_new_tokens)
     parity: dict[str, Any] = {"gates": gates, "exporter": "onnxruntime-genai model builder"}

@@ -174,6 +174,7 @@ class PlannerSpec(_SpecBase):
     max_new_tokens: int
     decoder_start_token_id: int
     eos_token_id: int
+    reads_similar: bool = False      # trained with a similar known plan in its input (planner.data.retrieve)
     layers: int
     heads: int
     head_dim: int
@@ -209,6 +210,7 @@ class CausalPlannerSpec(_SpecBase):
     max_new_tokens: int
     prompt_suffix: str
     eos_token_ids: list[int]
+    reads_similar: bool = False      # trained with a similar known plan in its input (planner.data.retrieve)
 
     @model_validator(mode="after")
     def _files_for_every_graph(self) -> "CausalPlannerSpec":
@@ -502,7 +504,7 @@ class Bundle:
 
     def planner(self, name: str = "planner", precision: str | None = None,
                 intra_op_threads: int = 1) -> "OnnxPlanner | GenaiPlanner":
-        """The planner: `.plan(goal, context) -> [step]`, greedy decoding with a KV cache (an
+        """The planner: `.plan(goal, context, similar=None) -> [step]`, greedy decoding with a KV cache (an
         encoder-decoder through ONNX Runtime, or a decoder-only LM through onnxruntime-genai)."""
         from apex_models.runtime.models import GenaiPlanner, OnnxPlanner
 

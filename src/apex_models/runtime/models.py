@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from apex_models.data.planner_dataset import model_input, parse_steps
+from apex_models.data.planner_dataset import model_input, parse_steps, similar_plan_text
 from apex_models.runtime.bundle import (BundleError, CausalPlannerSpec, CrossEncoderSpec, PlannerSpec,
                                         SequenceClassifierSpec, TokenClassifierSpec)
 
@@ -200,6 +200,12 @@ def decode_spans(probs: np.ndarray, offsets: list[tuple[int, int]], special: lis
     return spans
 
 
+def planner_source(goal: str, context: list[str] | None, similar: tuple[str, list[str]] | None) -> str:
+    """The planner's source text at run time, built as the training inputs were."""
+    return model_input(goal, " ".join(context) if context else None,
+                       similar_plan_text(*similar) if similar else None)
+
+
 class OnnxPlanner:
     """goal (+ context) -> ordered steps: the two planner graphs (export/planner.py) in a
     greedy loop. The encoder runs once per batch of goals; each new token is one decoder
@@ -251,10 +257,13 @@ class OnnxPlanner:
                 break
         return out
 
-    def plan(self, goal: str, context: list[str] | None = None) -> list[str]:
-        """Ordered steps for a goal; `context` (relevant memories' texts) joins the encoder input
-        as in training (data/planner_dataset.model_input), cut to max_source_length tokens."""
-        ids = self.generate_ids([model_input(goal, " ".join(context) if context else None)])[0]
+    def plan(self, goal: str, context: list[str] | None = None,
+             similar: tuple[str, list[str]] | None = None) -> list[str]:
+        """Ordered steps for a goal; `similar` (a known plan's goal and steps, the closest
+        procedure; used only by a planner trained to read one, `spec.reads_similar`) and
+        `context` (relevant memories' texts) join the encoder input as in training
+        (data/planner_dataset.model_input), cut to max_source_length tokens."""
+        ids = self.generate_ids([planner_source(goal, context, similar if self.spec.reads_similar else None)])[0]
         return parse_steps(self.tokenizer.decode(ids, skip_special_tokens=True))
 
 
@@ -308,7 +317,8 @@ class GenaiPlanner:
         """Greedy token ids per source text (one at a time), up to and including the end token."""
         return [self.decode(self.prompt_ids(source), max_new_tokens) for source in sources]
 
-    def plan(self, goal: str, context: list[str] | None = None) -> list[str]:
-        """Ordered steps for a goal; `context` joins the prompt as in training."""
-        ids = self.generate_ids([model_input(goal, " ".join(context) if context else None)])[0]
+    def plan(self, goal: str, context: list[str] | None = None,
+             similar: tuple[str, list[str]] | None = None) -> list[str]:
+        """Ordered steps for a goal; `similar` and `context` join the prompt as in training."""
+        ids = self.generate_ids([planner_source(goal, context, similar if self.spec.reads_similar else None)])[0]
         return parse_steps(self.tokenizer.decode(ids, skip_special_tokens=True))

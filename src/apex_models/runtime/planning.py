@@ -1,16 +1,17 @@
 """plan(goal): ordered steps for a goal, with the memories that bear on it.
 
-The planner model the pipeline trains does not yet beat retrieving the closest known
-procedure (held-out ROUGE-L 0.128 against 0.215 for the BM25 lookup; eval/results/planner.json),
-so it is not promoted into the bundle, and the runtime plans by retrieval too: the
-closest memory of kind `procedure` (a title line, then one step per line, numbered or
-bulleted) gives the steps, provided its cosine to the goal reaches `min_similarity`;
-otherwise no steps are invented and `Plan.source` is empty. The other relevant memories
-come back as context either way.
+With no planner, the runtime plans by retrieval: the closest memory of kind `procedure`
+(a title line, then one step per line, numbered or bulleted) gives the steps, provided
+its cosine to the goal reaches `min_similarity`; otherwise no steps are invented and
+`Plan.source` is empty. The other relevant memories come back as context either way.
+The trained planner ships in the bundle only when it beats that kind of lookup on
+held-out goals (eval/results/planner.json, promotion-planner.json).
 
-A planner object (anything with `plan(goal, context) -> list[str]`, such as a bundled
-planner once one beats retrieval) replaces the lookup and receives the relevant
-memories' texts as its context.
+A planner object (anything with `plan(goal, context, similar) -> list[str]`, such as the
+bundled planner) replaces the lookup: it receives the relevant memories' texts as its
+context and the closest procedure (its title line and steps, when one reaches
+`min_similarity`) as `similar`, the known plan it adapts to this goal, as the planner
+was trained to (data/planner_dataset.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _STEP = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])\s+(\S.*?)\s*$")
 
 
 class Planner(Protocol):
-    def plan(self, goal: str, context: list[str]) -> list[str]: ...
+    def plan(self, goal: str, context: list[str], similar: tuple[str, list[str]] | None = None) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,15 @@ def plan(store: "MemoryStore", goal: str, planner: Planner | None = None, k: int
     kinds = store.stats()["kinds"]
     others = [kind for kind in kinds if kind != PROCEDURE_KIND]
     context = store.search(goal, k=k, kind=others, query_vector=query_vector, intent=False) if others else []
-    if planner is not None:
-        return Plan(goal=goal, steps=list(planner.plan(goal, [h.text for h in context])), source="planner",
-                    context=context)
-    if not kinds.get(PROCEDURE_KIND):
-        return Plan(goal=goal, steps=[], context=context)
     best = store.search(goal, k=1, kind=PROCEDURE_KIND, mode="dense", query_vector=query_vector,
-                        intent=False, collapse=False)
-    if not best or (best[0].why.dense_score or 0.0) < min_similarity:
+                        intent=False, collapse=False) if kinds.get(PROCEDURE_KIND) else []
+    procedure = best[0] if best and (best[0].why.dense_score or 0.0) >= min_similarity else None
+    if planner is not None:
+        similar = None if procedure is None else (procedure.text.strip().splitlines()[0], steps_of(procedure.text))
+        return Plan(goal=goal, steps=list(planner.plan(goal, [h.text for h in context], similar=similar)),
+                    source="planner", similarity=None if procedure is None else procedure.why.dense_score,
+                    context=context)
+    if procedure is None:
         return Plan(goal=goal, steps=[], context=context)
-    return Plan(goal=goal, steps=steps_of(best[0].text), source=f"procedure {best[0].id}",
-                similarity=best[0].why.dense_score, context=context)
+    return Plan(goal=goal, steps=steps_of(procedure.text), source=f"procedure {procedure.id}",
+                similarity=procedure.why.dense_score, context=context)

@@ -65,6 +65,8 @@ def build_model(cfg: PlannerConfig, trainer: TrainerConfig, layers: int | None =
         model.generation_config.decoder_start_token_id = tokenizer.cls_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.sep_token_id
+        if cfg.cross_attention_init == "self_attention":
+            init_cross_attention_from_self(model.decoder)
         fresh = ("crossattention",)      # new layers: train them in full under LoRA
         if cfg.freeze_encoder:
             model.encoder.requires_grad_(False)
@@ -82,6 +84,18 @@ def build_model(cfg: PlannerConfig, trainer: TrainerConfig, layers: int | None =
     elif trainer.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model, tokenizer
+
+
+def init_cross_attention_from_self(decoder) -> None:
+    """Start each decoder layer's cross-attention as a copy of its self-attention.
+
+    Fresh (random) cross-attention barely learned to read the source in a CPU budget: after
+    300 steps the dev loss with the true source was 0.06 nats below that with another
+    goal's source. Encoder and decoder are the same MiniLM, so a copy of the layer's
+    self-attention already matches decoder positions to source tokens by their meaning.
+    """
+    for layer in decoder.bert.encoder.layer:
+        layer.crossattention.load_state_dict(layer.attention.state_dict())
 
 
 def encode_batch(tokenizer, cfg: PlannerConfig, inputs: list[str], targets: list[str]) -> dict[str, torch.Tensor]:
