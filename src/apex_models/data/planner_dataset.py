@@ -307,15 +307,14 @@ def build_planner_dataset(sources_dir: Path, shared_dir: Path, out_dir: Path, cf
 def attach_similar(rows: dict[str, list[dict]]) -> None:
     """Every row's `input` gains the nearest training plan of another unit (:func:`nearest_plans`),
     and `similar_id` names it; rows with no match keep their plain query."""
-    known = rows["train"]
-    for split in SPLITS:
-        found = nearest_plans([r["query"] for r in known], [r["unit"] for r in known],
-                              [r["query"] for r in rows[split]], [r["unit"] for r in rows[split]])
-        for row, hit in zip(rows[split], found):
-            if hit is not None:
-                row["similar_id"] = known[hit]["id"]
-                row["input"] = model_input(row["goal"], row["context"],
-                                           similar_plan_text(known[hit]["goal"], known[hit]["steps"]))
+    known, every = rows["train"], [r for split in SPLITS for r in rows[split]]
+    found = nearest_plans([r["query"] for r in known], [r["unit"] for r in known],   # one index for all splits
+                          [r["query"] for r in every], [r["unit"] for r in every])
+    for row, hit in zip(every, found):
+        if hit is not None:
+            row["similar_id"] = known[hit]["id"]
+            row["input"] = model_input(row["goal"], row["context"],
+                                       similar_plan_text(known[hit]["goal"], known[hit]["steps"]))
 
 
 def dataset_card(report: dict) -> str:
