@@ -200,10 +200,12 @@ def decode_spans(probs: np.ndarray, offsets: list[tuple[int, int]], special: lis
     return spans
 
 
-def planner_source(goal: str, context: list[str] | None, similar: tuple[str, list[str]] | None) -> str:
-    """The planner's source text at run time, built as the training inputs were."""
+def planner_source(spec: PlannerSpec | CausalPlannerSpec, goal: str, context: list[str] | None,
+                   similar: tuple[str, list[str]] | None) -> str:
+    """The planner's source text at run time, built as the training inputs were: `similar`
+    joins it only for a planner trained to read one (`spec.reads_similar`)."""
     return model_input(goal, " ".join(context) if context else None,
-                       similar_plan_text(*similar) if similar else None)
+                       similar_plan_text(*similar) if similar and spec.reads_similar else None)
 
 
 class OnnxPlanner:
@@ -263,7 +265,7 @@ class OnnxPlanner:
         procedure; used only by a planner trained to read one, `spec.reads_similar`) and
         `context` (relevant memories' texts) join the encoder input as in training
         (data/planner_dataset.model_input), cut to max_source_length tokens."""
-        ids = self.generate_ids([planner_source(goal, context, similar if self.spec.reads_similar else None)])[0]
+        ids = self.generate_ids([planner_source(self.spec, goal, context, similar)])[0]
         return parse_steps(self.tokenizer.decode(ids, skip_special_tokens=True))
 
 
@@ -320,5 +322,5 @@ class GenaiPlanner:
     def plan(self, goal: str, context: list[str] | None = None,
              similar: tuple[str, list[str]] | None = None) -> list[str]:
         """Ordered steps for a goal; `similar` and `context` join the prompt as in training."""
-        ids = self.generate_ids([planner_source(goal, context, similar if self.spec.reads_similar else None)])[0]
+        ids = self.generate_ids([planner_source(self.spec, goal, context, similar)])[0]
         return parse_steps(self.tokenizer.decode(ids, skip_special_tokens=True))
