@@ -96,9 +96,11 @@ def retrieval_baseline(train: list[dict], test: list[dict]) -> list[list[str]]:
     return [train[i]["steps"] if i is not None else [] for i in found]
 
 
-def evaluate_planner(params: Params, dataset_dir: Path, model_dir: Path, progress: bool = True) -> dict[str, Any]:
+def evaluate_planner(params: Params, dataset_dir: Path, model_dir: Path, progress: bool = True,
+                     device: str = "cpu") -> dict[str, Any]:
     """Generate plans for the (seeded subset of the) test split; score model and baseline,
-    overall and per source; keep a few examples for the reader."""
+    overall and per source; keep a few examples for the reader. `device` is where greedy
+    decoding runs (eval/gpu_planner_real.py decodes on the GPU it trained on)."""
     from apex_models.data.planner_dataset import load_planner_dataset
     from apex_models.training.planner import generate_plans, load_planner
 
@@ -110,6 +112,7 @@ def evaluate_planner(params: Params, dataset_dir: Path, model_dir: Path, progres
     test = test.to_list()
     baseline = retrieval_baseline(ds["train"].to_list(), test)
     model, tokenizer = load_planner(model_dir, cfg)
+    model.to(device)
     generated = generate_plans(model, tokenizer, cfg, [r["input"] for r in test], cfg.eval.max_new_tokens,
                                cfg.eval.batch_size, progress=progress)
     refs = [r["steps"] for r in test]
