@@ -55,9 +55,27 @@ def test_fused_scores_are_reciprocal_ranks(store: MemoryStore) -> None:
     hits = store.search("how do we retry flaky http requests", k=8)
     assert hits[0].source == "src/net/retry.py"
     for hit in hits:
-        expected = sum(1 / (60 + r) for r in (hit.why.dense_rank, hit.why.keyword_rank) if r is not None)
+        expected = (1 / (60 + hit.why.dense_rank) if hit.why.dense_rank else 0.0) + \
+            (StoreConfig().keyword_weight / (60 + hit.why.keyword_rank) if hit.why.keyword_rank else 0.0)
         assert hit.score == pytest.approx(expected)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_the_keyword_weight_scales_the_bm25_list_in_the_fusion(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    with MemoryStore.open(tmp_path / "w", embedder, key=KEY, config=StoreConfig(keyword_weight=0.25)) as s:
+        s.add_many([{"text": t, "kind": k, "tags": g, "source": src} for t, k, g, src in NOTES])
+        hits = s.search("how do we retry flaky http requests", k=8)
+        for hit in hits:
+            expected = (1 / (60 + hit.why.dense_rank) if hit.why.dense_rank else 0.0) + \
+                (0.25 / (60 + hit.why.keyword_rank) if hit.why.keyword_rank else 0.0)
+            assert hit.score == pytest.approx(expected)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # weight 0: the keyword list still explains (`why`) but no longer orders
+    with MemoryStore.open(tmp_path / "w", embedder, key=KEY, config=StoreConfig(keyword_weight=0.0)) as s:
+        fused = s.search("alembic migration", k=5)
+        dense = s.search("alembic migration", k=5, mode="dense")
+        assert [h.id for h in fused] == [h.id for h in dense]
+        assert any(h.why.keyword_rank for h in fused)
 
 
 def test_filters_apply_before_the_cut(store: MemoryStore) -> None:

@@ -67,7 +67,9 @@ def folder(tmp_path: Path, embedder: OnnxEmbedder) -> Path:
 
 
 def _rrf(hit) -> float:
-    return sum(1 / (RRF_K + r) for r in (hit.why.dense_rank, hit.why.keyword_rank) if r is not None)
+    weight = StoreConfig().keyword_weight
+    return (1 / (RRF_K + hit.why.dense_rank) if hit.why.dense_rank else 0.0) + \
+        (weight / (RRF_K + hit.why.keyword_rank) if hit.why.keyword_rank else 0.0)
 
 
 def test_debug_error_intent_boosts_error_memories_by_the_configured_factor(folder: Path,

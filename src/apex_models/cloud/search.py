@@ -114,7 +114,7 @@ class SearchEngine:
                 "SELECT num, ts_rank(tsv, q, 1) AS score FROM memories, to_tsquery('english', %s) q"
                 f" WHERE team_id = %s AND NOT deleted AND tsv @@ q{extra} ORDER BY score DESC, num LIMIT %s",
                 (tsquery, team_id, *params, depth)).fetchall()]
-        fused = _rrf([dense, keyword], self.config.rrf_k)
+        fused = _rrf([dense, keyword], self.config.rrf_k, (1.0, self.config.keyword_weight))
         rerank_depth = self.config.candidates if self.rerank else 0
         rows = _rows(conn, team_id, [n for n, _ in fused])
         fused = [(n, s) for n, s in fused if n in rows]  # deleted since the index last looked
