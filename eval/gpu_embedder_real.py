@@ -38,19 +38,6 @@ VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
-def parse_sets(items: list[str]) -> dict[str, object]:
-    """`--set a.b=value` pairs, values read as YAML (numbers, booleans, null, lists)."""
-    import yaml
-
-    pairs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set takes key=value, got {item!r}")
-        pairs[key] = yaml.safe_load(value)
-    return pairs
-
-
 def run_variant(name: str, params_path: Path, work: Path, common: dict[str, object]) -> dict:
     """Train one variant in this process; the recipe's summary plus what the GPU used."""
     import torch
@@ -86,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("eval/results/gpu-embedder-real.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from apex_models.training.sweep import parse_sets
+
     if args.worker:
         print("RESULT " + json.dumps(run_variant(args.worker, args.params, args.work, parse_sets(args.set)), default=str))
         return 0

@@ -50,19 +50,6 @@ VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
 }
 
 
-def parse_sets(items: list[str]) -> dict[str, object]:
-    """`--set a.b=value` pairs, values read as YAML (numbers, booleans, null, lists)."""
-    import yaml
-
-    pairs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set takes key=value, got {item!r}")
-        pairs[key] = yaml.safe_load(value)
-    return pairs
-
-
 def run_variant(name: str, params_path: Path, datasets: dict[str, Path], work: Path,
                 common: dict[str, object]) -> dict:
     """Train one variant in this process, then score it on the test split beside the baseline."""
@@ -110,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("eval/results/gpu-planner-real.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from apex_models.training.sweep import parse_sets
+
     datasets = {"goal": args.dataset, "retrieve": args.retrieve_dataset}
     if args.worker:
         result = run_variant(args.worker, args.params, datasets, args.work, parse_sets(args.set))

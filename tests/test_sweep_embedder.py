@@ -69,3 +69,15 @@ def test_two_trials_nested_under_the_sweep_run(tmp_path, data) -> None:
     for run in children:
         assert "dev/mrr_at_10" in run.data.metrics and "train/loss" in run.data.metrics
         assert float(run.data.params["embedder.lora.r"]) in space["embedder.lora.r"].values
+
+
+def test_set_pairs_read_as_yaml_and_a_bare_key_fails() -> None:
+    from apex_models.training.sweep import parse_sets
+
+    assert parse_sets(["planner.train.lr=5.0e-4", "trainer.deepspeed=null", "trainer.mixed_precision='no'",
+                       "embedder.lora.target_modules=[query, value]"]) == {
+        "planner.train.lr": 5e-4, "trainer.deepspeed": None, "trainer.mixed_precision": "no",
+        "embedder.lora.target_modules": ["query", "value"]}
+    assert parse_sets(["trainer.mixed_precision=no"]) == {"trainer.mixed_precision": False}   # YAML 1.1: quote it
+    with pytest.raises(SystemExit, match="key=value"):
+        parse_sets(["planner.train.lr"])

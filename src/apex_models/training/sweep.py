@@ -35,6 +35,20 @@ def tune_space(space: dict[str, SweepParam]) -> dict[str, Any]:
     return out
 
 
+def parse_sets(items: list[str]) -> dict[str, object]:
+    """`key=value` pairs (the eval scripts' `--set`) as overrides for `apply_overrides`; values are
+    read as YAML (numbers, booleans, null, lists)."""
+    import yaml
+
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes key=value, got {item!r}")
+        pairs[key] = yaml.safe_load(value)
+    return pairs
+
+
 def apply_overrides(params: Params, values: dict[str, Any]) -> Params:
     """A validated copy of `params` with dotted keys set (``embedder.lora.r`` -> 32).
 
