@@ -14,6 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 def test_runtime_and_cli_import_no_training_stack() -> None:
     code = (
         "import sys, apex_models.runtime, apex_models.cli, apex_models.sensitivity.classifier\n"
+        "import apex_models.runtime.static_embedder\n"
         "heavy = ('torch', 'transformers', 'peft', 'deepspeed',\n"
         "         'apex_models.models', 'apex_models.training', 'apex_models.export')\n"
         "print(','.join(m for m in heavy if m in sys.modules))\n"
