@@ -76,6 +76,8 @@ def test_the_keyword_weight_scales_the_bm25_list_in_the_fusion(tmp_path: Path, e
         dense = s.search("alembic migration", k=5, mode="dense")
         assert [h.id for h in fused] == [h.id for h in dense]
         assert any(h.why.keyword_rank for h in fused)
+    with pytest.raises(ValueError, match="keyword_weight must be >= 0"):
+        StoreConfig(keyword_weight=-0.5)
 
 
 def test_filters_apply_before_the_cut(store: MemoryStore) -> None:

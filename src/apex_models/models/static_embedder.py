@@ -3,8 +3,9 @@
 Why: adding a memory costs one transformer pass, and on two cores that caps the store at
 about 50 adds a second (eval/results/memory.md), far from the 1,000 the runtime aims
 for. A static embedder (Model2Vec's recipe: Tulkens and van Dongen, 2024) embeds a text
-as the weighted mean of per-token vectors, a table lookup that runs at tens of thousands
-of texts a second, at some cost in quality; eval/bench_static_embedder.py measures both.
+as the weighted mean of per-token vectors: a table lookup, so tokenising is the cost
+(2,000-3,000 corpus texts a second on 2 cores), at some cost in quality;
+eval/bench_static_embedder.py measures both.
 
 The recipe, as Model2Vec distils (its `distill` extra pins transformers < 5.4, which this
 environment's stack is past, so the few steps live here):
@@ -31,11 +32,9 @@ from typing import Iterable
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from apex_models.runtime.static_embedder import SPEC, TABLE, TOKENIZER  # the folder's layout, in one place
 
-SPEC = "static.json"
-TABLE = "static.npy"
-TOKENIZER = "tokenizer.json"
+log = logging.getLogger(__name__)
 
 
 def token_vectors(model_dir: Path, batch_size: int = 1024) -> np.ndarray:

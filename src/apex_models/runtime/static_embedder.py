@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 
 from apex_models.hashing import sha256_file
 
+# The folder's layout; models/static_embedder.py writes it.
 SPEC = "static.json"
 TABLE = "static.npy"
 TOKENIZER = "tokenizer.json"

@@ -168,6 +168,11 @@ class StoreConfig:
     snapshot_min_memories: int = 5_000
     snapshot_stale_fraction: float = 0.01
 
+    def __post_init__(self) -> None:
+        if self.keyword_weight < 0:
+            raise ValueError(f"keyword_weight must be >= 0 (0: the keyword list only explains), "
+                             f"got {self.keyword_weight}")
+
 
 @dataclass(frozen=True)
 class Relation:
