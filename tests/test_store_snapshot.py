@@ -225,3 +225,32 @@ def test_close_writes_a_snapshot_only_when_due(tmp_path: Path, embedder: OnnxEmb
     with MemoryStore.open(folder, embedder, key=KEY, config=config) as store:
         assert store.opened_from_snapshot and len(store) == 90 == store.stats()["count"]
         assert not store._keyword._needs_merge()  # merged before it was sealed: no rebuild on first search
+
+
+def test_chunked_segments_open_in_place_read_only_and_every_chunk_is_authenticated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segments cut into several chunks open into one buffer each (Sealer.open_into) and
+    come back equal and read-only; a flipped byte in any chunk refuses the whole file."""
+    from apex_models.runtime import snapshot
+    from apex_models.runtime.crypto import Sealer
+    from apex_models.runtime.snapshot import SnapshotError
+
+    monkeypatch.setattr(snapshot, "CHUNK_BYTES", 1000)        # 3 chunks for the pickle, 5 for the array
+    monkeypatch.setattr(snapshot, "OUT_OF_BAND_BYTES", 4096)
+    state = {"vector": np.arange(1200, dtype=np.float32), "words": [f"word{i}" for i in range(200)], "n": 7}
+    sealer = Sealer(KEY)
+    size = write_snapshot(tmp_path, sealer, "tok", state)
+    header = (tmp_path / SNAPSHOT_NAME).read_bytes().split(b"\n", 1)[0].split(b" ")
+    assert header[3] == b"3,5"  # the layout: chunks per segment
+    back = read_snapshot(tmp_path, sealer, "tok")
+    assert back["words"] == state["words"] and back["n"] == 7
+    np.testing.assert_array_equal(back["vector"], state["vector"])
+    assert not back["vector"].flags.writeable
+    raw = bytearray((tmp_path / SNAPSHOT_NAME).read_bytes())
+    for at in (len(raw) // 3, len(raw) - 20):  # inside the pickle's chunks, inside the array's last
+        bad = bytearray(raw)
+        bad[at] ^= 1
+        (tmp_path / SNAPSHOT_NAME).write_bytes(bytes(bad))
+        with pytest.raises(SnapshotError, match="authentication"):
+            read_snapshot(tmp_path, sealer, "tok")
+    assert size == len(raw)

@@ -136,18 +136,27 @@ def read_snapshot(folder: Path, sealer: Sealer, token: str) -> dict[str, Any]:
     body = memoryview(data)[newline + 1:]  # slices of a view: no copies of a large file
     segments, offset = [], 0
     for segment, count in enumerate(counts):
-        parts = []
-        for index in range(count):
+        blobs = []
+        for _ in range(count):
             size = int.from_bytes(body[offset:offset + 8], "little")
             blob = body[offset + 8:offset + 8 + size]
-            if size == 0 or blob.nbytes != size:
+            if size == 0 or blob.nbytes != size or Sealer.plaintext_size(size) < 0:
                 raise SnapshotError("the snapshot is truncated")
+            blobs.append(blob)
+            offset += 8 + size
+        # Each chunk opens in place into its slice of the segment: no join, no extra copy.
+        # numpy's allocation, not bytearray's: that one zero-fills first (40 ms for 100 MB
+        # here), while numpy leaves the memory untouched and backs it with huge pages.
+        plain = np.empty(sum(Sealer.plaintext_size(b.nbytes) for b in blobs), dtype=np.uint8)
+        view, at = memoryview(plain), 0
+        for index, blob in enumerate(blobs):
+            size = Sealer.plaintext_size(blob.nbytes)
             try:
-                parts.append(sealer.open(blob, _aad(token, layout, segment, index)))
+                sealer.open_into(blob, _aad(token, layout, segment, index), view[at:at + size])
             except DecryptionError:
                 raise SnapshotError("the snapshot failed authentication") from None
-            offset += 8 + size
-        segments.append(parts[0] if len(parts) == 1 else b"".join(parts))
+            at += size
+        segments.append(view.toreadonly())  # restored arrays stay read-only, as documented above
     if offset != body.nbytes:
         raise SnapshotError("the snapshot has trailing bytes")
     return pickle.loads(segments[0], buffers=segments[1:])
