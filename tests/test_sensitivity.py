@@ -192,7 +192,7 @@ def test_the_hybrid_router_keeps_what_the_model_flags_local(exported, tmp_path) 
     assert [(text[s.start:s.end], s.kind, s.category) for s in verdict.spans] == [
         ("AKIAQ3EGRXC7MKD2LBNP", "aws_access_key", "SECRET")]
     eager = ModelClassifier(SensitivityClassifier.load(folder, precision="fp32", threshold=0.0))
-    quiet = "we moved the standup to ten"
+    quiet = "we moved the standup to thursdays"  # words of 8+ letters: shorter ones cannot be credentials
     assert eager.classify(quiet).label == "secret" and rules_only.classify(quiet).label == "public"
     route = decide(RoutingPolicy(), eager.classify(quiet))
     assert route.destination == "local" and "secret_model" in route.reason
@@ -285,7 +285,7 @@ def test_runtime_classify_returns_spans_without_torch(exported) -> None:
     offsets, probs = clf.token_probs("word " * 200)  # longer than one window: every token covered once or more
     assert len(offsets) == 200 and np.allclose(probs.sum(1), 1.0, atol=1e-4)
     open_ = SensitivityClassifier.load(out, precision="fp32", threshold=0.0)  # the model flags every token
-    assert [(s.start, s.end) for s in open_.model_spans("abc def")] == [(0, 3), (4, 7)]
+    assert [(s.start, s.end) for s in open_.model_spans("kqzmbrtw plvnxjhd ab")] == [(0, 8), (9, 17)]  # "ab": too short
     # binary content (a zip read as text): the model does not read it, the rules still do
     blob = "PK\x03\x04\x14\x00\x06\x00\ufffd\ufffdabc def\nAKIAQ3EGRXC7MKD2LBNP\n"
     assert open_.model_spans(blob) == []
@@ -323,6 +323,30 @@ def test_a_blob_line_is_one_bare_base64_run_of_60_or_more() -> None:
     assert not line("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")     # a 40-character secret alone stays the model's
     assert not line("8ab20238fb3ef48823e75469b5712d3f0baf2e588ab20238fb3ef48823e75469b5712d3f0baf2e58")  # hex
     assert not line('secret = "MIIBOgIBAAJBAL1/hJjtuMbjbVXo6wYT1SxiROOvwgffVSvOAk5aN2d4wYTC25k3"')  # named
+
+
+def test_a_model_secret_must_be_able_to_be_a_credential() -> None:
+    """Placeholders, fixtures, hashes, UUIDs, PEM armour and short or one-letter values are
+    not credentials, whatever the model's context says; a named hash-like value stays."""
+    from apex_models.sensitivity.classifier import plausible_model_secret
+
+    def kept(line: str, value: str) -> bool:
+        text = "x = 1\n" + line + "\ny = 2"
+        start = text.index(value)
+        return plausible_model_secret(text, SensitiveSpan(start, start + len(value), "SECRET", "model"))
+
+    assert kept('api = "DvMB_glvwjlEQ_uqIyn8k";', "DvMB_glvwjlEQ_uqIyn8k")                 # random, named
+    assert kept("WXFES7QNTET5DQYC", "WXFES7QNTET5DQYC")                                     # a bare OTP seed
+    assert kept('"UserKeyword": "A1328E04-88B6-4E2A-A5C0-A4D9B21754C4"', "A1328E04-88B6-4E2A-A5C0-A4D9B21754C4")
+    assert not kept("npm_NFX6dCpmIWvQ7megnY0AtQwkoKzWcEXAMPLE", "npm_NFX6dCpmIWvQ7megnY0AtQwkoKzWcEXAMPLE")
+    assert not kept("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", "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")
+    assert not kept("PWR_MGM: x509abc", "x509abc")                                          # under 8 characters
+    assert not kept("f oooooooooooooooooooooooooooooJQQJ99AE", "oooooooooooooooooooooooooooooJQQJ99AE")
+    assert not kept("-----BEGIN OPENSSH FAKE PRIVATE KEY-----", "-----BEGIN")
+    assert not kept('    "\\t8ab20238fb3ef48823e75469b5712d3f0baf2e58"', "8ab20238fb3ef48823e75469b5712d3f0baf2e58")
+    assert not kept("id c098f218-face-c0fe-dea0-0199cba12345", "c098f218-face-c0fe-dea0-0199cba12345")
+    assert kept("password 0x38fb3ef48823e75469b5712a", "0x38fb3ef48823e75469b5712a")       # hex, but named
+    assert plausible_model_secret("abc", SensitiveSpan(0, 3, "PII", "model"))
 
 
 def test_a_secret_span_covers_its_whole_value() -> None:

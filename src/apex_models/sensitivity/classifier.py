@@ -104,6 +104,43 @@ def _off_blob_lines(text: str, span: SensitiveSpan) -> list[SensitiveSpan]:
     return [replace(span, start=a, end=b) for a, b in pieces]
 
 
+# Fixture and stand-in words, and the runs a person types when inventing a value. Narrower
+# than detectors.is_placeholder, whose "%s" and two-letter tests would drop random passwords.
+_FIXTURE = re.compile(r"(?i)example|dummy|fake|placeholder|changeme|x{5,}|\*{4,}|012345|123456|234567|345678|"
+                      r"456789|987654|876543|765432|654321|543210|abcdef")
+_AT_HOST = re.compile(r"(.+?)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+(?::\d+)?(?:/\S*)?")
+_HASH_OR_UUID = re.compile(r"(?:0x)?[0-9a-fA-F]{16,}|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+_CREDENTIAL_WORD = re.compile(r"(?i)pass|pwd|secret|token|key|auth|cred|api|private|session|bearer|access")
+_VALUE_EDGES = " \t\"'`()[]{}<>,;\\"
+
+
+def plausible_model_secret(text: str, span: SensitiveSpan) -> bool:
+    """Whether a model SECRET span's value could be a credential at all.
+
+    The rules already refuse placeholders, hashes and PEM armour; the model, reading
+    context more than shape, flags some of them. Dropped: placeholders and fixtures
+    ("EXAMPLE", "fake", typed runs like 123456), values under 8 characters, values one character makes up
+    over 40% of, PEM armour lines (the private-key detector owns key blocks), and bare
+    hex or UUIDs with no credential word on their line (hashes, ids). On the dev half of
+    the CredSweeper samples this removed 25 model-only lines, one of them an expected
+    finding.
+    """
+    if span.kind != "SECRET":
+        return True
+    value = text[span.start:span.end].strip(_VALUE_EDGES)
+    at_host = _AT_HOST.fullmatch(value)  # password@host grows into one span: the host says nothing of it
+    if len(value) < 8 or _FIXTURE.search(at_host.group(1) if at_host else value):
+        return False
+    if len(value) >= 16 and max(value.count(ch) for ch in set(value)) > 0.4 * len(value):
+        return False
+    line_start = text.rfind("\n", 0, span.start) + 1
+    line_end = text.find("\n", span.end)
+    line = text[line_start:len(text) if line_end < 0 else line_end]
+    if line.lstrip().startswith("-----"):
+        return False
+    return not (_HASH_OR_UUID.fullmatch(value) and not _CREDENTIAL_WORD.search(line.replace(value, " ")))
+
+
 @dataclass
 class SensitivityClassifier:
     """ONNX token classifier + detectors. Build with :meth:`load`."""
@@ -214,13 +251,15 @@ class SensitivityClassifier:
         return offsets, total / np.maximum(count, 1)
 
     def model_spans(self, text: str) -> list[SensitiveSpan]:
-        """The model's spans above the threshold; none for binary content (:func:`looks_binary`)
-        nor on lines that are one bare base64 run (:func:`on_blob_line`)."""
+        """The model's spans above the threshold; none for binary content (:func:`looks_binary`),
+        on lines that are one bare base64 run (:func:`on_blob_line`), or whose value cannot
+        be a credential (:func:`plausible_model_secret`)."""
         if looks_binary(text):
             return []
         offsets, probs = self.token_probs(text)
         spans = spans_from_probs(offsets, probs, self.threshold, text) if offsets else []
-        return [piece for span in spans for piece in _off_blob_lines(text, span)]
+        return [piece for span in spans for piece in _off_blob_lines(text, span)
+                if plausible_model_secret(text, piece)]
 
     def classify(self, text: str) -> tuple[str, list[SensitiveSpan]]:
         """(``public``/``internal``/``secret``, sorted spans): the union of detectors and model."""
