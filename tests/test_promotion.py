@@ -65,3 +65,28 @@ def test_over_baseline_needs_the_baseline_beaten_first(client) -> None:
     assert first["champion"]["source"] == f"models:/rank/{first['champion']['version']}"
     small = candidate(0.055)  # beats the baseline but not the champion by the margin
     assert not small["decision"]["promoted"] and small["champion"]["version"] == first["champion"]["version"]
+
+
+def test_the_champion_evaluated_again_stays_champion_whatever_its_new_score(client) -> None:
+    """A stage that re-evaluates the same trained weights (its code changed) registers a new
+    version of the same run: it must not lose to its own older score and leave the bundle."""
+    with mlflow.start_run() as run:
+        mlflow.log_text("weights", "merged_model/w.txt")
+
+    def again(value: float):
+        version = register_version(client, "sens", f"{run.info.artifact_uri}/merged_model", run.info.run_id,
+                                   "f1", value)
+        return version, decide(client, "sens", version, "f1", margin=0.0)
+
+    first, d1 = again(0.97)
+    assert d1.promoted and d1.reason == "no champion yet"
+    second, d2 = again(0.96)  # the same weights, a stricter evaluation
+    assert d2.promoted and d2.reason == f"the same training run as champion v{first.version}, evaluated again (f1 0.9600): it stays champion"
+    assert str(current_champion(client, "sens").version) == str(second.version)
+    with mlflow.start_run() as other_run:  # another run must still beat the champion's current score
+        mlflow.log_text("weights", "merged_model/w.txt")
+    other = register_version(client, "sens", f"{other_run.info.artifact_uri}/merged_model", other_run.info.run_id,
+                             "f1", 0.965)
+    assert decide(client, "sens", other, "f1", 0.0).promoted
+    third, d3 = again(0.99)  # the older run is no longer champion: compared as any candidate
+    assert d3.promoted and "beats champion" in d3.reason

@@ -119,11 +119,11 @@ def plausible_model_secret(text: str, span: SensitiveSpan) -> bool:
 
     The rules already refuse placeholders, hashes and PEM armour; the model, reading
     context more than shape, flags some of them. Dropped: placeholders and fixtures
-    ("EXAMPLE", "fake", typed runs like 123456), values under 8 characters, values one character makes up
-    over 40% of, PEM armour lines (the private-key detector owns key blocks), and bare
-    hex or UUIDs with no credential word on their line (hashes, ids). On the dev half of
-    the CredSweeper samples this removed 25 model-only lines, one of them an expected
-    finding.
+    ("EXAMPLE", "fake", typed runs like 123456), values under 8 characters, values that
+    one character makes up over 40% of, PEM armour lines (the private-key detector owns
+    key blocks), and bare hex or UUIDs with no credential word on their line (hashes,
+    ids). On the dev half of the CredSweeper samples this removed 25 model-only lines,
+    one of them an expected finding.
     """
     if span.kind != "SECRET":
         return True

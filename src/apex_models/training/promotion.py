@@ -65,6 +65,15 @@ def decide(client, name: str, candidate, metric: str, margin: float) -> Decision
     if champion is None:
         promoted, reason = True, "no champion yet"
         champ_version, champ_value = None, None
+    elif candidate.run_id and champion.run_id == candidate.run_id:
+        # The champion's own weights evaluated again (an evaluation stage re-ran after a
+        # change to its code): comparing a model with its older score could only drop it
+        # from the bundle, so it stays champion and the alias moves to the newest evaluation.
+        champ_version = champion.version
+        champ_value = float(champion.tags[metric]) if metric in champion.tags else None
+        promoted = True
+        reason = (f"the same training run as champion v{champ_version}, evaluated again "
+                  f"({metric} {value:.4f}): it stays champion")
     elif metric not in champion.tags:
         champ_version, champ_value, promoted = champion.version, None, False
         reason = (f"champion v{champion.version} has no {metric}: it was selected on another benchmark; "
