@@ -30,6 +30,26 @@ def test_help_lists_subcommands() -> None:
         assert sub_help.exit_code == 0 and "--passphrase-env" in sub_help.output
 
 
+def test_every_command_summary_is_one_line_in_its_group_listing() -> None:
+    """A group's --help lists each command by its help's first paragraph, line breaks kept
+    (rich markup): a summary that runs over several source lines prints ragged."""
+    import inspect
+
+    import typer.main
+
+    def commands(group, prefix: str = "apex"):
+        for name, command in group.commands.items():
+            yield f"{prefix} {name}", command
+            if hasattr(command, "commands"):   # a group (typer ships its own click)
+                yield from commands(command, f"{prefix} {name}")
+
+    found = dict(commands(typer.main.get_command(app)))
+    assert {"apex memory search", "apex sync status", "apex bundle verify"} <= set(found)
+    ragged = {name: command.help for name, command in found.items()
+              if "\n" in inspect.cleandoc(command.help or "").split("\n\n")[0]}
+    assert not ragged
+
+
 def test_bundle_verify_ok(minilm_bundle: Path) -> None:
     result = runner.invoke(app, ["bundle", "verify", str(minilm_bundle)])
     assert result.exit_code == 0, result.output

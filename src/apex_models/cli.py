@@ -209,8 +209,10 @@ def memory_search(
     passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV, keyring: KeyringOpt = False,
     precision: PrecisionOpt = None,
 ) -> None:
-    """Print the k best memories as a JSON list (best first), each with why it matched
-    (retriever ranks, matched terms, intent and boost, reranker rank and score)."""
+    """Print the k best memories as a JSON list (best first), each with why it matched.
+
+    Why: the retrievers' ranks, the matched terms, the intent and its boost, the
+    re-ranker's rank and score."""
     import dataclasses
 
     with user_errors():
@@ -235,11 +237,12 @@ def memory_plan(
     passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV, keyring: KeyringOpt = False,
     precision: PrecisionOpt = None,
 ) -> None:
-    """Print steps for GOAL and the memories that bear on it as JSON. When the bundle ships a
-    planner (only once it beat retrieval), it writes the steps with those memories as context;
-    otherwise they come from the closest memory of kind 'procedure' (add one with --kind
-    procedure: a title line, then one step per line); with none close enough, steps is empty
-    and source says so."""
+    """Print steps for GOAL and the memories that bear on it as JSON.
+
+    When the bundle ships a planner (only once it beat retrieval), it writes the steps
+    with those memories as context. Otherwise they come from the closest memory of
+    kind 'procedure' (add one with --kind procedure: a title line, then one step per
+    line); with none close enough, steps is empty and source says so."""
     with user_errors():
         with _open_store(store, bundle, precision, passphrase_env, keyring, planner=True) as memories:
             result = memories.plan(goal, k=k, min_similarity=min_similarity)
@@ -278,8 +281,10 @@ def memory_index(
     passphrase_env: PassphraseEnvOpt = DEFAULT_PASSPHRASE_ENV, keyring: KeyringOpt = False,
     precision: PrecisionOpt = None,
 ) -> None:
-    """Index a repository's code and docs as memories (one per definition or paragraph group);
-    re-running updates only the files that changed. Prints a JSON report."""
+    """Index a repository's code and docs as memories; prints a JSON report.
+
+    One memory per definition or paragraph group; re-running updates only the files
+    that changed."""
     with user_errors():
         from apex_models.runtime.indexer import index_repository
 
@@ -323,9 +328,11 @@ def memory_export(
 
 @sync_app.command("status")
 def sync_status(store: StoreOpt) -> None:
-    """Print, as JSON, what waits to be pushed (by operation), what the last check before sending
-    blocked, when the next retry is due, the last errors, and how many memories are routed local
-    or shared. Needs no passphrase: the outbox keeps counts and times in clear, never memory text."""
+    """Print, as JSON, what waits to be pushed and what the last check before sending blocked.
+
+    Also: when the next retry is due, the last errors, and how many memories are routed
+    local or shared. Needs no passphrase: the outbox keeps counts and times in clear,
+    never memory text."""
     from apex_models.hybrid.outbox import SYNC_DB, Outbox
     from apex_models.runtime.store import StoreError
 
