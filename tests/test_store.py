@@ -117,6 +117,21 @@ def test_empty_store_and_bad_input(store: MemoryStore) -> None:
         store.add("   ")
 
 
+def test_open_takes_the_bundle_itself_and_refuses_what_cannot_embed(tmp_path: Path, minilm_bundle: Path,
+                                                                     embedder: OnnxEmbedder) -> None:
+    """The issue's API: open a store with a bundle and a key. The bundle stands for its default
+    embedder (the same identity, so either reopens the store); anything else without the
+    embedder's members is a TypeError that names them, raised before a file is written."""
+    bundle = load_bundle(minilm_bundle)
+    with MemoryStore.open(tmp_path / "s", bundle, key=KEY) as store:
+        planted = _fill(store)
+    with MemoryStore.open(tmp_path / "s", embedder, key=KEY) as store:
+        assert store.search(PARAPHRASE, k=1)[0].id == planted
+    with pytest.raises(TypeError, match="encode_queries, encode_documents"):
+        MemoryStore.open(tmp_path / "wrong", str(minilm_bundle), key=KEY)
+    assert not (tmp_path / "wrong").exists()
+
+
 def test_other_embedder_is_refused(tmp_path: Path, minilm_bundle: Path, embedder: OnnxEmbedder) -> None:
     with MemoryStore.open(tmp_path / "s", embedder, key=KEY) as store:
         store.add("something to remember")

@@ -36,8 +36,8 @@ import numpy as np
 from apex_models.hybrid.outbox import Outbox, Pending
 from apex_models.hybrid.policy import Route, RoutingPolicy, SensitivityClassifier, decide, redact
 from apex_models.hybrid.sensitivity import DetectorClassifier
-from apex_models.runtime.store import (Embedder, MemoryStore, StoreConfig, StoreError, query_vector_for, reranker_parts,
-                                      with_first_stage)
+from apex_models.runtime.store import (MemoryStore, StoreConfig, StoreError, as_embedder, query_vector_for,
+                                      reranker_parts, with_first_stage)
 from apex_models.sensitivity.detectors import PII_KINDS, find_sensitive
 
 TEAM_CACHE = "team-cache"
@@ -113,10 +113,13 @@ class HybridMemory:
         self._worker: threading.Thread | None = None
 
     @classmethod
-    def open(cls, path: str | Path, embedder: Embedder, cloud: CloudPort | None = None, *,
+    def open(cls, path: str | Path, embedder: Any, cloud: CloudPort | None = None, *,
              passphrase: str | None = None, key: bytes | None = None,
              classifier: SensitivityClassifier | None = None, policy: RoutingPolicy | None = None,
              reranker: Any = None, config: StoreConfig | None = None) -> "HybridMemory":
+        """`embedder`: a loaded bundle or an embedder, as for `MemoryStore.open` (one instance
+        serves the local store and the team cache)."""
+        embedder = as_embedder(embedder)
         path = Path(path).expanduser()
         store = MemoryStore.open(path, embedder, passphrase=passphrase, key=key, config=config)
         try:

@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -54,6 +54,9 @@ from apex_models.runtime.dense import DenseIndex
 from apex_models.runtime.keyword import KeywordIndex, row_mask, tokens
 from apex_models.runtime.records import Entry, Records
 from apex_models.runtime.snapshot import SNAPSHOT_NAME, SnapshotError, read_snapshot, remove_snapshot, write_snapshot
+
+if TYPE_CHECKING:
+    from apex_models.runtime.bundle import Bundle
 
 DB_NAME = "memories.db"
 LOCK_NAME = "write.lock"
@@ -132,6 +135,25 @@ class Embedder(Protocol):
     def encode_queries(self, texts: list[str]) -> np.ndarray: ...
 
     def encode_documents(self, texts: list[str]) -> np.ndarray: ...
+
+
+_EMBEDDER_MEMBERS = ("dimension", "precision", "tokenizer_path", "onnx_sha256", "encode_queries", "encode_documents")
+
+
+def as_embedder(candidate: Any) -> Embedder:
+    """The embedder to open a store with: a bundle gives its own; anything else must have
+    the `Embedder` members. Checked by name (`dir`, which evaluates no property: the graph's
+    hash can cost a file read) so a wrong argument fails here, not half-way through
+    creating a store."""
+    from apex_models.runtime.bundle import Bundle
+
+    if isinstance(candidate, Bundle):
+        return candidate.embedder()
+    missing = [m for m in _EMBEDDER_MEMBERS if m not in dir(candidate)]
+    if missing:
+        raise TypeError(f"MemoryStore.open needs a Bundle or an embedder (bundle.embedder(), StaticEmbedder); "
+                        f"{type(candidate).__name__} has no {', '.join(missing)}")
+    return candidate
 
 
 @dataclass(frozen=True)
@@ -381,12 +403,14 @@ class MemoryStore:
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, embedder: Embedder, *, passphrase: str | None = None,
+    def open(cls, path: str | Path, embedder: "Embedder | Bundle", *, passphrase: str | None = None,
              key: bytes | None = None, keyring_service: str | None = None, create: bool = True,
              config: StoreConfig | None = None, reranker: Reranker | None = None, intent: IntentClassifier | None = None,
              planner: Any = None) -> "MemoryStore":
         """Open (or, with `create`, make) the store in folder `path`.
 
+        `embedder` is a loaded bundle (its `embedder()` at the default precision) or an
+        embedder itself (`bundle.embedder(precision=...)`, a `StaticEmbedder`).
         Exactly one key source is needed: `passphrase` (scrypt-derived key), `key` (32 raw
         bytes) or `keyring_service` (e.g. "apex-memory": a random key kept in the OS keyring
         under that service and the store's path, made when the store is created).
@@ -398,6 +422,7 @@ class MemoryStore:
         """
         if sum(x is not None for x in (passphrase, key, keyring_service)) != 1:
             raise StoreError("give exactly one of passphrase, key or keyring_service to open a memory store")
+        embedder = as_embedder(embedder)   # before anything touches the disk
         path = Path(path).expanduser()
         if keyring_service is not None:
             from apex_models.runtime.keys import keyring_key
