@@ -124,9 +124,18 @@ def test_open_takes_the_bundle_itself_and_refuses_what_cannot_embed(tmp_path: Pa
     embedder's members is a TypeError that names them, raised before a file is written."""
     bundle = load_bundle(minilm_bundle)
     with MemoryStore.open(tmp_path / "s", bundle, key=KEY) as store:
-        planted = _fill(store)
+        planted, count = _fill(store), len(store)
     with MemoryStore.open(tmp_path / "s", embedder, key=KEY) as store:
         assert store.search(PARAPHRASE, k=1)[0].id == planted
+    class Delegating:   # a wrapper (counting, caching) that forwards what it does not define
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    with MemoryStore.open(tmp_path / "s", Delegating(embedder), key=KEY) as store:
+        assert len(store) == count
     with pytest.raises(TypeError, match="encode_queries, encode_documents"):
         MemoryStore.open(tmp_path / "wrong", str(minilm_bundle), key=KEY)
     assert not (tmp_path / "wrong").exists()

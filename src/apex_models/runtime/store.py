@@ -142,14 +142,16 @@ _EMBEDDER_MEMBERS = ("dimension", "precision", "tokenizer_path", "onnx_sha256", 
 
 def as_embedder(candidate: Any) -> Embedder:
     """The embedder to open a store with: a bundle gives its own; anything else must have
-    the `Embedder` members. Checked by name (`dir`, which evaluates no property: the graph's
-    hash can cost a file read) so a wrong argument fails here, not half-way through
-    creating a store."""
+    the `Embedder` members, so a wrong argument fails here, not half-way through creating a
+    store. Members are looked up by name first (`dir` evaluates no property: the graph's
+    hash can cost a file read), then by `hasattr`, which a wrapper that delegates through
+    `__getattr__` needs."""
     from apex_models.runtime.bundle import Bundle
 
     if isinstance(candidate, Bundle):
         return candidate.embedder()
-    missing = [m for m in _EMBEDDER_MEMBERS if m not in dir(candidate)]
+    names = set(dir(candidate))
+    missing = [m for m in _EMBEDDER_MEMBERS if m not in names and not hasattr(candidate, m)]
     if missing:
         raise TypeError(f"MemoryStore.open needs a Bundle or an embedder (bundle.embedder(), StaticEmbedder); "
                         f"{type(candidate).__name__} has no {', '.join(missing)}")
