@@ -127,6 +127,7 @@ def test_open_takes_the_bundle_itself_and_refuses_what_cannot_embed(tmp_path: Pa
         planted, count = _fill(store), len(store)
     with MemoryStore.open(tmp_path / "s", embedder, key=KEY) as store:
         assert store.search(PARAPHRASE, k=1)[0].id == planted
+
     class Delegating:   # a wrapper (counting, caching) that forwards what it does not define
         def __init__(self, inner) -> None:
             self.inner = inner

@@ -29,16 +29,19 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 import numpy as np
 
 from apex_models.hybrid.outbox import Outbox, Pending
 from apex_models.hybrid.policy import Route, RoutingPolicy, SensitivityClassifier, decide, redact
 from apex_models.hybrid.sensitivity import DetectorClassifier
-from apex_models.runtime.store import (MemoryStore, StoreConfig, StoreError, as_embedder, query_vector_for,
-                                      reranker_parts, with_first_stage)
+from apex_models.runtime.store import (Embedder, MemoryStore, StoreConfig, StoreError, as_embedder,
+                                      query_vector_for, reranker_parts, with_first_stage)
 from apex_models.sensitivity.detectors import PII_KINDS, find_sensitive
+
+if TYPE_CHECKING:
+    from apex_models.runtime.bundle import Bundle
 
 TEAM_CACHE = "team-cache"
 
@@ -113,7 +116,7 @@ class HybridMemory:
         self._worker: threading.Thread | None = None
 
     @classmethod
-    def open(cls, path: str | Path, embedder: Any, cloud: CloudPort | None = None, *,
+    def open(cls, path: str | Path, embedder: "Embedder | Bundle", cloud: CloudPort | None = None, *,
              passphrase: str | None = None, key: bytes | None = None,
              classifier: SensitivityClassifier | None = None, policy: RoutingPolicy | None = None,
              reranker: Any = None, config: StoreConfig | None = None) -> "HybridMemory":

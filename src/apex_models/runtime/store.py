@@ -137,21 +137,16 @@ class Embedder(Protocol):
     def encode_documents(self, texts: list[str]) -> np.ndarray: ...
 
 
-_EMBEDDER_MEMBERS = ("dimension", "precision", "tokenizer_path", "onnx_sha256", "encode_queries", "encode_documents")
-
-
 def as_embedder(candidate: Any) -> Embedder:
     """The embedder to open a store with: a bundle gives its own; anything else must have
-    the `Embedder` members, so a wrong argument fails here, not half-way through creating a
-    store. Members are looked up by name first (`dir` evaluates no property: the graph's
-    hash can cost a file read), then by `hasattr`, which a wrapper that delegates through
-    `__getattr__` needs."""
+    the `Embedder` members (`hasattr`, so a wrapper that forwards them through `__getattr__`
+    counts), so a wrong argument fails here, not half-way through creating a store."""
     from apex_models.runtime.bundle import Bundle
 
     if isinstance(candidate, Bundle):
         return candidate.embedder()
-    names = set(dir(candidate))
-    missing = [m for m in _EMBEDDER_MEMBERS if m not in names and not hasattr(candidate, m)]
+    members = dict.fromkeys(n for n in (*Embedder.__annotations__, *vars(Embedder)) if not n.startswith("_"))
+    missing = [m for m in members if not hasattr(candidate, m)]
     if missing:
         raise TypeError(f"MemoryStore.open needs a Bundle or an embedder (bundle.embedder(), StaticEmbedder); "
                         f"{type(candidate).__name__} has no {', '.join(missing)}")
