@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides for every variant, e.g. embedder.train.max_steps=150")
     parser.add_argument("--out", type=Path, default=Path("eval/results/gpu-embedder-real.json"))
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the variants side by side on one GPU (each logs to <work>/<variant>.log)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     from apex_models.training.sweep import parse_sets
@@ -82,13 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     from apex_models.evaluation.results import write_result
 
     results, failures = {}, {}
-    for name in args.variants:
-        proc = subprocess.run([sys.executable, __file__, "--params", str(args.params), "--work", str(args.work),
-                               "--worker", name, "--set", *args.set], stdout=subprocess.PIPE, text=True,
-                              env=os.environ.copy())  # stderr (progress, errors) passes through
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            failures[name] = f"exit code {proc.returncode}; its traceback is in the output above"
+
+    def finish(name: str, returncode: int, stdout: str) -> None:
+        lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+        if returncode or not lines:
+            failures[name] = f"exit code {returncode}; its traceback is in the output above"
             print(f"[gpu-embedder] {name} failed ({failures[name]})", file=sys.stderr, flush=True)
         else:
             r = results[name] = json.loads(lines[-1].removeprefix("RESULT "))
@@ -96,7 +96,41 @@ def main(argv: list[str] | None = None) -> int:
                   f"at step {r['best_step']}, curve {r['dev']}, {r['wall_s']} s", flush=True)
         # after every variant, so a run cut short keeps what finished
         write_result(args.out, "embedder recipe on real weights and data, gpu profile", results,
-                     extra={"failures": failures, "common_overrides": parse_sets(args.set)})
+                     extra={"failures": failures, "common_overrides": parse_sets(args.set),
+                            "parallel": args.parallel})
+
+    def command(name: str) -> list[str]:
+        return [sys.executable, __file__, "--params", str(args.params), "--work", str(args.work),
+                "--worker", name, "--set", *args.set]
+
+    if not args.parallel:
+        for name in args.variants:
+            proc = subprocess.run(command(name), stdout=subprocess.PIPE, text=True,
+                                  env=os.environ.copy())  # stderr (progress, errors) passes through
+            finish(name, proc.returncode, proc.stdout)
+        return 1 if failures else 0
+
+    # All variants at once on the one GPU (each takes a few GiB and spends most of a step
+    # waiting on kernel launches and CPU-side mining, so they overlap well). Each process
+    # is its own one-process DeepSpeed world, so each needs its own rendezvous port; its
+    # output goes to <work>/<variant>.log rather than interleaving on the terminal.
+    args.work.mkdir(parents=True, exist_ok=True)
+    running = {}
+    for i, name in enumerate(args.variants):
+        out, log = args.work / f"{name}.out", args.work / f"{name}.log"
+        env = {**os.environ, "MASTER_PORT": str(29511 + i)}
+        with open(out, "w") as stdout, open(log, "w") as stderr:
+            running[name] = subprocess.Popen(command(name), stdout=stdout, stderr=stderr, text=True, env=env)
+        print(f"[gpu-embedder] {name} started, log {log}", flush=True)
+    while running:  # report each as it ends, so a run cut short keeps what finished
+        time.sleep(2)
+        for name, proc in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            if proc.returncode:
+                print((args.work / f"{name}.log").read_text()[-3000:], file=sys.stderr, flush=True)
+            finish(name, proc.returncode, (args.work / f"{name}.out").read_text())
     return 1 if failures else 0
 
 
