@@ -127,7 +127,8 @@ class PairCostRanker:
 
     def score(self, query: str, texts: list[str]) -> np.ndarray:
         pairs = self.tokenizer.encode_batch([(query, t) for t in texts])
-        return self.embedder._run([p.ids for p in pairs])[:, 0].astype(np.float64)
+        session = self.embedder.sessions.for_rows(len(texts))  # as OnnxRanker.score picks its session
+        return self.embedder._run([p.ids for p in pairs], session)[:, 0].astype(np.float64)
 
 
 def dense_recall(store, query_vectors: np.ndarray) -> dict[str, Any]:
@@ -426,8 +427,10 @@ def save(args: argparse.Namespace, results: dict[str, Any], bundle, reranker_lab
          began) -> dict:
     """Write memory.json and memory.md (after every tier, so a long run keeps what it measured)."""
     from apex_models.evaluation.results import write_result
+    from apex_models.runtime.models import default_bulk_threads
 
     meta = {"bundle_version": bundle.manifest.bundle_version, "precision": args.precision, "threads": args.threads,
+            "bulk_threads": max(args.threads, args.bulk_threads or default_bulk_threads()),
             "build_threads": args.build_threads, "queries": args.queries, "embedded": args.embedded,
             "rerank_depth": args.rerank_depth, "rerank_queries": args.rerank_queries,
             "reranker": reranker_label,
@@ -463,6 +466,9 @@ def main() -> None:
     parser.add_argument("--fresh-opens", type=int, default=5, help="opens timed in fresh processes (median; 0: none)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime, torch and FAISS threads when searching")
     parser.add_argument("--build-threads", type=int, default=2, help="FAISS threads for bulk HNSW insertion")
+    parser.add_argument("--bulk-threads", type=int, default=None,
+                        help="ONNX Runtime threads for batches of 16+ rows (adds, re-ranking); default: every "
+                             "usable core up to 4; 1 gives the one-thread baseline")
     parser.add_argument("--peers", default="st-faiss,chroma", help="comma-separated: st-faiss, chroma (or none)")
     parser.add_argument("--peer-max", type=int, default=100000, help="largest size the peers run at")
     parser.add_argument("--chroma-path", default=None, help="folder chromadb was pip-installed into with --target")
@@ -479,10 +485,11 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
     bundle = load_bundle(args.bundle)
-    embedder = bundle.embedder(precision=args.precision, intra_op_threads=args.threads)
+    embedder = bundle.embedder(precision=args.precision, intra_op_threads=args.threads, bulk_threads=args.bulk_threads)
     ranker_source = bundle if bundle.has("ranker") or args.ranker_bundle is None else load_bundle(args.ranker_bundle)
     has_ranker = ranker_source.has("ranker")
-    reranker = ranker_source.ranker(intra_op_threads=args.threads) if has_ranker else PairCostRanker(embedder)
+    reranker = (ranker_source.ranker(intra_op_threads=args.threads, bulk_threads=args.bulk_threads) if has_ranker
+                else PairCostRanker(embedder))
     label = (f"{type(reranker).__name__} ({reranker.precision}, bundle {ranker_source.manifest.bundle_version})"
              if has_ranker else "PairCostRanker (cost stand-in, see bench doc)")
     items = memory_corpus.memory_items(args.corpus, max(sizes))

@@ -9,6 +9,7 @@ import pytest
 
 from apex_models.export.parity import probe_texts
 from apex_models.runtime import OnnxEmbedder, load_bundle
+from apex_models.runtime.models import BULK_MIN_ROWS
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,20 @@ def test_padding_invariance(fp32: OnnxEmbedder, int8: OnnxEmbedder) -> None:
     alone = int8.encode([short], max_length=256)[0]
     with_long = int8.encode([long, short], max_length=256)[1]
     assert float(alone @ with_long) >= 0.98
+
+
+def test_large_batches_go_to_a_bulk_session_that_gives_the_same_vectors(minilm_bundle: Path) -> None:
+    bundle = load_bundle(minilm_bundle)
+    embedder = bundle.embedder(precision="int8", bulk_threads=2)
+    assert embedder.sessions._bulk is None  # opening a store does not pay for it
+    texts = probe_texts(BULK_MIN_ROWS)
+    embedder.encode_documents(texts[:-1])
+    assert embedder.sessions._bulk is None  # below the threshold: the one-thread session
+    bulk = embedder.encode_documents(texts)
+    assert embedder.sessions._bulk is not None and embedder.sessions._bulk is not embedder.session
+    single = bundle.embedder(precision="int8", bulk_threads=1)
+    assert single.sessions._bulk is single.session  # no second session when it would not add threads
+    np.testing.assert_allclose(bulk, single.encode_documents(texts), atol=1e-6)
 
 
 def test_order_is_restored(fp32: OnnxEmbedder) -> None:

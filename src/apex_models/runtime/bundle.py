@@ -467,40 +467,44 @@ class Bundle:
         return spec, chosen, entry.sha256 if entry else None
 
     def embedder(self, name: str = "embedder", precision: str | None = None,
-                 intra_op_threads: int = 1) -> "OnnxEmbedder":
+                 intra_op_threads: int = 1, bulk_threads: int | None = None) -> "OnnxEmbedder":
+        """`intra_op_threads` for queries; `bulk_threads` for large batches (None: every usable core, up to 4)."""
         from apex_models.runtime.embedder import OnnxEmbedder
 
         spec, chosen, sha = self._open(name, "embedding", precision)
-        return OnnxEmbedder(self.root, spec, chosen, intra_op_threads=intra_op_threads, onnx_sha256=sha)
+        return OnnxEmbedder(self.root, spec, chosen, intra_op_threads=intra_op_threads, onnx_sha256=sha,
+                            bulk_threads=bulk_threads)
 
     def ranker(self, name: str = "ranker", precision: str | None = None,
-               intra_op_threads: int = 1) -> "OnnxRanker":
-        """The cross-encoder: `.score(query, texts) -> np.ndarray` of relevance logits."""
+               intra_op_threads: int = 1, bulk_threads: int | None = None) -> "OnnxRanker":
+        """The cross-encoder: `.score(query, texts) -> np.ndarray` of relevance logits (a top-k
+        of 16 or more runs on `bulk_threads`: None, every usable core up to 4)."""
         from apex_models.runtime.models import OnnxRanker
 
         spec, chosen, _ = self._open(name, "cross_encoder", precision)
-        return OnnxRanker(self.root, spec, chosen, intra_op_threads=intra_op_threads)
+        return OnnxRanker(self.root, spec, chosen, intra_op_threads=intra_op_threads, bulk_threads=bulk_threads)
 
     def classifier(self, name: str, precision: str | None = None,
-                   intra_op_threads: int = 1) -> "OnnxClassifier":
+                   intra_op_threads: int = 1, bulk_threads: int | None = None) -> "OnnxClassifier":
         """Any sequence classifier: `.classify(texts) -> [(label, confidence)]`."""
         from apex_models.runtime.models import OnnxClassifier
 
         spec, chosen, _ = self._open(name, "sequence_classification", precision)
-        return OnnxClassifier(self.root, spec, chosen, intra_op_threads=intra_op_threads)
+        return OnnxClassifier(self.root, spec, chosen, intra_op_threads=intra_op_threads, bulk_threads=bulk_threads)
 
     def intent(self, name: str = "intent", precision: str | None = None,
-               intra_op_threads: int = 1) -> "OnnxClassifier":
+               intra_op_threads: int = 1, bulk_threads: int | None = None) -> "OnnxClassifier":
         """The intent classifier: `.classify(texts) -> [(label, confidence)]`."""
-        return self.classifier(name, precision, intra_op_threads)
+        return self.classifier(name, precision, intra_op_threads, bulk_threads)
 
     def token_classifier(self, name: str, precision: str | None = None,
-                         intra_op_threads: int = 1) -> "OnnxTokenClassifier":
+                         intra_op_threads: int = 1, bulk_threads: int | None = None) -> "OnnxTokenClassifier":
         """Any token tagger: `.spans(texts) -> [[Span]]` (character offsets into each text)."""
         from apex_models.runtime.models import OnnxTokenClassifier
 
         spec, chosen, _ = self._open(name, "token_classification", precision)
-        return OnnxTokenClassifier(self.root, spec, chosen, intra_op_threads=intra_op_threads)
+        return OnnxTokenClassifier(self.root, spec, chosen, intra_op_threads=intra_op_threads,
+                                   bulk_threads=bulk_threads)
 
     def planner(self, name: str = "planner", precision: str | None = None,
                 intra_op_threads: int = 1) -> "OnnxPlanner | GenaiPlanner":

@@ -1,7 +1,9 @@
 """Sentence embeddings from a bundle's ONNX graph: tokenise with `tokenizers`, run ORT.
 
 The graph already pools and normalises (see apex_models.export.onnx), so this module
-only tokenises, pads each batch to its longest text and runs the graph. No torch.
+only tokenises, pads each batch to its longest text and runs the graph (a one-thread
+session for queries, a multi-threaded one for bulk adds and indexing: `models.Sessions`).
+No torch.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from apex_models.hashing import sha256_file
 from apex_models.runtime.bundle import BundleError, EmbeddingSpec
-from apex_models.runtime.models import make_session, pad_id
+from apex_models.runtime.models import Sessions, pad_id
 
 def _progress(items: list, enabled: bool, desc: str, unit: str = "batch") -> Iterable:
     """tqdm when installed (the train extra has it), else rich (always in the runtime)."""
@@ -39,7 +42,9 @@ class OnnxEmbedder:
     """Encodes texts into unit float32 vectors with one bundle model at one precision."""
 
     def __init__(self, root: Path, spec: EmbeddingSpec, precision: str, intra_op_threads: int = 1,
-                 onnx_sha256: str | None = None) -> None:
+                 onnx_sha256: str | None = None, bulk_threads: int | None = None) -> None:
+        """`intra_op_threads` serves queries and small batches; `bulk_threads` (None: one per
+        usable core, at most 4) serves batches of `models.BULK_MIN_ROWS` texts or more."""
         if precision not in spec.onnx:
             raise BundleError(f"no precision {precision!r}; available: {', '.join(sorted(spec.onnx))}")
         self.root = Path(root)
@@ -55,7 +60,8 @@ class OnnxEmbedder:
         base = Tokenizer.from_file(str(self.tokenizer_path))
         self._pad_id = pad_id(base)
 
-        self.session = make_session(self.onnx_path, intra_op_threads)
+        self.sessions = Sessions(self.onnx_path, intra_op_threads, bulk_threads)
+        self.session = self.sessions.latency
         self._input_names = {i.name for i in self.session.get_inputs()}
         self._output_name = self.session.get_outputs()[0].name
 
@@ -75,7 +81,7 @@ class OnnxEmbedder:
             self._tokenizers[max_length] = tok
         return tok
 
-    def _run(self, ids: list[list[int]]) -> np.ndarray:
+    def _run(self, ids: list[list[int]], session: ort.InferenceSession | None = None) -> np.ndarray:
         """One padded batch through ONNX Runtime; padding is masked, so its id is irrelevant."""
         width = max(len(x) for x in ids)
         input_ids = np.full((len(ids), width), self._pad_id, dtype=np.int64)
@@ -86,7 +92,7 @@ class OnnxEmbedder:
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self._input_names:  # graphs exported by other tools
             feeds["token_type_ids"] = np.zeros_like(input_ids)
-        return self.session.run([self._output_name], feeds)[0]
+        return (session or self.session).run([self._output_name], feeds)[0]
 
     def encode(self, texts: list[str], max_length: int, batch_size: int = 64,
                progress: bool = False) -> np.ndarray:
@@ -99,8 +105,9 @@ class OnnxEmbedder:
         ids = [e.ids for e in encodings]
         # Similar lengths together so each batch pads little; rows go back to their index.
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        session = self.sessions.for_rows(len(texts))
         for idx in _progress(list(_batches(order, batch_size)), progress, "encode"):
-            out[idx] = self._run([ids[i] for i in idx])
+            out[idx] = self._run([ids[i] for i in idx], session)
         if self.spec.normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
