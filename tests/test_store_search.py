@@ -315,9 +315,9 @@ def test_filtered_paths_agree(tmp_path: Path, embedder: OnnxEmbedder, monkeypatc
                      for h in store.search(q, k=5, mode=mode, **f)]
                     for q in queries for f in filters for mode in ("dense", "keyword", "hybrid")]
 
-        monkeypatch.setattr(dense_module, "HNSW_VISIT_COST", 10**9)  # always the exact scan
+        monkeypatch.setattr(dense_module, "HNSW_SLOT_US", 10**9)  # always the exact scan
         exact = answers()
-        monkeypatch.setattr(dense_module, "HNSW_VISIT_COST", 0)      # always HNSW among the rows
+        monkeypatch.setattr(dense_module, "HNSW_SLOT_US", 0)      # always HNSW among the rows
         walked = answers()
         assert exact == walked and all(len(hits) == 5 for hits in exact[0::3])  # dense: always 5
         assert all(exact[1::3])  # keyword: every query matches words of the filtered memories

@@ -36,9 +36,32 @@ def _buffer_reader(serialized) -> "faiss.PyCallbackIOReader":
 # vectors, M=32, ef 128: recall@10 0.994 vs 0.995, p50 0.35 vs 0.57 ms, 104 vs 181 MB
 # serialised. The flat (exact) index keeps fp32.
 HNSW_STORAGE = ("fp16", "fp32")
-# One HNSW node visit costs about this many flat distances (100k fp16 vectors: 2.5 us per
-# beam slot against 0.07 us per row of a bitmap-selected flat scan): see `search_among`.
-HNSW_VISIT_COST = 35
+# What the two ways of searching among a filter's rows cost (see `search_among`), measured
+# on 2 cores with fp16 HNSW storage at 100k and 1M real-text vectors: a slot of the beam of
+# a restricted HNSW walk costs about 1.9 us at both sizes; an exact scan reads the whole
+# selector bitmap (about 1.4 us per 1,000 vectors held) and decodes every selected vector,
+# 0.04 us a row at 100k but 0.2 us at 1M, where the selected rows are scattered over 768 MB
+# (cache and TLB misses). The first model counted one distance per row at any size and kept
+# 40k-65k-row filters at 1M on the exact scan: 10-15 ms instead of 1.5-5.
+HNSW_SLOT_US = 1.9
+# A walk restricted to a filter's rows gets a beam of this many times fetch / share (at
+# least the plain search's): at 1M memories, fetch 50, recall@10 against exact among the
+# rows was 0.964 / 0.974 / 0.979 (65k rows) and 0.981 / 0.987 / 0.987 (40k rows) at 1 / 1.5
+# / 2, for a filtered hybrid search p99 of 6.5 / 7.0 / 8.1 and 7.4 / 8.7 / 10.4 ms.
+FILTER_BEAM_FACTOR = 1.5
+EXACT_BITMAP_US_PER_HELD = 0.0014
+EXACT_ROW_US = ((100_000, 0.04), (1_000_000, 0.2))  # (vectors held, us per selected row)
+# Selectors kept for reuse (a store passes the same cached row array for a repeated filter;
+# building one over 900k rows takes 3.4 ms at 1M); dropped on every write.
+SELECTOR_CACHE_SIZE = 8
+
+
+def exact_scan_us(rows: int, held: int) -> float:
+    """Estimated cost of the bitmap-selected exact scan of `rows` rows among `held` vectors;
+    the per-row cost is interpolated in log(held) between EXACT_ROW_US's points, flat beyond."""
+    (n0, c0), (n1, c1) = EXACT_ROW_US
+    t = min(1.0, max(0.0, (np.log(max(held, 1)) - np.log(n0)) / (np.log(n1) - np.log(n0))))
+    return EXACT_BITMAP_US_PER_HELD * held + rows * (c0 + t * (c1 - c0))
 # efSearch when none is configured: recall@10 against exact on real-text vectors is 0.976
 # at 128 for 100k memories, but at 1M 0.94 at 256 and 0.973 at 512 for +0.4 ms a search
 # (its p50 0.56 -> 0.97 ms; hybrid p99 stays under 5 ms; eval/results/memory.json), so
@@ -64,6 +87,7 @@ class DenseIndex:
         self._rowid_at: list[int] = []  # position -> row number, -1 when dead
         self._pos = np.full(0, -1, dtype=np.int64)  # row number -> position, -1 when none (grows by doubling)
         self._live = 0
+        self._selectors: dict[int, tuple] = {}  # id(rows) -> (rows, selector, count, bitmap)
         self._index = self._new_index()
 
     def _new_index(self) -> faiss.Index:
@@ -127,6 +151,7 @@ class DenseIndex:
         """Record new rows' positions, growing the map (doubling) to the largest row."""
         if not len(rowids):
             return
+        self._selectors.clear()
         need = int(rowids.max()) + 1
         if need > len(self._pos):
             grown = np.full(max(need, 2 * len(self._pos)), -1, dtype=np.int64)
@@ -136,6 +161,7 @@ class DenseIndex:
         self._live += len(rowids)
 
     def remove(self, rowids: list[int]) -> None:
+        self._selectors.clear()
         for rowid in rowids:
             pos = self._position(rowid)
             if pos >= 0:
@@ -180,6 +206,7 @@ class DenseIndex:
         self.kind = kind or self.kind
         self._index = self._new_index()
         self._rowid_at, self._pos, self._live = [], np.full(0, -1, dtype=np.int64), 0
+        self._selectors.clear()
         if rowids:
             self.add(rowids, vectors)
 
@@ -233,35 +260,45 @@ class DenseIndex:
     def search_among(self, query: np.ndarray, rowids: np.ndarray, fetch: int) -> list[tuple[int, float]]:
         """The best `fetch` of these rows (a filter's), by whichever path costs less.
 
-        Exact over the rows costs one distance each; HNSW restricted to them (FAISS skips
-        the others in its results, not in its walk) needs a beam about 2 * fetch / share
-        wide to still return `fetch` of them. With a visit costing about HNSW_VISIT_COST
-        distances (measured), exact wins while rows^2 < 2 * HNSW_VISIT_COST * fetch * index
-        size: up to ~60k rows at 1M memories. An HNSW walk that returns too few falls back
-        to exact.
+        An HNSW walk restricted to the rows (FAISS skips the others in its results, not in
+        its walk) gets a beam of FILTER_BEAM_FACTOR * fetch / share; the exact scan reads the
+        bitmap and every selected vector. Both are priced with the measured costs above
+        (HNSW_SLOT_US, exact_scan_us): at 1M memories and fetch 50 the scan wins below
+        about 23k rows. A walk that returns too few falls back to the scan.
         """
-        selector, count, _bits = self._selector(np.asarray(rowids, dtype=np.int64))
+        rowids = np.asarray(rowids, dtype=np.int64)
+        selector, count, _bits = self._selector(rowids)
         if count == 0 or fetch <= 0:
             return []
         want = min(fetch, count)
-        if self.kind == "hnsw" and count * count > 2 * HNSW_VISIT_COST * want * self.ntotal:
-            beam = max(self.base_ef(), min(count, int(2 * want * self.ntotal / count)))
-            scores, found = self._index.search(np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1), want,
-                                               params=faiss.SearchParametersHNSW(sel=selector, efSearch=beam))
-            hits = [(self._rowid_at[p], float(s)) for p, s in zip(found[0], scores[0]) if p >= 0]
-            if len(hits) >= want:
-                return hits
+        if self.kind == "hnsw":
+            beam = max(self.base_ef(), min(count, int(FILTER_BEAM_FACTOR * want * self.ntotal / count)))
+            if HNSW_SLOT_US * beam < exact_scan_us(count, self.ntotal):
+                scores, found = self._index.search(np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1), want,
+                                                   params=faiss.SearchParametersHNSW(sel=selector, efSearch=beam))
+                hits = [(self._rowid_at[p], float(s)) for p, s in zip(found[0], scores[0]) if p >= 0]
+                if len(hits) >= want:
+                    return hits
         return self._flat_search(query, want, selector)
 
     def _selector(self, rowids: np.ndarray) -> tuple[faiss.IDSelector, int, np.ndarray]:
         """(FAISS selector of these rows' live positions, how many, the bitmap it reads: keep it
-        alive while the selector is used)."""
+        alive while the selector is used). The same array object (a store's cached filter)
+        gets the same selector until the next write."""
+        cached = self._selectors.get(id(rowids))
+        if cached is not None and cached[0] is rowids:
+            return cached[1:]
         positions = self._positions(rowids)
         positions = positions[positions >= 0]
         bitmap = np.zeros(self.ntotal, dtype=bool)
         bitmap[positions] = True
         bits = np.packbits(bitmap, bitorder="little")
-        return faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(bits)), len(positions), bits
+        made = (faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(bits)), len(positions), bits)
+        if not rowids.flags.writeable:  # only arrays nobody can change in place are reused
+            if len(self._selectors) >= SELECTOR_CACHE_SIZE:
+                self._selectors.pop(next(iter(self._selectors)))
+            self._selectors[id(rowids)] = (rowids, *made)
+        return made
 
     def _flat_search(self, query: np.ndarray, k: int, selector: faiss.IDSelector) -> list[tuple[int, float]]:
         """Exact inner product over the selected positions, in FAISS's flat storage and its own
