@@ -36,6 +36,11 @@ def _buffer_reader(serialized) -> "faiss.PyCallbackIOReader":
 # vectors, M=32, ef 128: recall@10 0.994 vs 0.995, p50 0.35 vs 0.57 ms, 104 vs 181 MB
 # serialised. The flat (exact) index keeps fp32.
 HNSW_STORAGE = ("fp16", "fp32")
+# efSearch when none is configured: recall@10 against exact on real-text vectors is 0.976
+# at 128 for 100k memories, but at 1M 0.94 at 256 and 0.973 at 512 for +0.4 ms a search
+# (its p50 0.56 -> 0.97 ms; hybrid p99 stays under 5 ms; eval/results/memory.json), so
+# the beam widens from AUTO_EF_LARGE_FROM memories.
+AUTO_EF, AUTO_EF_LARGE, AUTO_EF_LARGE_FROM = 128, 512, 500_000
 # What the two ways of searching among a filter's rows cost (see `search_among`), measured
 # on 2 cores with fp16 HNSW storage at 100k and 1M real-text vectors: a slot of the beam of
 # a restricted HNSW walk costs about 1.9 us at both sizes; an exact scan reads the whole
@@ -44,13 +49,13 @@ HNSW_STORAGE = ("fp16", "fp32")
 # (cache and TLB misses). The first model counted one distance per row at any size and kept
 # 40k-65k-row filters at 1M on the exact scan: 10-15 ms instead of 1.5-5.
 HNSW_SLOT_US = 1.9
-# A walk restricted to a filter's rows gets a beam of this many times fetch / share (at
-# least the plain search's): at 1M memories, fetch 50, recall@10 against exact among the
-# rows was 0.964 / 0.974 / 0.979 (65k rows) and 0.981 / 0.987 / 0.987 (40k rows) at 1 / 1.5
-# / 2, for a filtered hybrid search p99 of 6.5 / 7.0 / 8.1 and 7.4 / 8.7 / 10.4 ms.
-FILTER_BEAM_FACTOR = 1.5
 EXACT_BITMAP_US_PER_HELD = 0.0014
 EXACT_ROW_US = ((100_000, 0.04), (1_000_000, 0.2))  # (vectors held, us per selected row)
+# A walk restricted to a filter's rows gets a beam of this many times fetch / share (at
+# least the plain search's). At 1M memories, fetch 50, its recall@10 against the scan at
+# factors 1 / 1.5 / 2 was 0.971 / 0.980 / 0.990 among 65k rows (2.1 ms p99 at 1.5) and
+# 0.986 / 0.993 / 0.995 among 40k (3.6 ms p99) (eval/bench_filters.py, results/filters.json).
+FILTER_BEAM_FACTOR = 1.5
 # Selectors kept for reuse (a store passes the same cached row array for a repeated filter;
 # building one over 900k rows takes 3.4 ms at 1M); dropped on every write.
 SELECTOR_CACHE_SIZE = 8
@@ -62,11 +67,6 @@ def exact_scan_us(rows: int, held: int) -> float:
     (n0, c0), (n1, c1) = EXACT_ROW_US
     t = min(1.0, max(0.0, (np.log(max(held, 1)) - np.log(n0)) / (np.log(n1) - np.log(n0))))
     return EXACT_BITMAP_US_PER_HELD * held + rows * (c0 + t * (c1 - c0))
-# efSearch when none is configured: recall@10 against exact on real-text vectors is 0.976
-# at 128 for 100k memories, but at 1M 0.94 at 256 and 0.973 at 512 for +0.4 ms a search
-# (its p50 0.56 -> 0.97 ms; hybrid p99 stays under 5 ms; eval/results/memory.json), so
-# the beam widens from AUTO_EF_LARGE_FROM memories.
-AUTO_EF, AUTO_EF_LARGE, AUTO_EF_LARGE_FROM = 128, 512, 500_000
 
 
 class DenseIndex:
