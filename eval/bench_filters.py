@@ -114,17 +114,13 @@ def main() -> None:
         kinds = sorted({x["kind"] for x in items})
         for kind in kinds:
             rows = store._allowed(kind, None, None, None, None)
-            want = min(fetch, len(rows))
-            beam = max(dense.base_ef(), min(len(rows), int(dense_module.FILTER_BEAM_FACTOR * want * dense.ntotal
-                                                           / len(rows))))
-            walk_us = dense_module.HNSW_SLOT_US * beam
-            scan_us = dense_module.exact_scan_us(len(rows), dense.ntotal)
+            beam = dense.filter_beam(len(rows), min(fetch, len(rows)))
             scan = forced(dense, vectors, rows, fetch, None)
             truth = [{r for r, _ in hits[:10]} for hits in scan.pop("lists")]
             row: dict[str, Any] = {
                 "rows": int(len(rows)), "share": round(len(rows) / dense.ntotal, 4),
-                "model": {"path": "walk" if walk_us < scan_us else "scan", "beam": beam,
-                          "walk_us": round(walk_us), "scan_us": round(scan_us)},
+                "model": {"path": "scan" if beam is None else "walk", "beam": beam,
+                          "scan_us": round(dense_module.exact_scan_us(len(rows), dense.ntotal))},
                 "hybrid_filtered": timed(lambda q: store.search(q, k=10, kind=kind), queries),
                 "dense_scan": scan, "dense_walk": {}}
             for factor in factors:

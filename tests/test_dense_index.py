@@ -131,6 +131,7 @@ def test_the_filter_cost_model_prices_both_paths_as_measured() -> None:
     assert exact_scan_us(6_500, 100_000) == pytest.approx(400, rel=0.01)
     assert walk_us(40_000, 1_000_000) < exact_scan_us(40_000, 1_000_000)
     assert walk_us(6_500, 100_000) > exact_scan_us(6_500, 100_000)
+    assert DenseIndex(DIM).filter_beam(10, 5) is None  # a flat index always scans
     assert exact_scan_us(1_000, 10_000_000) == pytest.approx(exact_scan_us(1_000, 1_000_000) + 0.0014 * 9_000_000)
 
 

@@ -271,15 +271,22 @@ class DenseIndex:
         if count == 0 or fetch <= 0:
             return []
         want = min(fetch, count)
-        if self.kind == "hnsw":
-            beam = max(self.base_ef(), min(count, int(FILTER_BEAM_FACTOR * want * self.ntotal / count)))
-            if HNSW_SLOT_US * beam < exact_scan_us(count, self.ntotal):
-                scores, found = self._index.search(np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1), want,
-                                                   params=faiss.SearchParametersHNSW(sel=selector, efSearch=beam))
-                hits = [(self._rowid_at[p], float(s)) for p, s in zip(found[0], scores[0]) if p >= 0]
-                if len(hits) >= want:
-                    return hits
+        beam = self.filter_beam(count, want)
+        if beam is not None:
+            scores, found = self._index.search(np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1), want,
+                                               params=faiss.SearchParametersHNSW(sel=selector, efSearch=beam))
+            hits = [(self._rowid_at[p], float(s)) for p, s in zip(found[0], scores[0]) if p >= 0]
+            if len(hits) >= want:
+                return hits
         return self._flat_search(query, want, selector)
+
+    def filter_beam(self, rows: int, want: int) -> int | None:
+        """The restricted walk's beam for `want` hits among `rows` rows, or None when the
+        exact scan is priced lower (or the index is flat)."""
+        if self.kind != "hnsw" or rows <= 0:
+            return None
+        beam = max(self.base_ef(), min(rows, int(FILTER_BEAM_FACTOR * want * self.ntotal / rows)))
+        return beam if HNSW_SLOT_US * beam < exact_scan_us(rows, self.ntotal) else None
 
     def _selector(self, rowids: np.ndarray) -> tuple[faiss.IDSelector, int, np.ndarray]:
         """(FAISS selector of these rows' live positions, how many, the bitmap it reads: keep it
