@@ -46,7 +46,7 @@ def test_mix_follows_weights_and_never_repeats_a_function(tmp_path) -> None:
                                                  for i in range(50)))
     pools = source_pairs(tmp_path / "train", tmp_path, seed=1, conala_query=0.0)
     assert {k: len(v) for k, v in pools.items()} == {"docstring": 200, "docstring_query": 200, "conala": 100,
-                                                     "stackexchange": 0, "tldr": 50}
+                                                     "stackexchange": 0, "stackexchange_qa": 0, "tldr": 50}
     pairs, counts = mix_pairs(pools, {"docstring": 1, "docstring_query": 1, "conala": 1, "tldr": 1}, 200, seed=1)
     assert counts == {"docstring": 50, "docstring_query": 50, "conala": 50, "tldr": 50}
     codes = [c for _, c in pairs]

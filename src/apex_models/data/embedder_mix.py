@@ -11,6 +11,8 @@ language, most are lower case and drop articles). So the mix draws from:
 ``conala``         CoNaLa intents (Stack Overflow question titles rewritten by people)
                    -> snippets, rewritten as web queries with probability ``conala_query``;
 ``stackexchange``  question titles -> the accepted answer's first code block, else its text;
+``stackexchange_qa`` the whole question (title and body) -> the whole accepted answer, the
+                   shape of a question looked up among answers (the ranker's Q&A task);
 ``tldr``           tldr-pages command descriptions -> commands.
 
 Each source gets ``weight / sum(weights)`` of ``total`` pairs (a seeded sample without
@@ -34,7 +36,7 @@ from apex_models.hashing import sha256_bytes
 if TYPE_CHECKING:
     from apex_models.config import PairMixConfig
 
-SOURCES = ("docstring", "docstring_query", "conala", "stackexchange", "tldr")
+SOURCES = ("docstring", "docstring_query", "conala", "stackexchange", "stackexchange_qa", "tldr")
 
 # Leading docstring verbs and what a person searching would type instead.
 _VERB_MAP = {"return": "get", "returns": "get", "yield": "iterate", "yields": "iterate",
@@ -50,7 +52,7 @@ _TEMPLATES = ("python {q}", "{q} python", "how to {q} in python", "{q} in python
               "{q} python", "python3 {q}", "python {q}")
 
 
-def _unit(seed: int, *parts: str) -> float:
+def stable_unit(seed: int, *parts: str) -> float:
     """A stable number in [0, 1) for a pair: templates do not change when the mix does."""
     return int(sha256_bytes("\0".join([str(seed), *parts]).encode())[:12], 16) / float(16 ** 12)
 
@@ -96,7 +98,7 @@ def web_query(summary: str, key: str, seed: int = 0, max_words: int = 12) -> str
     query = " ".join(words)
     if "python" in query:
         return query
-    template = _TEMPLATES[int(_unit(seed, "template", key) * len(_TEMPLATES))]
+    template = _TEMPLATES[int(stable_unit(seed, "template", key) * len(_TEMPLATES))]
     return template.format(q=query)
 
 
@@ -121,6 +123,17 @@ def stackexchange_pairs(rows: Iterable[dict], max_chars: int = 2000) -> list[tup
     return out
 
 
+def question_text(row: dict) -> str:
+    """A Stack Exchange question as a searcher asks it: its title, then its body."""
+    return " ".join(f"{row.get('title') or ''} {row.get('question') or ''}".split())
+
+
+def stackexchange_qa_pairs(rows: Iterable[dict], max_chars: int = 2000) -> list[tuple[str, str]]:
+    """(title + body, the whole accepted answer); questions without one are skipped."""
+    return [(question_text(row), row["accepted_answer"].strip()[:max_chars]) for row in rows
+            if (row.get("accepted_answer") or "").strip() and (row.get("title") or "").strip()]
+
+
 def source_pairs(train_split: Path, sources_dir: Path | None, seed: int,
                  conala_query: float = 0.5) -> dict[str, list[tuple[str, str]]]:
     """Every candidate pair per mix source, in file order (sampling happens in :func:`mix_pairs`).
@@ -132,7 +145,7 @@ def source_pairs(train_split: Path, sources_dir: Path | None, seed: int,
     for row in read_split(train_split):
         query, code = row["query"], row["code"]
         if row.get("source") == "conala":
-            if _unit(seed, "conala", query) < conala_query:
+            if stable_unit(seed, "conala", query) < conala_query:
                 query = web_query(query, query, seed)
             pools["conala"].append((query, code))
         else:
@@ -142,6 +155,7 @@ def source_pairs(train_split: Path, sources_dir: Path | None, seed: int,
         se = Path(sources_dir) / "stackexchange.jsonl"
         if se.is_file():
             pools["stackexchange"] = stackexchange_pairs(_read_jsonl(se))
+            pools["stackexchange_qa"] = stackexchange_qa_pairs(_read_jsonl(se))
         tldr = Path(sources_dir) / "tldr.jsonl"
         if tldr.is_file():
             pools["tldr"] = [(r["query"], r["code"]) for r in _read_jsonl(tldr) if r.get("query") and r.get("code")]

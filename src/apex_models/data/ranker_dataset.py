@@ -9,6 +9,12 @@ on the trained embedder, DVC sees that dependency, and the examples can be inspe
 Rows of the ``train`` split: ``query``, ``document`` and ``negatives``, the row indices of
 the pairs whose documents are this query's mined negatives, best first. The recipe draws
 its per-step negatives from that list (``apex_models.training.ranker.negatives_for``).
+The first ``report["anchors"]`` rows are the pairs; rows after them are documents only:
+another answer to a Stack Exchange question (``stackexchange_qa`` pairs), which the
+question's ``siblings`` names and the recipe puts among its negatives at every step. The
+Q&A benchmark asks for the accepted answer among every answer of a site, and half of
+the embedder's misses there rank one of the question's other answers first, a confusion
+no mined negative shows.
 With ``ranker.first_stage_scale`` set, rows also hold the embedder's ``query_vector`` and
 ``document_vector``: the ranker is trained as a correction to the first stage's score
 (see ``apex_models.training.ranker``), and needs that score for every pair it sees.
@@ -23,18 +29,19 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import shutil
 import tempfile
 import textwrap
 import time
 from itertools import zip_longest
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from apex_models.data.embedder_mix import training_pairs
+from apex_models.data.embedder_mix import question_text, stable_unit, training_pairs
 from apex_models.data.task_data import read_split, save_splits, write_split
-from apex_models.evaluation.retrieval import BeirDataset, bm25_run, dense_run
+from apex_models.evaluation.retrieval import BeirDataset, bm25_run, dense_run, write_beir
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +139,65 @@ def fallback_pairs(shared_dir: Path, out_path: Path) -> Path:
     return write_split(out_path, clean)
 
 
+def sibling_answers(sources_dir: Path | None, max_chars: int = 2000) -> dict[tuple[str, str], list[str]]:
+    """(question text, accepted answer) -> the question's other answer, keyed as
+    :func:`apex_models.data.embedder_mix.stackexchange_qa_pairs` builds its pairs.
+
+    The ingested record keeps the accepted answer and the top-scored one; when they differ
+    the top-scored one is a real answer to the same question that its asker did not accept.
+    """
+    path = Path(sources_dir) / "stackexchange.jsonl" if sources_dir is not None else None
+    if path is None or not path.is_file():
+        return {}
+    out: dict[tuple[str, str], list[str]] = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line) if line.strip() else {}
+            accepted, top = (row.get("accepted_answer") or "").strip(), (row.get("top_answer") or "").strip()
+            if accepted and top and row.get("top_answer_id") != row.get("accepted_answer_id") and top != accepted:
+                out[(question_text(row), accepted[:max_chars])] = [top[:max_chars]]
+    return out
+
+
+QA_DEV = "qa-dev"  # the dataset's sub-folder of held-out Stack Exchange questions (BEIR layout)
+
+
+def split_qa_dev(sources_dir: Path | None, fraction: float, seed: int, out_dir: Path,
+                 max_chars: int = 2000) -> set[tuple[str, str]]:
+    """Hold out a seeded `fraction` of the ingested Stack Exchange questions as a Q&A dev set
+    for choosing the ranker's step; returns their (question text, accepted answer) pairs,
+    which training must not see.
+
+    The Q&A benchmark is for reporting only, so the step that the ranker ships is chosen on
+    questions of the training sites (Cardano and GenAI Stack Exchange), asked the way the
+    benchmark asks: the question (title and body) -> its accepted answer among every
+    answer the ingested records hold. Nothing is written when there are no such questions.
+    """
+    shutil.rmtree(Path(out_dir) / QA_DEV, ignore_errors=True)  # never a stale one from an earlier build
+    path = Path(sources_dir) / "stackexchange.jsonl" if sources_dir is not None else None
+    if fraction <= 0 or path is None or not path.is_file():
+        return set()
+    corpus: dict[str, str] = {}
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    held: set[tuple[str, str]] = set()
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line) if line.strip() else {}
+            for key in ("accepted_answer", "top_answer"):
+                if (row.get(key) or "").strip() and row.get(f"{key}_id") is not None:
+                    corpus[f"a{row[f'{key}_id']}"] = row[key].strip()[:max_chars]
+            accepted = (row.get("accepted_answer") or "").strip()
+            if accepted and row.get("title") and stable_unit(seed, QA_DEV, str(row.get("path"))) < fraction:
+                qid = f"q{row.get('path')}"
+                queries[qid] = question_text(row)
+                qrels[qid] = {f"a{row['accepted_answer_id']}": 1}
+                held.add((queries[qid], accepted[:max_chars]))
+    if queries:
+        write_beir(Path(out_dir) / QA_DEV, corpus, queries, qrels, split="dev")
+    return held
+
+
 def build_ranker_dataset(params, train_split: Path, sources_dir: Path | None, embedder_dir: Path | None,
                          out_dir: Path) -> dict[str, Any]:
     """Pairs by the ranker's mix, negatives mined with BM25 (and the embedder at `embedder_dir`,
@@ -139,6 +205,13 @@ def build_ranker_dataset(params, train_split: Path, sources_dir: Path | None, em
     report and card under `out_dir` and returns the report."""
     cfg, train = params.ranker, params.ranker.train
     pairs, mix_counts = training_pairs(cfg.data, train.max_train_pairs, params.seed, train_split, sources_dir)
+    if "stackexchange_qa" in mix_counts:
+        held = split_qa_dev(sources_dir, train.dev_qa_fraction, params.seed, out_dir)
+        kept = [p for p in pairs if p not in held]  # only stackexchange_qa pairs have these keys
+        mix_counts = {**mix_counts, "stackexchange_qa": mix_counts["stackexchange_qa"] - (len(pairs) - len(kept))}
+        pairs = kept
+    else:
+        held = set()
     started = time.perf_counter()
     vectors, first_stage = None, None
     if train.embedder_negatives or cfg.first_stage_scale:
@@ -147,12 +220,26 @@ def build_ranker_dataset(params, train_split: Path, sources_dir: Path | None, em
         vectors = first_stage_vectors(params, first_stage, pairs)
     miner = f"bm25 + {first_stage}" if train.embedder_negatives else "bm25"
     mined = mine_negatives(pairs, train.mine_top_k, vectors if train.embedder_negatives else None)
-    rows = [{"query": q, "document": d, "negatives": negs} for (q, d), negs in zip(pairs, mined)]
+    rows = [{"query": q, "document": d, "negatives": negs, "siblings": []} for (q, d), negs in zip(pairs, mined)]
+    siblings = sibling_answers(sources_dir) if "stackexchange_qa" in mix_counts else {}
+    extra: list[str] = []
+    for row, pair in zip(rows, pairs):
+        for doc in siblings.get(pair, []):
+            row["siblings"].append(len(pairs) + len(extra))
+            extra.append(doc)
+    rows += [{"query": "", "document": doc, "negatives": [], "siblings": []} for doc in extra]
     if vectors is not None:
-        for row, qv, dv in zip(rows, *vectors):
+        query_vectors, doc_vectors = vectors
+        if extra:
+            extra_vectors = first_stage_vectors(params, first_stage, [("", doc) for doc in extra], queries=False)[1]
+            query_vectors = np.vstack([query_vectors, np.zeros_like(extra_vectors)])
+            doc_vectors = np.vstack([doc_vectors, extra_vectors])
+        for row, qv, dv in zip(rows, query_vectors, doc_vectors):
             row["query_vector"], row["document_vector"] = qv.tolist(), dv.tolist()
     hashes = save_splits(out_dir, {"train": rows})
-    report = {"pairs": len(pairs), "mix": mix_counts, "mined_by": miner, "mine_top_k": train.mine_top_k,
+    report = {"pairs": len(pairs), "anchors": len(pairs), "sibling_negatives": len(extra),
+              "qa_dev_questions": len(held), "mix": mix_counts,
+              "mined_by": miner, "mine_top_k": train.mine_top_k,
               "first_stage": first_stage,
               "mined_per_query": round(float(np.mean([len(m) for m in mined])), 2) if mined else 0.0,
               "no_negatives": sum(1 for m in mined if not m),
@@ -162,7 +249,8 @@ def build_ranker_dataset(params, train_split: Path, sources_dir: Path | None, em
     return report
 
 
-def first_stage_vectors(params, model: str, pairs: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+def first_stage_vectors(params, model: str, pairs: list[tuple[str, str]],
+                        queries: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
     """Unit query and document vectors of `pairs` from the embedder at `model`, encoded as the
     first stage encodes at search time (the embedder config's pooling and lengths).
 
@@ -175,7 +263,7 @@ def first_stage_vectors(params, model: str, pairs: list[tuple[str, str]]) -> tup
     emb = params.embedder
     encoder = TorchEncoder.from_base(model, pooling=emb.pooling, normalize=emb.normalize,
                                      query_max_length=emb.query_max_length, doc_max_length=emb.doc_max_length)
-    return (encoder.encode_queries([q for q, _ in pairs]),
+    return (encoder.encode_queries([q for q, _ in pairs]) if queries else None,
             encoder.encode_documents([d for _, d in pairs], progress=True))
 
 
@@ -192,25 +280,39 @@ def _card(report: dict[str, Any]) -> str:
              "(every source was decontaminated upstream).", "",
              "| source | pairs |", "| --- | ---: |"]
     lines += [f"| {name} | {count} |" for name, count in sorted(report["mix"].items())]
-    lines += ["", f"Pairs: {report['pairs']}; mean negatives per query: {report['mined_per_query']}; "
+    lines += ["", f"Pairs: {report['pairs']}, then {report.get('sibling_negatives', 0)} document-only rows "
+              "(another answer to a Stack Exchange question, always among its negatives); "
+              f"mean negatives per query: {report['mined_per_query']}; "
               f"queries with none: {report['no_negatives']}; mining took {report['mining_seconds']} s.", ""]
     return "\n".join(lines)
 
 
-def read_ranker_dataset(path: Path) -> tuple[list[tuple[str, str]], list[list[int]],
-                                             tuple[np.ndarray, np.ndarray] | None, dict[str, Any]]:
-    """(query, document) pairs, their mined negatives, the first stage's (query, document)
-    vectors (None when the dataset was built without them) and the report of a saved
-    ranker dataset."""
+class RankerData(NamedTuple):
+    """A saved ranker dataset: (query, document) rows; per row its mined negatives and the
+    document-only rows that are always its negatives (`siblings`); the first stage's (query,
+    document) vectors (None when built without them); the build report. Only the first
+    ``report["anchors"]`` rows are queries to train on (every row of a dataset built before
+    document-only rows existed)."""
+
+    pairs: list[tuple[str, str]]
+    mined: list[list[int]]
+    vectors: tuple[np.ndarray, np.ndarray] | None
+    report: dict[str, Any]
+    siblings: list[list[int]]
+
+
+def read_ranker_dataset(path: Path) -> RankerData:
     rows = read_split(Path(path) / "train")
     if not rows:
         raise ValueError(f"{path} holds no ranker examples")
     report = json.loads((Path(path) / "report.json").read_text())
+    report.setdefault("anchors", len(rows))
     vectors = None
     if "query_vector" in rows[0]:
         vectors = (np.asarray([r["query_vector"] for r in rows], dtype=np.float32),
                    np.asarray([r["document_vector"] for r in rows], dtype=np.float32))
-    return [(r["query"], r["document"]) for r in rows], [list(r["negatives"]) for r in rows], vectors, report
+    return RankerData([(r["query"], r["document"]) for r in rows], [list(r["negatives"]) for r in rows], vectors,
+                      report, [list(r.get("siblings") or []) for r in rows])
 
 
 def run_ranker_dataset(params) -> dict[str, Any]:
