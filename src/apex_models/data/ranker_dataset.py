@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from apex_models.data.embedder_mix import question_text, stable_unit, training_pairs
+from apex_models.data.embedder_mix import qa_pair, stable_unit, stackexchange_records, training_pairs
 from apex_models.data.task_data import read_split, save_splits, write_split
 from apex_models.evaluation.retrieval import BeirDataset, bm25_run, dense_run, write_beir
 
@@ -139,34 +139,28 @@ def fallback_pairs(shared_dir: Path, out_path: Path) -> Path:
     return write_split(out_path, clean)
 
 
-def sibling_answers(sources_dir: Path | None, max_chars: int = 2000) -> dict[tuple[str, str], list[str]]:
-    """(question text, accepted answer) -> the question's other answer, keyed as
-    :func:`apex_models.data.embedder_mix.stackexchange_qa_pairs` builds its pairs.
+def sibling_answers(records: list[dict], max_chars: int = 2000) -> dict[tuple[str, str], list[str]]:
+    """:func:`~apex_models.data.embedder_mix.qa_pair` -> the question's other answer.
 
     The ingested record keeps the accepted answer and the top-scored one; when they differ
     the top-scored one is a real answer to the same question that its asker did not accept.
     """
-    path = Path(sources_dir) / "stackexchange.jsonl" if sources_dir is not None else None
-    if path is None or not path.is_file():
-        return {}
     out: dict[tuple[str, str], list[str]] = {}
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line) if line.strip() else {}
-            accepted, top = (row.get("accepted_answer") or "").strip(), (row.get("top_answer") or "").strip()
-            if accepted and top and row.get("top_answer_id") != row.get("accepted_answer_id") and top != accepted:
-                out[(question_text(row), accepted[:max_chars])] = [top[:max_chars]]
+    for row in records:
+        pair, top = qa_pair(row, max_chars), (row.get("top_answer") or "").strip()
+        if pair and top and row.get("top_answer_id") != row.get("accepted_answer_id") and top[:max_chars] != pair[1]:
+            out[pair] = [top[:max_chars]]
     return out
 
 
 QA_DEV = "qa-dev"  # the dataset's sub-folder of held-out Stack Exchange questions (BEIR layout)
 
 
-def split_qa_dev(sources_dir: Path | None, fraction: float, seed: int, out_dir: Path,
+def split_qa_dev(records: list[dict], fraction: float, seed: int, out_dir: Path,
                  max_chars: int = 2000) -> set[tuple[str, str]]:
     """Hold out a seeded `fraction` of the ingested Stack Exchange questions as a Q&A dev set
-    for choosing the ranker's step; returns their (question text, accepted answer) pairs,
-    which training must not see.
+    for choosing the ranker's step; returns their :func:`~apex_models.data.embedder_mix.qa_pair`
+    keys, which training must not see.
 
     The Q&A benchmark is for reporting only, so the step that the ranker ships is chosen on
     questions of the training sites (Cardano and GenAI Stack Exchange), asked the way the
@@ -174,25 +168,22 @@ def split_qa_dev(sources_dir: Path | None, fraction: float, seed: int, out_dir: 
     answer the ingested records hold. Nothing is written when there are no such questions.
     """
     shutil.rmtree(Path(out_dir) / QA_DEV, ignore_errors=True)  # never a stale one from an earlier build
-    path = Path(sources_dir) / "stackexchange.jsonl" if sources_dir is not None else None
-    if fraction <= 0 or path is None or not path.is_file():
+    if fraction <= 0:
         return set()
     corpus: dict[str, str] = {}
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
     held: set[tuple[str, str]] = set()
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line) if line.strip() else {}
-            for key in ("accepted_answer", "top_answer"):
-                if (row.get(key) or "").strip() and row.get(f"{key}_id") is not None:
-                    corpus[f"a{row[f'{key}_id']}"] = row[key].strip()[:max_chars]
-            accepted = (row.get("accepted_answer") or "").strip()
-            if accepted and row.get("title") and stable_unit(seed, QA_DEV, str(row.get("path"))) < fraction:
-                qid = f"q{row.get('path')}"
-                queries[qid] = question_text(row)
-                qrels[qid] = {f"a{row['accepted_answer_id']}": 1}
-                held.add((queries[qid], accepted[:max_chars]))
+    for row in records:
+        for key in ("accepted_answer", "top_answer"):
+            if (row.get(key) or "").strip() and row.get(f"{key}_id") is not None:
+                corpus[f"a{row[f'{key}_id']}"] = row[key].strip()[:max_chars]
+        pair = qa_pair(row, max_chars)
+        if pair and stable_unit(seed, QA_DEV, str(row.get("path"))) < fraction:
+            qid = f"q{row.get('path')}"
+            queries[qid] = pair[0]
+            qrels[qid] = {f"a{row['accepted_answer_id']}": 1}
+            held.add(pair)
     if queries:
         write_beir(Path(out_dir) / QA_DEV, corpus, queries, qrels, split="dev")
     return held
@@ -205,36 +196,37 @@ def build_ranker_dataset(params, train_split: Path, sources_dir: Path | None, em
     report and card under `out_dir` and returns the report."""
     cfg, train = params.ranker, params.ranker.train
     pairs, mix_counts = training_pairs(cfg.data, train.max_train_pairs, params.seed, train_split, sources_dir)
-    if "stackexchange_qa" in mix_counts:
-        held = split_qa_dev(sources_dir, train.dev_qa_fraction, params.seed, out_dir)
+    records = stackexchange_records(sources_dir) if "stackexchange_qa" in mix_counts else []
+    held = split_qa_dev(records, train.dev_qa_fraction, params.seed, out_dir)  # also clears a stale qa-dev/
+    if held:
         kept = [p for p in pairs if p not in held]  # only stackexchange_qa pairs have these keys
         mix_counts = {**mix_counts, "stackexchange_qa": mix_counts["stackexchange_qa"] - (len(pairs) - len(kept))}
         pairs = kept
-    else:
-        held = set()
+    siblings = sibling_answers(records)
+    sibling_rows: list[list[int]] = [[] for _ in pairs]
+    extra: list[str] = []
+    for rows_of, pair in zip(sibling_rows, pairs):
+        for doc in siblings.get(pair, []):
+            rows_of.append(len(pairs) + len(extra))
+            extra.append(doc)
     started = time.perf_counter()
     vectors, first_stage = None, None
     if train.embedder_negatives or cfg.first_stage_scale:
         first_stage = str(embedder_dir) if embedder_dir and (Path(embedder_dir) / "config.json").is_file() \
             else params.embedder.base
-        vectors = first_stage_vectors(params, first_stage, pairs)
+        # one pass over pair documents and sibling answers; a sibling has no query of its own
+        query_vectors, doc_vectors = first_stage_vectors(params, first_stage, [q for q, _ in pairs],
+                                                         [d for _, d in pairs] + extra)
+        vectors = (np.vstack([query_vectors, np.zeros((len(extra), query_vectors.shape[1]), query_vectors.dtype)]),
+                   doc_vectors)
     miner = f"bm25 + {first_stage}" if train.embedder_negatives else "bm25"
-    mined = mine_negatives(pairs, train.mine_top_k, vectors if train.embedder_negatives else None)
-    rows = [{"query": q, "document": d, "negatives": negs, "siblings": []} for (q, d), negs in zip(pairs, mined)]
-    siblings = sibling_answers(sources_dir) if "stackexchange_qa" in mix_counts else {}
-    extra: list[str] = []
-    for row, pair in zip(rows, pairs):
-        for doc in siblings.get(pair, []):
-            row["siblings"].append(len(pairs) + len(extra))
-            extra.append(doc)
+    pair_vectors = (vectors[0][:len(pairs)], vectors[1][:len(pairs)]) if vectors is not None else None
+    mined = mine_negatives(pairs, train.mine_top_k, pair_vectors if train.embedder_negatives else None)
+    rows = [{"query": q, "document": d, "negatives": negs, "siblings": sib}
+            for (q, d), negs, sib in zip(pairs, mined, sibling_rows)]
     rows += [{"query": "", "document": doc, "negatives": [], "siblings": []} for doc in extra]
     if vectors is not None:
-        query_vectors, doc_vectors = vectors
-        if extra:
-            extra_vectors = first_stage_vectors(params, first_stage, [("", doc) for doc in extra], queries=False)[1]
-            query_vectors = np.vstack([query_vectors, np.zeros_like(extra_vectors)])
-            doc_vectors = np.vstack([doc_vectors, extra_vectors])
-        for row, qv, dv in zip(rows, query_vectors, doc_vectors):
+        for row, qv, dv in zip(rows, *vectors):
             row["query_vector"], row["document_vector"] = qv.tolist(), dv.tolist()
     hashes = save_splits(out_dir, {"train": rows})
     report = {"pairs": len(pairs), "anchors": len(pairs), "sibling_negatives": len(extra),
@@ -249,10 +241,10 @@ def build_ranker_dataset(params, train_split: Path, sources_dir: Path | None, em
     return report
 
 
-def first_stage_vectors(params, model: str, pairs: list[tuple[str, str]],
-                        queries: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
-    """Unit query and document vectors of `pairs` from the embedder at `model`, encoded as the
-    first stage encodes at search time (the embedder config's pooling and lengths).
+def first_stage_vectors(params, model: str, queries: list[str],
+                        documents: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors of `queries` and of `documents` from the embedder at `model`, encoded as
+    the first stage encodes at search time (the embedder config's pooling and lengths).
 
     They serve twice: the dense half of mining, and the first-stage score the ranker is
     trained on top of (``ranker.first_stage_scale``), so training sees the cosines that
@@ -263,8 +255,7 @@ def first_stage_vectors(params, model: str, pairs: list[tuple[str, str]],
     emb = params.embedder
     encoder = TorchEncoder.from_base(model, pooling=emb.pooling, normalize=emb.normalize,
                                      query_max_length=emb.query_max_length, doc_max_length=emb.doc_max_length)
-    return (encoder.encode_queries([q for q, _ in pairs]) if queries else None,
-            encoder.encode_documents([d for _, d in pairs], progress=True))
+    return encoder.encode_queries(queries), encoder.encode_documents(documents, progress=True)
 
 
 def _card(report: dict[str, Any]) -> str:

@@ -131,9 +131,8 @@ def train_ranker(params: Params, data_dir: Path, out_dir: Path, mlflow=None,
         model.train()
         extra.setdefault("dev_base", scores)  # step 0's, kept through a resume by the checkpoint's extra
         extra.setdefault("dev_ndcg", []).append([state.step, scores])
-        for name, value in scores.items():
-            if mlflow:
-                mlflow.log_metric(f"dev/ndcg_at_10/{name}", value, step=state.step)
+        if mlflow:
+            mlflow.log_metrics({f"dev/ndcg_at_10/{name}": v for name, v in scores.items()}, step=state.step)
         return min(scores[name] - extra["dev_base"][name] for name in scores)
 
     if evaluate and not resumed:  # step 0: the untouched ranker is the first candidate
