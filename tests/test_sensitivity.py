@@ -346,6 +346,11 @@ def test_a_model_secret_must_be_able_to_be_a_credential() -> None:
     assert not kept('    "\\t8ab20238fb3ef48823e75469b5712d3f0baf2e58"', "8ab20238fb3ef48823e75469b5712d3f0baf2e58")
     assert not kept("id c098f218-face-c0fe-dea0-0199cba12345", "c098f218-face-c0fe-dea0-0199cba12345")
     assert kept("password 0x38fb3ef48823e75469b5712a", "0x38fb3ef48823e75469b5712a")       # hex, but named
+    sha1_in_escapes = "\\t8ab20238fb3ef48823e75469b5712d3f0baf2e58\\r\\n"  # the span the model drew
+    assert not kept(f'    "{sha1_in_escapes}",', sha1_in_escapes)
+    assert kept(f'    token = "\\tR15br4jtfcFbWh9G7EZTb6jR12c9We\\n"', "\\tR15br4jtfcFbWh9G7EZTb6jR12c9We\\n")
+    assert not kept('<img src="data:image/jpg;base64,/9j/4AAQSkZJRgABAQIAHAAcAAD">', "/9j/4AAQSkZJRgABAQIAHAAcAAD")
+    assert not kept("DEK-Info: DES-EDE3-CBC,0421B854034C0260", "DES-EDE3-CBC,0421B854034C0260")
     assert plausible_model_secret("abc", SensitiveSpan(0, 3, "PII", "model"))
 
 

@@ -112,6 +112,9 @@ _AT_HOST = re.compile(r"(.+?)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+(?::\d+)?(?:/\S*)
 _HASH_OR_UUID = re.compile(r"(?:0x)?[0-9a-fA-F]{16,}|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 _CREDENTIAL_WORD = re.compile(r"(?i)pass|pwd|secret|token|key|auth|cred|api|private|session|bearer|access")
 _VALUE_EDGES = " \t\"'`()[]{}<>,;\\"
+_ESCAPE = re.compile(r"\\[nrt]")  # a written \n, \r or \t: the string literal's, not the value's
+_DATA_URI = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,[A-Za-z0-9+/=]*$")
+_PEM_HEADER = re.compile(r"\s*(?:-----|Proc-Type:|DEK-Info:)")
 
 
 def plausible_model_secret(text: str, span: SensitiveSpan) -> bool:
@@ -123,11 +126,14 @@ def plausible_model_secret(text: str, span: SensitiveSpan) -> bool:
     one character makes up over 40% of, PEM armour lines (the private-key detector owns
     key blocks), and bare hex or UUIDs with no credential word on their line (hashes,
     ids). On the dev half of the CredSweeper samples this removed 25 model-only lines,
-    one of them an expected finding.
+    one of them an expected finding. Also dropped: a hash between a string literal's
+    written escapes (``"\\t<sha1>\\r\\n"``: the escapes are not the value), the payload of
+    a ``data:<type>;base64,`` URI (an embedded file) and the ``Proc-Type``/``DEK-Info``
+    lines of PEM armour (an encrypted key's IV, not the key).
     """
     if span.kind != "SECRET":
         return True
-    value = text[span.start:span.end].strip(_VALUE_EDGES)
+    value = _ESCAPE.sub(" ", text[span.start:span.end]).strip(_VALUE_EDGES)
     at_host = _AT_HOST.fullmatch(value)  # password@host grows into one span: the host says nothing of it
     if len(value) < 8 or _FIXTURE.search(at_host.group(1) if at_host else value):
         return False
@@ -136,7 +142,7 @@ def plausible_model_secret(text: str, span: SensitiveSpan) -> bool:
     line_start = text.rfind("\n", 0, span.start) + 1
     line_end = text.find("\n", span.end)
     line = text[line_start:len(text) if line_end < 0 else line_end]
-    if line.lstrip().startswith("-----"):
+    if _PEM_HEADER.match(line) or _DATA_URI.search(text[line_start:span.start]):
         return False
     return not (_HASH_OR_UUID.fullmatch(value) and not _CREDENTIAL_WORD.search(line.replace(value, " ")))
 
