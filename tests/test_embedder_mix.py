@@ -53,6 +53,11 @@ def test_mix_follows_weights_and_never_repeats_a_function(tmp_path) -> None:
     assert len(codes) == len(set(codes))  # a function is drawn with one phrasing only
     assert sum(q.startswith("get item") or "get item" in q for q, _ in pairs) == 50
     assert mix_pairs(pools, {"docstring": 1, "docstring_query": 1, "conala": 1, "tldr": 1}, 200, seed=1)[0] == pairs
+    # records the caller already read stand in for stackexchange.jsonl (the ranker reads them once)
+    qa = [{"title": "How to connect?", "body": "", "accepted_answer": "Use `connect()`."}]
+    given = source_pairs(tmp_path / "train", tmp_path, seed=1, conala_query=0.0, records=qa)
+    assert given["stackexchange"] == [("How to connect?", "Use `connect()`.")]
+    assert len(given["stackexchange_qa"]) == 1 and given["tldr"] == pools["tldr"]
     with pytest.raises(ValueError, match="unknown mix sources"):
         mix_pairs(pools, {"wikipedia": 1.0}, 10, seed=1)
     with pytest.raises(ValueError, match="every mix weight is 0"):

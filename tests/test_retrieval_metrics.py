@@ -55,3 +55,12 @@ def test_load_beir_errors(tmp_path) -> None:
     write_beir(tmp_path / "x", {"d": "t"}, {"q": "t"}, {})
     with pytest.raises(ValueError, match="no query"):
         load_beir(tmp_path / "x")
+
+
+def test_load_beir_refuses_a_malformed_line(tmp_path) -> None:
+    """A benchmark that silently lost a document would change the metric: loading fails instead."""
+    root = write_beir(tmp_path / "b", {"d1": "read a file", "d2": "sort a dict"}, {"q": "read"}, {"q": {"d1": 1}})
+    with open(root / "corpus.jsonl", "a", encoding="utf-8") as fh:
+        fh.write('{"_id": "d3", "text": \n')
+    with pytest.raises(ValueError, match="corpus.jsonl: 1 malformed JSON line"):
+        load_beir(root)

@@ -17,11 +17,11 @@ import logging
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Iterator
 
 from apex_models.data.code_pairs import make_pairs
 from apex_models.data.conala import load_conala_pairs
 from apex_models.data.decontam import Decontaminator, load_benchmark_texts
+from apex_models.data.records import read_records
 from apex_models.evaluation.retrieval import write_beir
 from apex_models.data.task_data import save_splits
 from apex_models.hashing import sha256_bytes
@@ -30,13 +30,6 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 TRAIN_ONLY_UNITS = ("conala",)
-
-
-def _read_jsonl(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
 
 
 def _stable_key(seed: int, *parts: str) -> str:
@@ -134,7 +127,7 @@ def build_embedder_dataset(files_jsonl: Path, shared_dir: Path, out_dir: Path, p
     out_dir.mkdir(parents=True, exist_ok=True)
 
     extraction: Counter = Counter()
-    pypi_pairs = make_pairs(_read_jsonl(Path(files_jsonl)), int(cfg["min_code_lines"]), int(cfg["max_code_chars"]),
+    pypi_pairs = make_pairs(read_records(Path(files_jsonl)), int(cfg["min_code_lines"]), int(cfg["max_code_chars"]),
                             int(cfg["min_query_words"]), float(cfg["keep_docstring_fraction"]), seed,
                             stats=extraction)
     conala_pairs: list[dict] = []

@@ -23,13 +23,13 @@ module adds no text of its own beyond the query templates.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
+from apex_models.data.records import read_records
 from apex_models.data.task_data import read_split
 from apex_models.hashing import sha256_bytes
 
@@ -102,13 +102,6 @@ def web_query(summary: str, key: str, seed: int = 0, max_words: int = 12) -> str
     return template.format(q=query)
 
 
-def _read_jsonl(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
-
-
 def stackexchange_pairs(rows: Iterable[dict], max_chars: int = 2000) -> list[tuple[str, str]]:
     """(title, accepted answer's first code block or its text); questions without one are skipped."""
     out = []
@@ -151,15 +144,17 @@ def stackexchange_records(sources_dir: Path | None) -> list[dict]:
     """The ingested Stack Exchange records (``<sources_dir>/stackexchange.jsonl``); none when
     the file or the folder is missing."""
     path = Path(sources_dir) / "stackexchange.jsonl" if sources_dir is not None else None
-    return list(_read_jsonl(path)) if path is not None and path.is_file() else []
+    return list(read_records(path)) if path is not None and path.is_file() else []
 
 
-def source_pairs(train_split: Path, sources_dir: Path | None, seed: int,
-                 conala_query: float = 0.5) -> dict[str, list[tuple[str, str]]]:
+def source_pairs(train_split: Path, sources_dir: Path | None, seed: int, conala_query: float = 0.5,
+                 records: list[dict] | None = None) -> dict[str, list[tuple[str, str]]]:
     """Every candidate pair per mix source, in file order (sampling happens in :func:`mix_pairs`).
 
     `train_split` is the embedder dataset's train split folder (``<dataset>/train``);
     `sources_dir` holds the ingest_sources records (JSONL) that the other sources come from.
+    `records` are its Stack Exchange records when the caller has read them already (the
+    ranker needs them again for siblings and its Q&A dev set); None reads them here.
     """
     pools: dict[str, list[tuple[str, str]]] = {name: [] for name in SOURCES}
     for row in read_split(train_split):
@@ -172,13 +167,14 @@ def source_pairs(train_split: Path, sources_dir: Path | None, seed: int,
             pools["docstring"].append((query, code))
             pools["docstring_query"].append((web_query(query, row.get("sha256") or query + code, seed), code))
     if sources_dir is not None:
-        records = stackexchange_records(sources_dir)
+        if records is None:
+            records = stackexchange_records(sources_dir)
         if records:
             pools["stackexchange"] = stackexchange_pairs(records)
             pools["stackexchange_qa"] = stackexchange_qa_pairs(records)
         tldr = Path(sources_dir) / "tldr.jsonl"
         if tldr.is_file():
-            pools["tldr"] = [(r["query"], r["code"]) for r in _read_jsonl(tldr) if r.get("query") and r.get("code")]
+            pools["tldr"] = [(r["query"], r["code"]) for r in read_records(tldr) if r.get("query") and r.get("code")]
     return pools
 
 
@@ -246,7 +242,8 @@ def read_pairs(path: Path, limit: int, seed: int) -> list[tuple[str, str]]:
 
 
 def training_pairs(data: PairMixConfig, limit: int, seed: int, train_path: Path,
-                   sources_dir: Path | None) -> tuple[list[tuple[str, str]], dict]:
+                   sources_dir: Path | None, records: list[dict] | None = None
+                   ) -> tuple[list[tuple[str, str]], dict]:
     """Step 1: the mix by weight, or the train split as is; returns the pairs and counts per source.
 
     The ranker builds its pairs here too (with its own `data` section), so both models
@@ -255,5 +252,5 @@ def training_pairs(data: PairMixConfig, limit: int, seed: int, train_path: Path,
     if data.mix is None:
         pairs = read_pairs(train_path, limit, seed)
         return pairs, {"train": len(pairs)}
-    pools = source_pairs(train_path, sources_dir, seed, data.conala_query)
+    pools = source_pairs(train_path, sources_dir, seed, data.conala_query, records)
     return mix_pairs(pools, data.mix, limit, seed)

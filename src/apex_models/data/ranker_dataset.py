@@ -195,8 +195,11 @@ def build_ranker_dataset(params, train_split: Path, sources_dir: Path | None, em
     else the base model, when ``ranker.train.embedder_negatives``); writes the dataset, its
     report and card under `out_dir` and returns the report."""
     cfg, train = params.ranker, params.ranker.train
-    pairs, mix_counts = training_pairs(cfg.data, train.max_train_pairs, params.seed, train_split, sources_dir)
-    records = stackexchange_records(sources_dir) if "stackexchange_qa" in mix_counts else []
+    records = stackexchange_records(sources_dir)   # read once: the mix, the Q&A dev set and siblings
+    pairs, mix_counts = training_pairs(cfg.data, train.max_train_pairs, params.seed, train_split, sources_dir,
+                                       records)
+    if "stackexchange_qa" not in mix_counts:
+        records = []
     held = split_qa_dev(records, train.dev_qa_fraction, params.seed, out_dir)  # also clears a stale qa-dev/
     if held:
         kept = [p for p in pairs if p not in held]  # only stackexchange_qa pairs have these keys

@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from apex_models.data.records import read_records
 
 Encoder = Callable[[list[str]], np.ndarray]
 Run = dict[str, list[str]]
@@ -30,8 +33,13 @@ class BeirDataset:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    """Every row of a benchmark file; a malformed line fails the load (a scraped corpus may skip
+    one, but a benchmark that silently lost a query or document would change the metric)."""
+    skipped: Counter = Counter()
+    rows = list(read_records(path, skipped))
+    if skipped:
+        raise ValueError(f"{path}: {skipped['malformed_jsonl_line']} malformed JSON line(s) (logged above)")
+    return rows
 
 
 def _default_split(root: Path) -> str:
