@@ -327,6 +327,7 @@ def test_bad_input_is_4xx(http, team) -> None:
         ("POST", f"/v1/teams/{team_id}/memories", {"text": "x", "tags": "not-a-list"}),
         ("POST", f"/v1/teams/{team_id}/memories", {"text": "x", "unknown": 1}),
         ("POST", f"/v1/teams/{team_id}/search", {"query": "x", "k": 0}),
+        ("POST", f"/v1/teams/{team_id}/search", {"query": " \t "}),
         ("POST", f"/v1/teams/{team_id}/search", {"query": "x", "mode": "fuzzy"}),
         ("POST", f"/v1/teams/{team_id}/sync/push", {"changes": [{"id": str(uuid.uuid4()),
                                                                "updated_at": "2026-01-01T00:00:00Z"}]}),

@@ -228,5 +228,7 @@ def test_search_budget_holds_when_the_server_hangs(tmp_path: Path, minilm_embedd
                 assert result.partial and result.cloud == "timeout"
                 assert result.hits[0].text.startswith("The staging cluster autoscaler")
             assert max(times) < 200 + 150, times   # the budget plus local work, never the hang
+            with pytest.raises(ValueError, match="query is empty"):
+                memory.search("  ", k=3)
     finally:
         hang.close()

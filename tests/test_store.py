@@ -115,6 +115,8 @@ def test_empty_store_and_bad_input(store: MemoryStore) -> None:
     assert store.search("anything") == []
     with pytest.raises(ValueError):
         store.add("   ")
+    with pytest.raises(ValueError, match="query is empty"):
+        store.search(" \n ")
 
 
 def test_open_takes_the_bundle_itself_and_refuses_what_cannot_embed(tmp_path: Path, minilm_bundle: Path,

@@ -90,7 +90,7 @@ class MemoryPage(BaseModel):
 class SearchIn(_In):
     """The local runtime's search: hybrid (dense + keyword, RRF), filters applied before the cut."""
 
-    query: Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_storable)]
+    query: Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_storable), AfterValidator(_nonblank)]
     k: int = Field(10, ge=1, le=100)
     kind: Annotated[list[Short], Field(max_length=16)] | None = None
     tags: Tags | None = None

@@ -376,6 +376,8 @@ class HybridMemory:
         Results are fused by reciprocal rank, de-duplicated by id and by normalised text
         (a memory synced both ways appears once), and re-ranked locally when a ranker is set.
         """
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("the query is empty")   # before the cloud is asked
         start = time.perf_counter()
         future = None
         if self.cloud is not None:

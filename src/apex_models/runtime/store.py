@@ -978,7 +978,11 @@ class MemoryStore:
            reranker's score is in `why.rerank_score`.
 
         `Hit.score` is the number hits are sorted by; every step above is visible in `Hit.why`.
+        A blank query is a ValueError, as a blank memory or goal is: its nearest vectors would be
+        arbitrary hits.
         """
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("the query is empty")
         if mode not in ("hybrid", "dense", "keyword"):
             raise ValueError(f"mode must be hybrid, dense or keyword, not {mode!r}")
         scorer, head_size, first_stage_scale = self._reranker_for(rerank, rerank_depth)
