@@ -19,7 +19,8 @@ app = typer.Typer(
     help="apex: small developer-specific models and the memory runtime that ships them.\n\n"
          "bundle: verify an exported model bundle. memory: add to, search and forget in a local "
          "encrypted memory store. eval: score a bundle on a BEIR-layout benchmark. serve: run the "
-         "cloud memory service.",
+         "cloud memory service. sync: what the hybrid runtime has queued, blocked or failing "
+         "on its way to a team's cloud.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
