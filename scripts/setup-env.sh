@@ -2,8 +2,11 @@
 # Create .venv and install the project with every version pinned. Safe to re-run: it
 # reinstalls only when pyproject.toml or requirements/constraints.txt changed.
 #
-# torch goes first, from its CPU wheel: installed after anything that depends on it,
-# pip would pull a multi-GB CUDA build. On a GPU machine see docs/gpu.md instead.
+# torch goes first: installed after anything that depends on it, pip would pull a
+# multi-GB CUDA build. It comes from the index pip is configured with; where that index
+# serves the CUDA build (PyPI on Linux does), set
+#   APEX_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# for the CPU wheel. On a GPU machine see docs/gpu.md instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +23,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
 fi
 start=$(date +%s)
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q "torch==2.13.0" ${APEX_TORCH_INDEX_URL:+--index-url "$APEX_TORCH_INDEX_URL"}
 .venv/bin/python -m pip install -q -c requirements/constraints.txt -e ".[train,cloud,dev]"
 echo "$want" > "$stamp"
 echo "[setup] installed in $(( $(date +%s) - start )) s" >&2

@@ -161,7 +161,7 @@ class StoreConfig:
     hnsw_threshold: int = 20_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
-    hnsw_ef_search: int | None = None  # None: 128, from 500k memories 256 (recall@10 0.92 -> 0.96 at 1M, +0.2 ms)
+    hnsw_ef_search: int | None = None  # None: 128, from 500k memories 512 (runtime/dense.py: AUTO_EF*)
     hnsw_storage: str = "fp16"         # HNSW vectors as fp16 (half the memory and open time, same recall) or fp32
     candidates: int = 50               # per-retriever depth fed into rank fusion
     rrf_k: int = 60
