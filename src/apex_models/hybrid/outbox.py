@@ -198,7 +198,7 @@ class Outbox:
                          (reason[:500], seq))
 
     def retry_now(self) -> int:
-        """Make every pending operation due at once (after an outage, or by `apex sync push`)."""
+        """Make every pending operation due at once (after an outage: `memory.outbox.retry_now()`)."""
         with self._tx() as conn:
             return conn.execute("UPDATE outbox SET next_at = 0 WHERE state = 'pending'").rowcount
 
