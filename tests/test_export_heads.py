@@ -304,7 +304,7 @@ def test_export_stage_ships_only_champions(heads_bundle: Path, shared_dir: Path,
 
     from apex_models.config import compose, resolve, validate
     from apex_models.evaluation.results import write_result
-    from apex_models.export.heads import run_export_heads
+    from apex_models.export.heads import export_head, rejected_candidate, run_export_heads
     from apex_models.export.stages import _head_entries
     from apex_models.training.promotion import promote_over_baseline
 
@@ -328,8 +328,16 @@ def test_export_stage_ships_only_champions(heads_bundle: Path, shared_dir: Path,
             write_result(tmp_path / "results" / f"promotion-{name}.json", name, promotion)
         with mlflow.start_run():
             report = run_export_heads(params, tmp_path / "onnx", mlflow)
+            # The rejected ranker, exported for measurement only (eval/export_candidates.py):
+            # the same gates, the registry version its decision rejected, and no effect on the bundle.
+            assert rejected_candidate(params, "intent") is None
+            candidate = rejected_candidate(params, "ranker")
+            assert candidate["source"] == "models:/apex-ranker/1" and candidate["kind"] == "rejected_candidate"
+            measured = export_head(params, "ranker", "cross_encoder", tmp_path / "candidate", mlflow, model=candidate)
     finally:
         mlflow.set_tracking_uri("")
+    assert measured["exported"] and measured["champion"]["run_id"] and measured["champion"]["version"] == "1"
+    assert measured["parity"]["fp32"]["spearman_min"] >= 0.999 and "fp32" in measured["sizes_bytes"]
     assert not report["ranker"]["exported"] and "no champion for 'ranker'" in report["ranker"]["reason"]
     assert (tmp_path / "onnx" / "ranker" / "SKIPPED").is_file()
     intent = report["intent"]

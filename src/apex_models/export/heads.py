@@ -211,8 +211,28 @@ def accuracy_gate(name: str, metric: str | None, fp32: float | None, int8: float
     return "int8", f"int8 passed the parity gates and kept {1 - drop:.2%} of fp32's {metric}", drop
 
 
-def export_head(params: Params, name: str, task: str, out: Path, mlflow) -> dict[str, Any]:
-    """One model: champion -> artifacts + spec.json in `out`, or a report of why it is skipped."""
+def rejected_candidate(params: Params, name: str) -> dict[str, Any] | None:
+    """The registry version the model's last promotion decision evaluated and rejected, or None.
+
+    The export job never ships it; `eval/export_candidates.py` exports it through the same
+    gates so that a model without a champion still has measured parity, sizes and latency."""
+    path = Path(params.paths.results) / f"promotion-{name}.json"
+    if not path.is_file():
+        return None
+    decision = json.loads(path.read_text())["results"].get("decision") or {}
+    if decision.get("promoted") or not decision.get("candidate_version"):
+        return None
+    version = str(decision["candidate_version"])
+    return {"version": version, "source": f"models:/{decision['model']}/{version}", "kind": "rejected_candidate",
+            "reason": decision.get("reason")}
+
+
+def export_head(params: Params, name: str, task: str, out: Path, mlflow,
+                model: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One model: champion -> artifacts + spec.json in `out`, or a report of why it is skipped.
+
+    `model` names another registry version to export instead (`rejected_candidate`), for
+    measurement only: the bundle stage ships champions alone."""
     from apex_models.export.bundle import export_head_artifacts
     from apex_models.export.planner import export_planner_artifacts
     from apex_models.export.planner_genai import export_causal_planner_artifacts
@@ -222,12 +242,14 @@ def export_head(params: Params, name: str, task: str, out: Path, mlflow) -> dict
         raise ValueError(f"export.heads names {name!r}, but apex_models.export.heads.HEADS has no entry for it "
                          f"(known: {sorted(HEADS)})")
     head, ex = HEADS[name], params.export
-    champion = _champion(params, name)
+    champion = model or _champion(params, name)
     if champion is None:
         return {"exported": False, "reason": f"no champion for {name!r} (see eval/results/promotion-{name}.json)"}
     client = mlflow.MlflowClient()
     model_name, version = champion["source"].split("/")[1:3]
-    tags = dict(client.get_model_version(model_name, version).tags)
+    registered = client.get_model_version(model_name, version)
+    tags = dict(registered.tags)
+    champion = {"run_id": registered.run_id, **champion}
     merged = Path(mlflow.artifacts.download_artifacts(champion["source"]))
     if task == "causal_generation":
         spec = export_causal_planner_artifacts(merged, out, params.planner, **head.fields(params, tags),

@@ -114,25 +114,25 @@ def _data_lines(report: dict[str, Any]) -> str:
             "Attribution: NOTICE beside this card.")
 
 
-def _head_entries(params: Params, export_root: Path) -> dict[str, Any]:
-    """Bundle entries of every head the export stage wrote (those without a champion are skipped)."""
+def head_entry(params: Params, name: str, folder: Path, gates: dict[str, Any]):
+    """The bundle entry of one exported head: its spec.json, with the export report's
+    `champion`, `heldout` and `sizes_bytes` as metrics, and its model card."""
     from apex_models.export.bundle import BundleEntry, head_model_card
     from apex_models.export.heads import HEADS
     from apex_models.runtime.bundle import parse_model_spec
 
+    spec = parse_model_spec((folder / "spec.json").read_text())
+    spec = spec.model_copy(update={"metrics": {k: gates.get(k) for k in ("champion", "heldout", "sizes_bytes")}})
+    card = head_model_card(name, spec, params.profile, **HEADS[name].card(params, layout(params).results))
+    return BundleEntry(folder, spec, card)
+
+
+def _head_entries(params: Params, export_root: Path) -> dict[str, Any]:
+    """Bundle entries of every head the export stage wrote (those without a champion are skipped)."""
     report_path = layout(params).results / "export-heads.json"
     report = json.loads(report_path.read_text())["results"] if report_path.is_file() else {}
-    entries = {}
-    for name in params.export.heads:
-        spec_path = export_root / name / "spec.json"
-        if not spec_path.is_file():
-            continue
-        gates = report.get(name, {})
-        spec = parse_model_spec(spec_path.read_text())
-        spec = spec.model_copy(update={"metrics": {k: gates.get(k) for k in ("champion", "heldout", "sizes_bytes")}})
-        card = head_model_card(name, spec, params.profile, **HEADS[name].card(params, layout(params).results))
-        entries[name] = BundleEntry(export_root / name, spec, card)
-    return entries
+    return {name: head_entry(params, name, export_root / name, report.get(name, {}))
+            for name in params.export.heads if (export_root / name / "spec.json").is_file()}
 
 
 def _sensitivity_entry(params: Params) -> dict[str, Any]:
@@ -177,10 +177,11 @@ def _sensitivity_entry(params: Params) -> dict[str, Any]:
     return {"sensitivity": BundleEntry(paths.export, spec, card)}
 
 
-def run_bundle(params: Params) -> Path:
-    """Assemble the bundle from the export stage's artifacts, with metrics and provenance."""
+def embedder_entry(params: Params):
+    """The bundle entry of the exported embedder (the export stage's champion), with its
+    evaluation, export gates and model card."""
     from apex_models.evaluation.stages import markdown_table
-    from apex_models.export.bundle import BundleEntry, assemble_bundle, model_card
+    from apex_models.export.bundle import BundleEntry, model_card
     from apex_models.runtime.bundle import parse_model_spec
 
     lay = layout(params)
@@ -199,9 +200,18 @@ def run_bundle(params: Params) -> Path:
                             if champion.get("kind") == "base" else "") + _data_lines(data_report),
                       evaluation=markdown_table(evaluation))
     notice = lay.embedder_data / "NOTICE"
+    return BundleEntry(src, spec, card, notice.read_text() if notice.is_file() else "")
+
+
+def run_bundle(params: Params) -> Path:
+    """Assemble the bundle from the export stage's artifacts, with metrics and provenance."""
+    from apex_models.export.bundle import assemble_bundle
+
+    lay = layout(params)
+    src = lay.export_embedder
     commit = git_commit()
     with stage_run("bundle", params, ["paths"], data={"export/embedder": src}) as mlflow:
-        entries = {"embedder": BundleEntry(src, spec, card, notice.read_text() if notice.is_file() else "")}
+        entries = {"embedder": embedder_entry(params)}
         entries.update(_head_entries(params, src.parent))
         entries.update(_sensitivity_entry(params))
         manifest = assemble_bundle(
