@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where <name>-candidate bundles go (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("eval/results/export-candidates.json"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from apex_models import __version__
     from apex_models.config import load_params
