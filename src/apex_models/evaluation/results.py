@@ -16,21 +16,41 @@ from pathlib import Path
 from typing import Any
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+# Instruction sets that decide int8 and fp32 inference speed on x86. A virtual machine's
+# "model name" can be a bare "AMD EPYC" on hosts whose int8 throughput differs threefold
+# (with and without AVX-512 VNNI, measured), so results name the family, model and these.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+
+
+def cpu_identity(cpuinfo: str) -> dict[str, Any]:
+    """Model name, family/model numbers and the `SPEED_FLAGS` present, from /proc/cpuinfo's text."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            if fields:  # the first processor's block is enough
                 break
+            continue
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    return {"cpu": fields.get("model name"),
+            "cpu_id": f"family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields else None,
+            "cpu_speed_flags": [f for f in SPEED_FLAGS if f in flags]}
+
+
+def machine() -> dict[str, Any]:
+    cpu, ident = platform.processor() or platform.machine(), {}
+    try:
+        ident = cpu_identity(Path("/proc/cpuinfo").read_text())
+        cpu = ident.pop("cpu") or cpu
     except OSError:
         pass
     try:
         mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
         mem_gib = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem_gib, "python": platform.python_version(),
-            "platform": platform.platform()}
+    return {"cpu": cpu, **ident, "cores": os.cpu_count(), "memory_gib": mem_gib,
+            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def write_result(path: str | Path, name: str, results: dict[str, Any], command: str | None = None,
