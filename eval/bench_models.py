@@ -15,6 +15,9 @@ Ratios are to torch fp32 of the same model in the same run. Threads are pinned (
     python eval/bench_models.py --bundle export/bundles/default
     python eval/bench_models.py --bundle B1 --bundle B2 --threads 1 --repeats 200
 
+A model in several bundles (the embedder beside each `<name>-candidate` bundle of
+eval/export_candidates.py) is measured once, from the first bundle that has it.
+
 Writes eval/results/models-latency.json and eval/results/models-latency.md.
 """
 
@@ -206,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     for bundle_dir in args.bundle:
         bundle = load_bundle(bundle_dir)
         for name in bundle.model_names:
+            if name in results:  # a candidate bundle repeats the shipped embedder: measured once, from the first
+                continue
             spec = bundle.spec(name)
             row = {"task": spec.task, "bundle": bundle.manifest.bundle_version, "sizes_bytes": _sizes(bundle, name, spec),
                    "backends": {}}

@@ -17,8 +17,9 @@ from typing import Any
 
 
 # Instruction sets that decide int8 and fp32 inference speed on x86. A virtual machine's
-# "model name" can be a bare "AMD EPYC" on hosts whose int8 throughput differs threefold
-# (with and without AVX-512 VNNI, measured), so results name the family, model and these.
+# "model name" can be a bare "AMD EPYC": two runs of eval/bench_models.py under that one
+# name measured ONNX int8 about threefold apart (2026-11-26 and -28; the later host has
+# AVX-512 VNNI, the earlier one's flags were not recorded), so results name these too.
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
 
 
