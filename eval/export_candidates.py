@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="export folders, one per model (default: %(default)s; git-ignored)")
     parser.add_argument("--bundles", type=Path, default=Path("export/bundles"),
                         help="where <name>-candidate bundles go (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("eval/results/export-candidates.json"))
+    parser.add_argument("--out", type=Path, default=Path("eval/results/export-candidates.json"),
+                        help="gate report (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 

@@ -454,7 +454,7 @@ class ExportConfig(_Strict):
     heads: dict[str, HeadTask] = {}
     # Per task, per precision: parity measure -> floor (see export.parity for the measures).
     head_gates: dict[HeadTask, dict[Literal["fp32", "int8"], dict[str, float]]]
-    optimize_graph: bool         # try ONNX Runtime's transformer fusions; kept only if gates hold
+    optimize_graph: bool         # try ONNX Runtime's transformer fusions; kept only if gates hold (off: slower, measured)
     probe_texts: int = Field(gt=0)
     eval_dev_queries: int = Field(gt=0)
     signing_key: str | None = None
