@@ -170,3 +170,59 @@ def test_markdown_and_rst_are_cut_at_their_headings() -> None:
     long = "# Big\n\n" + "\n\n".join(f"paragraph {i} " + "x" * 400 for i in range(8))
     pieces = section_chunks(long, ".md", limit=1000)
     assert len(pieces) > 2 and all(p.text.startswith("# Big") for p in pieces)
+
+
+def test_a_run_removes_only_the_chunks_of_its_own_folder(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    """Two repositories share a store, and a memory a user tagged "indexed" is never the
+    indexer's: re-indexing one folder, even one whose files are all gone, leaves both alone."""
+    shop, other = _repo(tmp_path / "shop"), tmp_path / "other"
+    other.mkdir()
+    (other / "notes.md").write_text("# Deploys\n\nDeploys go out on Tuesdays.\n")
+    with MemoryStore.open(tmp_path / "store", embedder, key=KEY) as store:
+        mine = store.add("my own note: the indexed dashboards are slow", tags=["indexed", "perf"],
+                         source="grafana")
+        index_repository(store, shop)
+        shop_ids = {m.id for m in store.memories() if (m.source or "").startswith("billing/")}
+        second = index_repository(store, other)
+        assert second.files_removed == 0 and second.chunks_removed == 0 and second.files_indexed == 1
+        (other / "notes.md").unlink()
+        emptied = index_repository(store, other)
+        assert emptied.files_removed == 1
+        assert store.get(mine) is not None and shop_ids <= {m.id for m in store.memories()}
+        assert index_repository(store, shop).files_unchanged == 2
+
+
+def test_skipped_files_lose_their_old_chunks_and_nested_gitignores_count(tmp_path: Path,
+                                                                         embedder: OnnxEmbedder) -> None:
+    from apex_models.runtime.indexer import MAX_FILE_BYTES, repository_files
+
+    repo = tmp_path / "repo"
+    (repo / "sub" / "gen").mkdir(parents=True)
+    (repo / "sub" / ".gitignore").write_text("gen/\n")
+    (repo / "sub" / "gen" / "g.py").write_text("GENERATED = 1\n")
+    (repo / "sub" / "kept.py").write_text("def kept():\n    return 1\n")
+    (repo / "guide.markdown").write_text("# Guide\n\nThe quokka section explains releases.\n")
+    (repo / "big.py").write_text("def small():\n    return 2\n")
+    assert [p.relative_to(repo).as_posix() for p in repository_files(repo)] == ["big.py", "guide.markdown",
+                                                                                "sub/kept.py"]
+    with MemoryStore.open(tmp_path / "store", embedder, key=KEY) as store:
+        index_repository(store, repo)
+        assert store.search("quokka", k=1, mode="keyword")[0].source.startswith("guide.markdown:")
+        (repo / "big.py").write_text("x = 1\n" * (MAX_FILE_BYTES // 6 + 1))
+        report = index_repository(store, repo)
+        assert report.skipped == ["big.py"] and report.chunks_removed == 1
+        assert all(not (m.source or "").startswith("big.py") for m in store.memories())
+
+
+def test_chunks_written_before_folder_ids_are_replaced_once(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    """A store indexed by an older version (chunks tagged "indexed" and sha:, no index:)."""
+    from apex_models.runtime.indexer import root_tag
+
+    repo = _repo(tmp_path / "repo")
+    with MemoryStore.open(tmp_path / "store", embedder, key=KEY) as store:
+        old = store.add("billing/vat.py\ndef add_vat(amount): ...", kind="code",
+                        tags=["indexed", "sha:0123456789abcdef", "py"], source="billing/vat.py:8-10")
+        report = index_repository(store, repo)
+        assert store.get(old) is None and report.chunks_removed == 1
+        assert all(root_tag(repo) in m.tags for m in store.memories())
+        assert index_repository(store, repo).files_unchanged == 2

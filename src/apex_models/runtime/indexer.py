@@ -5,9 +5,14 @@ with its docstring, each method), so a hit points at one definition; Markdown an
 reStructuredText files at their headings (one chunk per section); other text files into
 paragraph groups of about `CHUNK_CHARS`. Every chunk is a memory of kind
 "code" (source files) or "note" (documentation) whose source is `path:first-last` line,
-tagged "indexed" and `sha:<file hash>`: a later run skips files whose hash is unchanged,
-replaces the chunks of changed files and removes those of deleted ones. `.gitignore` is
-honoured (pathspec), and `.git`, virtual environments and caches are always skipped.
+tagged "indexed", `sha:<file hash>` and `index:<folder id>` (the first 12 hex digits of
+the sha256 of the folder's absolute path): a later run over the same folder skips files
+whose hash is unchanged, replaces the chunks of changed files and removes those of deleted,
+oversized or binary ones. A run touches only chunks with its own folder id, so several
+repositories share a store and memories a user tagged "indexed" are never removed (chunks
+written before the folder id existed are replaced once, when their file is seen again).
+`.gitignore` files are honoured at every level (pathspec, each relative to its folder), and
+`.git`, virtual environments and caches are always skipped.
 
 Relations: after every run the Python chunks are linked by what their code references,
 read from the syntax tree: `imports` (a chunk with `import pkg.mod` or `from pkg.mod import
@@ -35,13 +40,14 @@ from apex_models.runtime.store import MemoryStore
 
 CODE_SUFFIXES = {".py", ".js", ".ts", ".tsx", ".jsx", ".go", ".rs", ".java", ".c", ".h", ".cpp", ".rb", ".sh",
                  ".sql", ".toml", ".yaml", ".yml", ".json", ".cfg", ".ini"}
-DOC_SUFFIXES = {".md", ".rst", ".txt"}
+DOC_SUFFIXES = {".md", ".markdown", ".rst", ".txt"}
 SECTION_SUFFIXES = {".md", ".markdown", ".rst"}
 ALWAYS_SKIP = [".git/", ".venv/", "venv/", "node_modules/", "__pycache__/", ".cache/", ".mypy_cache/",
                ".pytest_cache/", "*.egg-info/"]
 CHUNK_CHARS = 1500
 MAX_FILE_BYTES = 300_000
 INDEXED_TAG = "indexed"
+ROOT_TAG_PREFIX = "index:"
 
 
 @dataclass
@@ -66,22 +72,38 @@ class Chunk:
     end: int    # 1-based last line
 
 
-def repository_files(root: Path) -> list[Path]:
-    """Indexable files under root, minus .gitignore'd ones and the always-skipped folders."""
-    patterns = list(ALWAYS_SKIP)
-    gitignore = root / ".gitignore"
+def _ignore_spec(folder: Path, always: list[str] | None = None) -> pathspec.PathSpec | None:
+    """The patterns of `folder`/.gitignore (plus `always`), matched relative to `folder`."""
+    patterns = list(always or [])
+    gitignore = folder / ".gitignore"
     if gitignore.is_file():
         patterns += gitignore.read_text(encoding="utf-8", errors="replace").splitlines()
-    spec = pathspec.PathSpec.from_lines("gitwildmatch", patterns)
+    return pathspec.PathSpec.from_lines("gitwildmatch", patterns) if patterns else None
+
+
+def repository_files(root: Path) -> list[Path]:
+    """Indexable files under root, minus .gitignore'd ones (at every level, as git reads
+    them: each file's patterns relative to its own folder) and the always-skipped folders."""
+    specs: dict[Path, pathspec.PathSpec | None] = {Path("."): _ignore_spec(root, ALWAYS_SKIP)}
+
+    def ignored(rel: Path, is_dir: bool) -> bool:
+        for depth in range(len(rel.parts)):
+            base = Path(*rel.parts[:depth]) if depth else Path(".")
+            spec = specs.get(base)
+            if spec is not None and spec.match_file(Path(*rel.parts[depth:]).as_posix() + ("/" if is_dir else "")):
+                return True
+        return False
+
     files = []
     for folder, dirs, names in os.walk(root):
         base = Path(folder).relative_to(root)
+        if base != Path("."):
+            specs[base] = _ignore_spec(root / base)
         # prune ignored folders here, so a virtual environment is never walked at all
-        dirs[:] = sorted(d for d in dirs if not spec.match_file((base / d).as_posix() + "/"))
+        dirs[:] = sorted(d for d in dirs if not ignored(base / d, True))
         for name in sorted(names):
-            rel = (base / name).as_posix()
-            if Path(name).suffix.lower() in CODE_SUFFIXES | DOC_SUFFIXES and not spec.match_file(rel):
-                files.append(root / rel)
+            if Path(name).suffix.lower() in CODE_SUFFIXES | DOC_SUFFIXES and not ignored(base / name, False):
+                files.append(root / base / name)
     return sorted(files)
 
 
@@ -254,11 +276,17 @@ def _chunk_at(chunks: list[tuple[int, int, str]], line: int) -> str | None:
     return min(covering)[1] if covering else None
 
 
+def root_tag(root: Path) -> str:
+    """`index:<id>`: which folder's index run owns a chunk (sha256 of its absolute path)."""
+    return ROOT_TAG_PREFIX + hashlib.sha256(str(Path(root).resolve()).encode("utf-8")).hexdigest()[:12]
+
+
 def code_relations(store: MemoryStore, root: Path) -> list[tuple[str, str, str]]:
     """(src id, dst id, "imports" | "calls") edges between the indexed Python chunks of `root`."""
     chunks: dict[str, list[tuple[int, int, str]]] = {}
+    owner = root_tag(root)
     for memory in store.memories():
-        if INDEXED_TAG not in memory.tags or not memory.source or not memory.source.split(":")[0].endswith(".py"):
+        if owner not in memory.tags or not memory.source or not memory.source.split(":")[0].endswith(".py"):
             continue
         path, lines = memory.source.rsplit(":", 1)
         start, end = (int(x) for x in lines.split("-"))
@@ -296,16 +324,22 @@ def code_relations(store: MemoryStore, root: Path) -> list[tuple[str, str, str]]
     return [(src, dst, relation) for (src, dst), relation in sorted(edges.items())]
 
 
-def _existing(store: MemoryStore) -> dict[str, tuple[str, list[str]]]:
-    """path -> (sha tag, memory ids) for chunks an earlier run indexed."""
-    out: dict[str, tuple[str, list[str]]] = {}
+def _existing(store: MemoryStore, owner: str) -> tuple[dict[str, tuple[str, list[str]]], dict[str, list[str]]]:
+    """(path -> (sha tag, memory ids) of the chunks an earlier run over this folder wrote,
+    path -> ids of chunks an older version wrote with no folder id: "indexed" and a
+    `sha:` tag but no `index:` one; they are replaced when a file of that path is seen)."""
+    own: dict[str, tuple[str, list[str]]] = {}
+    legacy: dict[str, list[str]] = {}
     for memory in store.memories():
         if INDEXED_TAG not in memory.tags or not memory.source:
             continue
         path = memory.source.rsplit(":", 1)[0]
         sha = next((t for t in memory.tags if t.startswith("sha:")), "")
-        out.setdefault(path, (sha, []))[1].append(memory.id)
-    return out
+        if owner in memory.tags:
+            own.setdefault(path, (sha, []))[1].append(memory.id)
+        elif sha and not any(t.startswith(ROOT_TAG_PREFIX) for t in memory.tags):
+            legacy.setdefault(path, []).append(memory.id)
+    return own, legacy
 
 
 def index_repository(store: MemoryStore, root: str | Path, batch_size: int = 64, progress: bool = False
@@ -318,7 +352,8 @@ def index_repository(store: MemoryStore, root: str | Path, batch_size: int = 64,
     if not root.is_dir():
         raise FileNotFoundError(f"no folder {root} to index")
     report = IndexReport()
-    existing = _existing(store)
+    owner = root_tag(root)
+    existing, legacy = _existing(store, owner)
     seen = set()
     pending: list[dict[str, Any]] = []
     files = repository_files(root)
@@ -327,12 +362,14 @@ def index_repository(store: MemoryStore, root: str | Path, batch_size: int = 64,
         seen.add(rel)
         report.files_seen += 1
         data = path.read_bytes()
+        old_sha, old_ids = existing.get(rel, ("", []))
+        old_ids = old_ids + legacy.get(rel, [])
         if len(data) > MAX_FILE_BYTES or b"\0" in data[:4096]:
-            report.skipped.append(rel)
+            report.skipped.append(rel)  # and what an earlier run indexed of it goes: it is no longer indexed
+            report.chunks_removed += store.delete_many(old_ids)
             continue
         sha = "sha:" + hashlib.sha256(data).hexdigest()[:16]
-        old_sha, old_ids = existing.get(rel, ("", []))
-        if old_sha == sha:
+        if old_sha == sha and rel not in legacy:
             report.files_unchanged += 1
             continue
         report.chunks_removed += store.delete_many(old_ids)
@@ -342,7 +379,7 @@ def index_repository(store: MemoryStore, root: str | Path, batch_size: int = 64,
                   else section_chunks(text, ".rst" if suffix == ".rst" else ".md") if suffix in SECTION_SUFFIXES
                   else text_chunks(text))
         kind = "note" if path.suffix.lower() in DOC_SUFFIXES else "code"
-        tags = [INDEXED_TAG, sha, path.suffix.lstrip(".").lower() or "text"]
+        tags = [INDEXED_TAG, owner, sha, path.suffix.lstrip(".").lower() or "text"]
         pending += [{"text": f"{rel}\n{c.text}", "kind": kind, "tags": tags, "source": f"{rel}:{c.start}-{c.end}"}
                     for c in chunks]
         report.files_indexed += 1
