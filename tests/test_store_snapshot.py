@@ -112,6 +112,29 @@ def test_snapshot_is_sealed_and_holds_nothing_removed(tmp_path: Path, embedder: 
         assert doomed_vector[:6].astype(encoding).tobytes() not in plain
 
 
+def test_a_removed_memorys_kind_leaves_the_next_snapshot(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    """A kind name is data too: once no memory has it, a snapshot written by a process that
+    opened from an older snapshot (the records it restored keep their kind table) omits it."""
+    folder = tmp_path / "s"
+    with MemoryStore.open(folder, embedder, key=KEY, config=ALWAYS) as store:
+        store.add_many(_items(0, 20))
+        doomed = store.add("quarterly numbers", kind="zqxkindgone")
+        store.save_snapshot()
+    with MemoryStore.open(folder, embedder, key=KEY, config=ALWAYS) as store:
+        assert store.opened_from_snapshot
+        store.delete(doomed)
+        before = {m.id: m.kind for m in store.memories()}
+        store.save_snapshot()
+        token = dict(sqlite3.connect(folder / DB_NAME).execute("SELECT key, value FROM meta").fetchall())[
+            "snapshot_token"]
+        state = read_snapshot(folder, store._sealer, token)
+    assert b"zqxkindgone" not in pickle.dumps(state, protocol=5)
+    with MemoryStore.open(folder, embedder, key=KEY, config=NEVER) as store:
+        assert store.opened_from_snapshot and {m.id: m.kind for m in store.memories()} == before
+        assert set(store.stats()["kinds"]) == {"note", "code", "error", "decision"}
+        assert len(store.search("fixture", k=3, kind="error")) == 3
+
+
 def test_forget_removes_the_snapshot(tmp_path: Path, embedder: OnnxEmbedder) -> None:
     folder = tmp_path / "s"
     with MemoryStore.open(folder, embedder, key=KEY, config=NEVER) as store:

@@ -163,6 +163,17 @@ def _join(a: _Table, b: _Table) -> _Table:
     return joined
 
 
+def _without_unused_kinds(table: _Table) -> _Table:
+    """The table with only the kind names some record still has: a forgotten memory's kind
+    (its name could itself be telling) must not outlive it in the next snapshot."""
+    used = np.unique(table.kinds)
+    if len(used) == len(table.kind_names):
+        return table
+    names = [table.kind_names[i] for i in used.tolist()]
+    kinds = np.searchsorted(used, table.kinds).astype(np.int32)
+    return table._replace(kinds=kinds, kind_names=names)
+
+
 class Records:
     """Live memories by row number: columns restored from a snapshot plus the rows written since."""
 
@@ -193,6 +204,7 @@ class Records:
             table = table.take(np.flatnonzero(self._alive))
         if self._extra:
             table = _join(table, _Table.of(list(self._extra.values())))
+        table = _without_unused_kinds(table)
         out: dict[str, Any] = {"nums": table.nums, "ids": table.ids, "id_order": table.id_order,
                                "kinds": table.kinds, "kind_names": table.kind_names, "created_ts": table.created_ts}
         out.update({name: (col.blob, col.offsets, col.missing) for name, col in table.strings.items()})
