@@ -119,6 +119,37 @@ def test_empty_store_and_bad_input(store: MemoryStore) -> None:
         store.search(" \n ")
 
 
+def test_bad_fields_are_refused_on_add_and_update_alike(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    """What add refuses, update refuses too, before anything is written: a non-string kind
+    or source once broke stats(), snapshots and source filters for good (an API audit)."""
+    from apex_models.runtime.store import StoreError
+
+    with MemoryStore.open(tmp_path / "s", embedder, key=KEY) as store:
+        a = store.add("first memory", tags=["db"], source=Path("src/b.py"))
+        assert store.get(a).source == "src/b.py" and store.get(a).tags == ["db"]
+        for bad, match in (({"kind": 3}, "'kind' must be"), ({"kind": " "}, "'kind' must be"),
+                           ({"tags": "db"}, "not one string"), ({"tags": [1, 2]}, "'tags' must be"),
+                           ({"source": 123}, "'source' must be"), ({"text": "bad \ud800 surrogate"}, "Unicode")):
+            with pytest.raises(ValueError, match=match):
+                store.update(a, **bad)
+            with pytest.raises(ValueError, match=match):
+                store.add(**{"text": "second memory", **bad})
+        with pytest.raises(ValueError, match="is a dict"):
+            store.add_many(["just a string"])
+        assert store.add("no tags", tags=None) and store.add("tuple tags", tags=("x", "y"))
+        with pytest.raises(ValueError, match="id is a string"):
+            store.delete(None)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="k must be an integer"):
+            store.search("memory", k="3")  # type: ignore[arg-type]
+        assert store.get(a).kind == "note" and store.get(a).tags == ["db"] and len(store) == 3
+        assert store.stats()["kinds"] == {"note": 3} and store.save_snapshot() > 0
+        assert [h.id for h in store.search("memory", source_prefix="src/")] == [a]
+    with pytest.raises(StoreError, match="is closed"):
+        store.search("memory")
+    with pytest.raises(StoreError, match="is closed"):
+        store.add("after close")
+
+
 def test_open_takes_the_bundle_itself_and_refuses_what_cannot_embed(tmp_path: Path, minilm_bundle: Path,
                                                                      embedder: OnnxEmbedder) -> None:
     """The issue's API: open a store with a bundle and a key. The bundle stands for its default
@@ -193,6 +224,16 @@ def test_add_requires_a_key(tmp_path: Path, embedder: OnnxEmbedder) -> None:
         MemoryStore.open(tmp_path / "s", embedder)
     with pytest.raises(StoreError, match="no memory store"):
         MemoryStore.open(tmp_path / "missing", embedder, key=KEY, create=False)
+    # A bad key is refused before the folder is made, so nothing is left to look like a store...
+    for bad in ({"passphrase": ""}, {"key": b"short"}):
+        with pytest.raises(ValueError, match="passphrase is empty|exactly 32 bytes"):
+            MemoryStore.open(tmp_path / "bad", embedder, **bad)
+    assert not (tmp_path / "bad").exists()
+    # ...and a database an interrupted create left is not a store to open without `create`.
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "memories.db").write_bytes(b"")
+    with pytest.raises(StoreError, match="never initialised"):
+        MemoryStore.open(tmp_path / "half", embedder, key=KEY, create=False)
 
 
 def test_old_unencrypted_store_is_refused(tmp_path: Path, embedder: OnnxEmbedder) -> None:

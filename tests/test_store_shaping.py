@@ -143,8 +143,9 @@ def test_rerank_true_rescores_the_configured_head_with_the_stores_reranker(folde
     with MemoryStore.open(folder, embedder, key=KEY) as store:
         with pytest.raises(StoreError, match="without a reranker"):
             store.search("http", rerank=True)
-        with pytest.raises(ValueError, match="positive head size"):
-            store.search("http", rerank=0)
+        assert [h.id for h in store.search("http", rerank=0)] == [h.id for h in store.search("http")]  # 0: off
+        with pytest.raises(ValueError, match=r"head size \(0: off\)"):
+            store.search("http", rerank=-1)
 
 
 class SilentResidualDouble:

@@ -198,8 +198,10 @@ def memory_search(
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many hits.")] = 10,
     kind: Annotated[list[str] | None, typer.Option("--kind", help="Only this kind; repeat for several.")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Only memories with this tag; repeat: all.")] = None,
-    since: Annotated[str | None, typer.Option(help="Only memories created at or after this ISO time.")] = None,
-    until: Annotated[str | None, typer.Option(help="Only memories created before this ISO time.")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="Only memories created at or after this ISO time (without a zone: UTC).")] = None,
+    until: Annotated[str | None, typer.Option(
+        help="Only memories created before this ISO time (without a zone: UTC).")] = None,
     source_prefix: Annotated[str | None, typer.Option(help="Only memories whose source starts with this.")] = None,
     mode: Annotated[str, typer.Option(help="hybrid (dense + keyword), dense or keyword.")] = "hybrid",
     rerank: Annotated[int, typer.Option(
@@ -240,10 +242,11 @@ def memory_plan(
 ) -> None:
     """Print steps for GOAL and the memories that bear on it as JSON.
 
-    When the bundle ships a planner (only once it beat retrieval), it writes the steps
-    with those memories as context. Otherwise they come from the closest memory of
-    kind 'procedure' (add one with --kind procedure: a title line, then one step per
-    line); with none close enough, steps is empty and source says so."""
+    When the bundle ships a planner (only once it beat retrieval), it
+    writes the steps with those memories as context. Otherwise they come
+    from the closest memory of kind 'procedure' (add one with --kind
+    procedure: a title line, then one step per line); with none close
+    enough, steps is empty and source is null."""
     with user_errors():
         with _open_store(store, bundle, precision, passphrase_env, keyring, planner=True) as memories:
             result = memories.plan(goal, k=k, min_similarity=min_similarity)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -49,7 +50,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from apex_models.hashing import sha256_file
-from apex_models.runtime.crypto import DecryptionError, KdfParams, Sealer, derive_key
+from apex_models.runtime.crypto import KEY_BYTES, DecryptionError, KdfParams, Sealer, derive_key
 from apex_models.runtime.dense import DenseIndex
 from apex_models.runtime.keyword import KeywordIndex, row_mask, tokens
 from apex_models.runtime.records import Entry, Records
@@ -324,23 +325,64 @@ def _timestamp(value: TimeLike) -> float:
     return moment.timestamp()
 
 
+def _checked_text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}'text' must be a non-empty string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{where}'text' is not valid Unicode ({exc.reason} at {exc.start})") from None
+    return value
+
+
+def _checked_kind(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}'kind' must be a non-empty string")
+    return value
+
+
+def _checked_tags(value: Any, where: str) -> list[str]:
+    """A list (or other iterable) of strings; a lone string is refused, not split into letters."""
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"{where}'tags' must be a list of strings, not one string (tags=[{value!r}])")
+    try:
+        tags = list(value)
+    except TypeError:
+        raise ValueError(f"{where}'tags' must be a list of strings") from None
+    if not all(isinstance(t, str) for t in tags):
+        raise ValueError(f"{where}'tags' must be a list of strings")
+    return tags
+
+
+def _checked_source(value: Any, where: str) -> str | None:
+    """None, a string, or a path (kept as its string: sources are matched by prefix)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise ValueError(f"{where}'source' must be a string or a path, not {type(value).__name__}")
+
+
+def _checked_id(memory_id: Any) -> str:
+    if not isinstance(memory_id, str):
+        raise ValueError(f"a memory id is a string, not {type(memory_id).__name__}")
+    return memory_id
+
+
 def _clean_item(i: int, item: dict[str, Any]) -> dict[str, Any]:
     """Validate one memory to add and give every field its default."""
-    text = item.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"item {i}: 'text' must be a non-empty string")
-    kind = item.get("kind") or "note"
-    if not isinstance(kind, str):
-        raise ValueError(f"item {i}: 'kind' must be a string")
-    tags = item.get("tags") or []
-    if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
-        raise ValueError(f"item {i}: 'tags' must be a list of strings")
+    where = f"item {i}: "
+    if not isinstance(item, dict):
+        raise ValueError(f"{where}each memory to add is a dict with at least 'text', not {type(item).__name__}")
+    text = _checked_text(item.get("text"), where)
+    kind = _checked_kind(item.get("kind") or "note", where)
+    tags = _checked_tags(item.get("tags") or [], where)
     relations = [(str(rel), str(target)) for rel, target in item.get("relations") or []]
     memory_id = item.get("id")
     if memory_id is not None and (not isinstance(memory_id, str) or not _ID.fullmatch(memory_id)):
-        raise ValueError(f"item {i}: 'id' must be 8-64 characters of [A-Za-z0-9_-] (or left out)")
-    return {"id": memory_id, "text": text, "kind": kind, "tags": list(tags), "source": item.get("source"),
-            "relations": relations}
+        raise ValueError(f"{where}'id' must be 8-64 characters of [A-Za-z0-9_-] (or left out)")
+    return {"id": memory_id, "text": text, "kind": kind, "tags": tags,
+            "source": _checked_source(item.get("source"), where), "relations": relations}
 
 
 # Caller-chosen ids (a synced memory keeps the id its first device gave it everywhere).
@@ -420,6 +462,10 @@ class MemoryStore:
         if sum(x is not None for x in (passphrase, key, keyring_service)) != 1:
             raise StoreError("give exactly one of passphrase, key or keyring_service to open a memory store")
         embedder = as_embedder(embedder)   # before anything touches the disk
+        if passphrase is not None and not passphrase:
+            raise ValueError("the passphrase is empty")
+        if key is not None and len(key) != KEY_BYTES:
+            raise ValueError(f"a raw key must be exactly {KEY_BYTES} bytes")
         path = Path(path).expanduser()
         if keyring_service is not None:
             from apex_models.runtime.keys import keyring_key
@@ -437,6 +483,8 @@ class MemoryStore:
         try:
             _configure(conn, config)
             meta, sealer = _read_meta(conn), None
+            if "key_check" not in meta and not create:  # a database an interrupted create left
+                raise StoreError(f"no memory store at {path} (its database was never initialised)")
             if "key_check" not in meta:
                 with FileLock(str(path / LOCK_NAME), timeout=config.lock_timeout_s):
                     meta, sealer = _initialise(conn, embedder, passphrase, key)
@@ -585,9 +633,14 @@ class MemoryStore:
             raise StoreError(f"a sealed blob ({context}) failed authentication") from None
 
     # -- transactions and freshness ------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._conn is None:
+            raise StoreError(f"the store at {self.path} is closed")
+
     @contextmanager
     def _read(self) -> Iterator[None]:
         """One snapshot for several SELECTs (WAL readers never block the writer)."""
+        self._check_open()
         if self._conn.in_transaction:
             yield
             return
@@ -603,6 +656,7 @@ class MemoryStore:
 
         `wait=False` gives up at once (StoreError) when another process holds the lock.
         """
+        self._check_open()
         try:
             self._lock.acquire(timeout=None if wait else 0)
         except Timeout:
@@ -709,7 +763,7 @@ class MemoryStore:
     def add(self, text: str, kind: str = "note", tags: Iterable[str] = (), source: str | None = None,
             relations: Iterable[tuple[str, str]] = ()) -> str:
         """Store one memory; `relations` are (relation, other memory id) edges from it. Returns its id."""
-        return self.add_many([{"text": text, "kind": kind, "tags": list(tags), "source": source,
+        return self.add_many([{"text": text, "kind": kind, "tags": tags, "source": source,
                                "relations": list(relations)}])[0]
 
     @_serialised
@@ -758,9 +812,13 @@ class MemoryStore:
     @_serialised
     def update(self, memory_id: str, text: str | None = None, kind: str | None = None,
                tags: Iterable[str] | None = None, source: str | None = None) -> Memory | None:
-        """Change fields of a memory (a new text is re-embedded); None when there is no such memory."""
-        if text is not None and not text.strip():
-            raise ValueError("'text' must be a non-empty string")
+        """Change fields of a memory (a new text is re-embedded); None when there is no such memory.
+        A field left None is unchanged; each given one is checked as `add` checks it."""
+        _checked_id(memory_id)
+        text = None if text is None else _checked_text(text, "")
+        kind = None if kind is None else _checked_kind(kind, "")
+        tags = None if tags is None else _checked_tags(tags, "")
+        source = _checked_source(source, "")
         new_vector = self.embedder.encode_documents([text])[0] if text is not None else None
         with self._write() as seq:
             row = self._conn.execute("SELECT num, record, vector FROM memories WHERE id = ?",
@@ -769,7 +827,7 @@ class MemoryStore:
                 return None
             num, old = row[0], self._open_memory(memory_id, row[1])
             memory = Memory(id=memory_id, text=text if text is not None else old.text,
-                            kind=kind or old.kind, tags=list(tags) if tags is not None else old.tags,
+                            kind=kind or old.kind, tags=tags if tags is not None else old.tags,
                             source=source if source is not None else old.source,
                             created_at=old.created_at, updated_at=_now())
             vector = self._open_vector(memory_id, row[2]) if new_vector is None else new_vector
@@ -789,6 +847,7 @@ class MemoryStore:
     @_serialised
     def delete_many(self, memory_ids: list[str]) -> int:
         """Remove several memories in one transaction; returns how many existed."""
+        memory_ids = [_checked_id(i) for i in memory_ids]
         if not memory_ids:
             return 0
         with self._write(deleting=True):
@@ -799,6 +858,7 @@ class MemoryStore:
 
     @_serialised
     def _delete(self, memory_id: str, scrub: bool) -> bool:
+        _checked_id(memory_id)
         with self._write(deleting=True):
             cur = self._conn.execute("DELETE FROM memories WHERE id = ?", (memory_id,))
         num = self._records.num_of(memory_id)
@@ -960,7 +1020,8 @@ class MemoryStore:
         the query, for a caller that searches several stores with one query.
 
         Filters (kind(s), all of `tags`, created in [since, until), source path prefix) are
-        applied before each list is cut; `mode` "dense" or "keyword" uses one retriever only.
+        applied before each list is cut; since/until are datetimes, ISO-8601 strings or epoch
+        seconds, and a datetime or string without a time zone is read as UTC, not local time; `mode` "dense" or "keyword" uses one retriever only.
         Then, in this order:
 
         1. intent shaping: `intent=None` classifies the query when the store has an intent
@@ -983,6 +1044,8 @@ class MemoryStore:
         """
         if not isinstance(query, str) or not query.strip():
             raise ValueError("the query is empty")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise ValueError(f"k must be an integer, not {k!r}")
         if mode not in ("hybrid", "dense", "keyword"):
             raise ValueError(f"mode must be hybrid, dense or keyword, not {mode!r}")
         scorer, head_size, first_stage_scale = self._reranker_for(rerank, rerank_depth)
@@ -1051,21 +1114,21 @@ class MemoryStore:
                       ) -> tuple[RerankFn | None, int, float]:
         """(scoring function, head size, weight of the first-stage cosine) for a search's
         `rerank` argument; (None, 0, 0.0) when off."""
-        if rerank is False or rerank is None:
+        if rerank is False or rerank is None or (isinstance(rerank, int) and rerank == 0):  # 0: off, as in the CLI
             return None, 0, 0.0
         if hasattr(rerank, "score") or callable(rerank):  # a Reranker or a function, for this search only
             fn, scale = reranker_parts(rerank)
             return fn, depth or self.config.rerank_depth, scale
         if rerank is True or isinstance(rerank, int):
             size = self.config.rerank_depth if rerank is True else int(rerank)
-            if size <= 0:
-                raise ValueError(f"rerank must be True, a positive head size or a function, not {rerank!r}")
+            if size < 0:
+                raise ValueError(f"rerank must be True, a head size (0: off) or a function, not {rerank!r}")
             if self.reranker is None:
                 raise StoreError("this store was opened without a reranker: "
                                  "MemoryStore.open(..., reranker=bundle.ranker())")
             fn, scale = reranker_parts(self.reranker)
             return fn, depth or size, scale
-        raise ValueError(f"rerank must be True, a positive head size or a function, not {rerank!r}")
+        raise ValueError(f"rerank must be True, a head size (0: off) or a function, not {rerank!r}")
 
     def _intent_for(self, query: str, intent: bool | str | None
                     ) -> tuple[str | None, float | None, dict[str, float]]:
