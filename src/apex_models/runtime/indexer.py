@@ -346,7 +346,8 @@ def index_repository(store: MemoryStore, root: str | Path, batch_size: int = 64,
                      ) -> IndexReport:
     """Bring the store's chunks of `root` up to date with the files on disk, then relink them.
 
-    `progress` shows a bar over the files on stderr (the CLI turns it on).
+    `progress` shows two bars on stderr (the CLI turns them on): reading the files, then
+    embedding the chunks of the changed ones.
     """
     root = Path(root).resolve()
     if not root.is_dir():
@@ -357,7 +358,7 @@ def index_repository(store: MemoryStore, root: str | Path, batch_size: int = 64,
     seen = set()
     pending: list[dict[str, Any]] = []
     files = repository_files(root)
-    for path in _progress(files, progress, "index", unit="file"):
+    for path in _progress(files, progress, "read", unit="file"):
         rel = path.relative_to(root).as_posix()
         seen.add(rel)
         report.files_seen += 1
@@ -383,11 +384,10 @@ def index_repository(store: MemoryStore, root: str | Path, batch_size: int = 64,
         pending += [{"text": f"{rel}\n{c.text}", "kind": kind, "tags": tags, "source": f"{rel}:{c.start}-{c.end}"}
                     for c in chunks]
         report.files_indexed += 1
-        while len(pending) >= batch_size:
-            report.chunks_added += len(store.add_many(pending[:batch_size]))
-            pending = pending[batch_size:]
-    if pending:
-        report.chunks_added += len(store.add_many(pending))
+    # Embedding is the slow part: its own bar, over the chunks of every changed file.
+    batches = [pending[i:i + batch_size] for i in range(0, len(pending), batch_size)]
+    for batch in _progress(batches, progress and bool(batches), "embed", unit="batch"):
+        report.chunks_added += len(store.add_many(batch))
     for rel, (_, old_ids) in existing.items():
         if rel not in seen:
             report.files_removed += 1
