@@ -155,6 +155,28 @@ def exported(tmp_path_factory, trained):
     return out, manifest, trained[0] / "merged"
 
 
+def test_heldout_gate_records_both_precisions_and_can_demote_int8(exported, data_dir, tmp_path) -> None:
+    """int8's held-out accuracy gate, as every exported model has: its dev secret span F1
+    beside fp32's in sensitivity.json; when it loses more than allowed, fp32 is the default."""
+    import shutil
+
+    from apex_models.data.sensitivity_dataset import read_examples
+    from apex_models.export.sensitivity import heldout_gate
+    from apex_models.sensitivity.classifier import SensitivityClassifier
+
+    rows = read_examples(data_dir / "dev")
+    for max_drop, expected in ((1.0, "int8"), (float("-inf"), "fp32")):
+        folder = tmp_path / str(max_drop)
+        shutil.copytree(exported[0], folder)
+        manifest = heldout_gate(folder, rows, max_drop)
+        heldout = manifest["heldout"]
+        assert heldout["documents"] == len(rows) and heldout["metric"] == "dev_model_secret_span_f1"
+        assert 0.0 <= heldout["fp32"] <= 1.0 and 0.0 <= heldout["int8"] <= 1.0
+        assert manifest["default_precision"] == expected
+        assert SensitivityClassifier.load(folder).precision == expected  # what the runtime then opens
+    assert "dev_model_secret_span_f1" in manifest["default_precision_reason"]
+
+
 def test_argmax_gate_passes_and_fails_on_a_corrupted_model(exported, tmp_path) -> None:
     import onnx
     from onnx import numpy_helper

@@ -409,6 +409,7 @@ class SensitivityExportConfig(_Strict):
     probe_texts: int = Field(gt=0)
     fp32_min_agreement: float = Field(gt=0, le=1)
     int8_min_agreement: float = Field(gt=0, le=1)
+    heldout_docs: int = Field(ge=0)   # dev documents for int8's accuracy gate (0: skip it)
 
 
 class SensitivityEvalConfig(_Strict):

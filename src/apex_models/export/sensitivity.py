@@ -176,6 +176,29 @@ def bundle_spec(folder: Path, base_model: str, champion: dict[str, Any] | None =
         mlflow_run_id=(champion or {}).get("run_id"), registry_version=(champion or {}).get("version"))
 
 
+def heldout_gate(out_dir: Path, rows: list[dict], max_drop: float) -> dict[str, Any]:
+    """The accuracy gate every exported model passes: int8's held-out metric (secret span F1
+    of the model's own spans on `rows`, dev documents) must keep 1 - `max_drop` of fp32's,
+    else the manifest makes fp32 the default and says why. Updates sensitivity.json."""
+    from apex_models.export.heads import accuracy_gate
+    from apex_models.sensitivity.classifier import SensitivityClassifier
+    from apex_models.sensitivity.spans import span_scores
+
+    manifest = json.loads((out_dir / MANIFEST).read_text())
+    values = {}
+    for precision in ("fp32", "int8"):
+        clf = SensitivityClassifier.load(out_dir, precision=precision)
+        values[precision] = span_scores(rows, [clf.model_spans(r["text"]) for r in rows])["secret"]["f1"]
+    metric = "dev_model_secret_span_f1"
+    default, reason, drop = accuracy_gate("sensitivity", metric, values["fp32"], values["int8"], max_drop)
+    heldout = {"metric": metric, "documents": len(rows), **values, "relative_drop": drop}
+    if manifest["default_precision"] == "int8":  # a failed parity gate already made fp32 the default
+        manifest.update(default_precision=default, default_precision_reason=reason)
+    manifest["heldout"] = heldout
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
 def run_export_sensitivity(params) -> dict[str, Any]:
     """The export_sensitivity stage: ONNX files and their gates in one MLflow run."""
     from apex_models.evaluation.results import write_result
@@ -189,12 +212,19 @@ def run_export_sensitivity(params) -> dict[str, Any]:
                    data={"models/sensitivity": paths.model / "merged"}) as mlflow:
         manifest = export_sensitivity(paths.model / "merged", paths.export, cfg, threshold, params.export.int8,
                                       params.export.opset)
+        if cfg.export.heldout_docs:
+            from apex_models.data.sensitivity_dataset import read_examples
+
+            rows = read_examples(paths.data / "dev")[:cfg.export.heldout_docs]
+            manifest = heldout_gate(paths.export, rows, params.export.gates.int8_max_mrr_drop)
+            mlflow.log_metrics({f"heldout/{p}/secret_f1": manifest["heldout"][p] for p in ("fp32", "int8")})
         for k, v in manifest["gates"].items():
             mlflow.log_metric(f"gate/{k}_argmax_agreement", v["agreement"])
         mlflow.log_artifacts(str(paths.export), "sensitivity_onnx")
     summary = {"gates": manifest["gates"], "threshold": threshold,
                "default_precision": manifest["default_precision"],
                "default_precision_reason": manifest["default_precision_reason"],
+               "heldout": manifest.get("heldout"),
                "files": {k: {"bytes": v["bytes"], "sha256": v["sha256"]} for k, v in manifest["files"].items()}}
     write_result(paths.results / "export-sensitivity.json", "sensitivity ONNX export", summary,
                  command="dvc repro export_sensitivity", extra={"profile": params.profile})
