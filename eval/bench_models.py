@@ -114,19 +114,21 @@ def _torch_callables(bundle, name: str, spec, threads: int):
 
 
 def _onnx_callables(bundle, name: str, spec, precision: str, threads: int):
+    """(single, batch) callables through the runtime's classes. Their batches would go to a
+    bulk session with a thread per core; it gets `threads` too, as torch does."""
     if spec.task == "embedding":
-        m = bundle.embedder(name, precision, intra_op_threads=threads)
+        m = bundle.embedder(name, precision, intra_op_threads=threads, bulk_threads=threads)
         return (lambda q: m.encode_queries([q]), lambda qs: m.encode_queries(qs, batch_size=len(qs)))
     if spec.task == "cross_encoder":
-        m = bundle.ranker(name, precision, intra_op_threads=threads)
+        m = bundle.ranker(name, precision, intra_op_threads=threads, bulk_threads=threads)
         return (lambda pair: m.score(pair[0], [pair[1]]), lambda qd: m.score(qd[0], qd[1], batch_size=len(qd[1])))
     if spec.task == "token_classification":
-        m = bundle.token_classifier(name, precision, intra_op_threads=threads)
+        m = bundle.token_classifier(name, precision, intra_op_threads=threads, bulk_threads=threads)
         return (lambda t: m.spans([t]), lambda ts: m.spans(ts, batch_size=len(ts)))
     if spec.task == "seq2seq_generation":
         m = bundle.planner(name, precision, intra_op_threads=threads)
         return (lambda q: m.generate_ids([q]), m.generate_ids)
-    m = bundle.classifier(name, precision, intra_op_threads=threads)
+    m = bundle.classifier(name, precision, intra_op_threads=threads, bulk_threads=threads)
     return (lambda q: m.classify([q]), lambda qs: m.classify(qs, batch_size=len(qs)))
 
 
